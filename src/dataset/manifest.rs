@@ -1,0 +1,120 @@
+//! `dataset.json`: what a dataset directory holds, written last so its presence
+//! means every shard it lists is complete.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::{MANIFEST_FILE, Split, atomic};
+
+/// Bumped whenever the on-disk contract changes; readers refuse other versions.
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format_version: u32,
+    /// S: every stored image is S×S×3.
+    pub image_size: usize,
+    /// Classes in label order (label = position of the wnid in sorted order).
+    pub classes: Vec<ClassInfo>,
+    pub splits: BTreeMap<Split, SplitInfo>,
+    /// Source files that could not be ingested, with the reason.
+    pub skipped: Vec<SkippedImage>,
+    pub stats: Stats,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassInfo {
+    pub index: usize,
+    pub wnid: String,
+    pub name: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitInfo {
+    pub rows: usize,
+    pub shards: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SkippedImage {
+    /// Source path relative to the ImageNet root.
+    pub path: String,
+    pub reason: String,
+}
+
+/// Training-set statistics for mean subtraction and PCA lighting.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stats {
+    /// File name of the per-pixel mean image, relative to the dataset directory.
+    pub mean_image: String,
+    /// Mean R, G, B over all training pixels, 0–255.
+    pub mean_rgb: [f64; 3],
+    pub pca: PcaStats,
+}
+
+/// PCA of the RGB covariance of all training pixels scaled to [0,1].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PcaStats {
+    /// Descending.
+    pub eigenvalues: [f64; 3],
+    /// Row-major 3×3; the eigenvectors are the COLUMNS (`eigenvectors[c][i]` is
+    /// component c of eigenvector i), as in fb.resnet.torch.
+    pub eigenvectors: [[f64; 3]; 3],
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("{path}: no dataset here ({MANIFEST_FILE} is missing); run `pipeline ingest` first")]
+    Missing { path: String },
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{path}: not a valid manifest: {source}")]
+    Parse { path: String, source: serde_json::Error },
+    #[error("{path}: format_version {found} is not the supported version {FORMAT_VERSION}")]
+    Version { path: String, found: u32 },
+}
+
+impl Manifest {
+    pub fn num_classes(&self) -> usize {
+        self.classes.len()
+    }
+
+    pub fn split(&self, split: Split) -> Option<&SplitInfo> {
+        self.splits.get(&split)
+    }
+
+    /// Reads `DIR/dataset.json`, checking the format version.
+    pub fn load(dir: &Path) -> Result<Self, ManifestError> {
+        let path = dir.join(MANIFEST_FILE);
+        let shown = path.display().to_string();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ManifestError::Missing { path: dir.display().to_string() });
+            }
+            Err(source) => return Err(ManifestError::Io { path: shown, source }),
+        };
+        let manifest: Manifest = serde_json::from_str(&text)
+            .map_err(|source| ManifestError::Parse { path: shown.clone(), source })?;
+        if manifest.format_version != FORMAT_VERSION {
+            return Err(ManifestError::Version { path: shown, found: manifest.format_version });
+        }
+        Ok(manifest)
+    }
+
+    /// Writes `DIR/dataset.json` atomically.
+    pub fn save(&self, dir: &Path) -> Result<(), ManifestError> {
+        let path = dir.join(MANIFEST_FILE);
+        let json = serde_json::to_string_pretty(self).expect("a manifest always serialises");
+        atomic::write_file(&path, json.as_bytes())
+            .map_err(|source| ManifestError::Io { path: path.display().to_string(), source })
+    }
+}

@@ -1,0 +1,135 @@
+//! Decoding source files to 8-bit pixels: JPEG (baseline, progressive,
+//! grayscale, CMYK/YCCK) and PNG, whatever the file's extension says.
+//!
+//! A decoder that quietly fills a truncated scan with grey corrupts the dataset,
+//! so decoding is strict: truncated or corrupt files are errors with a reason,
+//! and the caller skips and lists them.
+
+use zune_core::bytestream::ZCursor;
+use zune_core::colorspace::ColorSpace;
+use zune_core::options::DecoderOptions;
+use zune_jpeg::JpegDecoder;
+
+/// A decoded image: 1 channel (gray) or 3 (RGB), row-major interleaved.
+/// Gray stays 1 channel until after the resize (a third of the work).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecodedImage {
+    pub width: u32,
+    pub height: u32,
+    pub channels: u8,
+    pub pixels: Vec<u8>,
+}
+
+/// Why a file was skipped; the text goes into the manifest's `skipped` list.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("empty file")]
+    Empty,
+    #[error("unsupported format (first bytes {0})")]
+    UnsupportedFormat(String),
+    #[error("truncated JPEG: no end-of-image marker")]
+    TruncatedJpeg,
+    #[error("corrupt JPEG: {0}")]
+    CorruptJpeg(String),
+    #[error("corrupt PNG: {0}")]
+    CorruptPng(String),
+    #[error("image too large: {width}x{height} is over the limit of {limit} pixels (decompression bomb?)")]
+    TooLarge { width: u64, height: u64, limit: u64 },
+    #[error("unsupported JPEG colour space {0:?}")]
+    UnsupportedColourSpace(String),
+}
+
+const JPEG_MAGIC: &[u8] = &[0xFF, 0xD8, 0xFF];
+const PNG_MAGIC: &[u8] = &[0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1A, b'\n'];
+/// How far from the end of a JPEG its end-of-image marker may sit (some
+/// writers append padding or junk after it).
+const EOI_SEARCH_WINDOW: usize = 4096;
+
+/// Decodes a file's bytes by sniffing its format (never trusting the extension).
+pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<DecodedImage, DecodeError> {
+    if bytes.is_empty() {
+        return Err(DecodeError::Empty);
+    }
+    if bytes.starts_with(JPEG_MAGIC) {
+        decode_jpeg(bytes, max_pixels)
+    } else if bytes.starts_with(PNG_MAGIC) {
+        decode_png(bytes, max_pixels)
+    } else {
+        let head: Vec<String> = bytes.iter().take(4).map(|b| format!("{b:02x}")).collect();
+        Err(DecodeError::UnsupportedFormat(head.join(" ")))
+    }
+}
+
+fn check_size(width: u64, height: u64, limit: u64) -> Result<(), DecodeError> {
+    if width.saturating_mul(height) > limit {
+        return Err(DecodeError::TooLarge { width, height, limit });
+    }
+    Ok(())
+}
+
+/// A complete JPEG ends with FF D9. Without it the entropy-coded data was cut
+/// short, and a lenient decoder would invent the missing rows.
+fn has_end_of_image(bytes: &[u8]) -> bool {
+    let tail = &bytes[bytes.len().saturating_sub(EOI_SEARCH_WINDOW)..];
+    tail.windows(2).any(|w| w == [0xFF, 0xD9])
+}
+
+fn decode_jpeg(bytes: &[u8], max_pixels: u64) -> Result<DecodedImage, DecodeError> {
+    if !has_end_of_image(bytes) {
+        return Err(DecodeError::TruncatedJpeg);
+    }
+    let corrupt = |e: zune_jpeg::errors::DecodeErrors| DecodeError::CorruptJpeg(e.to_string());
+    // Dimensions first: refuse a bomb before allocating for it.
+    let probe_options = DecoderOptions::default().set_max_width(usize::MAX).set_max_height(usize::MAX);
+    let mut probe = JpegDecoder::new_with_options(ZCursor::new(bytes), probe_options);
+    probe.decode_headers().map_err(corrupt)?;
+    let info = probe.info().ok_or_else(|| DecodeError::CorruptJpeg("no frame header".into()))?;
+    check_size(u64::from(info.width), u64::from(info.height), max_pixels)?;
+    let input = probe.input_colorspace().ok_or_else(|| DecodeError::CorruptJpeg("no colour space".into()))?;
+    let (out, channels) = match input {
+        ColorSpace::Luma => (ColorSpace::Luma, 1),
+        ColorSpace::YCbCr | ColorSpace::RGB | ColorSpace::CMYK | ColorSpace::YCCK => (ColorSpace::RGB, 3),
+        other => return Err(DecodeError::UnsupportedColourSpace(format!("{other:?}"))),
+    };
+    let options = probe_options.set_strict_mode(true).jpeg_set_out_colorspace(out);
+    let mut decoder = JpegDecoder::new_with_options(ZCursor::new(bytes), options);
+    let pixels = decoder.decode().map_err(corrupt)?;
+    let (width, height) = (u32::from(info.width), u32::from(info.height));
+    if pixels.len() != width as usize * height as usize * channels as usize {
+        return Err(DecodeError::CorruptJpeg(format!("decoder returned {} bytes for {width}x{height}", pixels.len())));
+    }
+    Ok(DecodedImage { width, height, channels, pixels })
+}
+
+fn decode_png(bytes: &[u8], max_pixels: u64) -> Result<DecodedImage, DecodeError> {
+    use image::ImageDecoder;
+    let corrupt = |e: image::ImageError| DecodeError::CorruptPng(e.to_string());
+    let decoder = image::codecs::png::PngDecoder::new(std::io::Cursor::new(bytes)).map_err(corrupt)?;
+    let (width, height) = decoder.dimensions();
+    check_size(u64::from(width), u64::from(height), max_pixels)?;
+    let image = image::DynamicImage::from_decoder(decoder).map_err(corrupt)?;
+    // PNGs may carry alpha or 16-bit samples: flatten to 8-bit gray or RGB
+    // (alpha dropped, as Pillow's convert("RGB") does).
+    Ok(match image.color().channel_count() {
+        1 | 2 => DecodedImage { width, height, channels: 1, pixels: image.into_luma8().into_raw() },
+        _ => DecodedImage { width, height, channels: 3, pixels: image.into_rgb8().into_raw() },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_unknown_and_empty_files() {
+        assert_eq!(decode(b"", 1000), Err(DecodeError::Empty));
+        assert!(matches!(decode(b"GIF89a....", 1000), Err(DecodeError::UnsupportedFormat(s)) if s == "47 49 46 38"));
+    }
+
+    #[test]
+    fn a_jpeg_without_its_end_marker_is_truncated() {
+        let mut bytes = vec![0xFF, 0xD8, 0xFF, 0xE0];
+        bytes.extend(std::iter::repeat_n(0x11, 10_000));
+        assert_eq!(decode(&bytes, u64::MAX), Err(DecodeError::TruncatedJpeg));
+    }
+}

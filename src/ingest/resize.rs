@@ -1,0 +1,146 @@
+//! Geometry of the paper's preprocessing: shorter side → S with an antialiased
+//! convolution resize, then the central S×S patch.
+//!
+//! Only the pixels of the central patch are computed: the resize samples a
+//! source crop box that maps exactly onto the S×S window of the full resize,
+//! so the result equals resize-then-crop at a fraction of the work.
+
+use fast_image_resize::images::{Image, ImageRef};
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use serde::{Deserialize, Serialize};
+
+use super::decode::DecodedImage;
+
+/// The resampling filter (Pillow's names). Bilinear matches Pillow's
+/// `resize(BILINEAR)`, the usual ImageNet preprocessing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ResizeFilter {
+    Box,
+    #[default]
+    Bilinear,
+    Hamming,
+    Bicubic,
+    Lanczos,
+}
+
+impl ResizeFilter {
+    fn algorithm(self) -> ResizeAlg {
+        ResizeAlg::Convolution(match self {
+            ResizeFilter::Box => FilterType::Box,
+            ResizeFilter::Bilinear => FilterType::Bilinear,
+            ResizeFilter::Hamming => FilterType::Hamming,
+            ResizeFilter::Bicubic => FilterType::CatmullRom,
+            ResizeFilter::Lanczos => FilterType::Lanczos3,
+        })
+    }
+}
+
+/// Where the centre crop sits in the resized image, in resized pixels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CropPlan {
+    /// The full resize target (shorter side = S).
+    pub resized_width: u32,
+    pub resized_height: u32,
+    /// Top-left corner of the S×S crop inside the resized image.
+    pub left: u32,
+    pub top: u32,
+}
+
+/// Shorter side → `size` (the longer side scaled and truncated, as torchvision's
+/// `Resize(int)` does), crop offset = floor of half the excess.
+pub fn plan(width: u32, height: u32, size: u32) -> CropPlan {
+    let (w, h, s) = (u64::from(width), u64::from(height), u64::from(size));
+    let (resized_width, resized_height) = if w <= h { (s, (h * s / w).max(s)) } else { ((w * s / h).max(s), s) };
+    CropPlan {
+        resized_width: resized_width as u32,
+        resized_height: resized_height as u32,
+        left: ((resized_width - s) / 2) as u32,
+        top: ((resized_height - s) / 2) as u32,
+    }
+}
+
+/// Reusable resize state (scratch buffers live in the `Resizer`), one per worker thread.
+pub struct CentreCropper {
+    size: u32,
+    options: ResizeOptions,
+    resizer: Resizer,
+}
+
+impl CentreCropper {
+    pub fn new(size: usize, filter: ResizeFilter) -> Self {
+        Self {
+            size: size as u32,
+            options: ResizeOptions::new().resize_alg(filter.algorithm()),
+            resizer: Resizer::new(),
+        }
+    }
+
+    /// The S×S×3 RGB centre crop of `image`, row-major HWC.
+    pub fn crop(&mut self, image: &DecodedImage) -> Vec<u8> {
+        let s = self.size;
+        let plan = plan(image.width, image.height, s);
+        // Source pixels per resized pixel, per axis (exactly Pillow's scale).
+        let sx = f64::from(image.width) / f64::from(plan.resized_width);
+        let sy = f64::from(image.height) / f64::from(plan.resized_height);
+        let options = self.options.crop(
+            f64::from(plan.left) * sx,
+            f64::from(plan.top) * sy,
+            f64::from(s) * sx,
+            f64::from(s) * sy,
+        );
+        let pixel_type = if image.channels == 1 { PixelType::U8 } else { PixelType::U8x3 };
+        let src = ImageRef::new(image.width, image.height, &image.pixels, pixel_type)
+            .expect("decoded buffer matches its dimensions");
+        let mut dst = Image::new(s, s, pixel_type);
+        self.resizer.resize(&src, &mut dst, &options).expect("same pixel type, non-empty crop");
+        let out = dst.into_vec();
+        if image.channels == 1 { out.iter().flat_map(|&g| [g, g, g]).collect() } else { out }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_scales_the_shorter_side_and_centres_the_crop() {
+        assert_eq!(plan(500, 375, 256), CropPlan { resized_width: 341, resized_height: 256, left: 42, top: 0 });
+        assert_eq!(plan(300, 400, 256), CropPlan { resized_width: 256, resized_height: 341, left: 0, top: 42 });
+        assert_eq!(plan(256, 256, 256), CropPlan { resized_width: 256, resized_height: 256, left: 0, top: 0 });
+        // Upscaling a small image works the same way.
+        assert_eq!(plan(28, 56, 64), CropPlan { resized_width: 64, resized_height: 128, left: 0, top: 32 });
+    }
+
+    #[test]
+    fn a_flat_image_stays_flat_and_gray_expands_to_rgb() {
+        let image = DecodedImage { width: 40, height: 30, channels: 1, pixels: vec![77; 1200] };
+        let out = CentreCropper::new(16, ResizeFilter::Bilinear).crop(&image);
+        assert_eq!(out.len(), 16 * 16 * 3);
+        assert!(out.iter().all(|&v| v == 77));
+    }
+
+    #[test]
+    fn crop_box_resize_equals_resize_then_crop() {
+        // A horizontal ramp: after the centre crop the left edge must show the
+        // source column that the full resize put at `left`.
+        let (w, h) = (400u32, 200u32);
+        let pixels: Vec<u8> = (0..h).flat_map(|_| (0..w).flat_map(|x| [(x * 255 / (w - 1)) as u8; 3])).collect();
+        let image = DecodedImage { width: w, height: h, channels: 3, pixels: pixels.clone() };
+        let s = 100;
+        let cropped = CentreCropper::new(s, ResizeFilter::Bilinear).crop(&image);
+        let mut full = Image::new(200, 100, PixelType::U8x3);
+        let src = ImageRef::new(w, h, &pixels, PixelType::U8x3).unwrap();
+        Resizer::new()
+            .resize(&src, &mut full, &ResizeOptions::new().resize_alg(ResizeFilter::Bilinear.algorithm()))
+            .unwrap();
+        let full = full.into_vec();
+        for y in 0..s {
+            for x in 0..s {
+                let a = cropped[(y * s + x) * 3] as i32;
+                let b = full[(y * 200 + x + 50) * 3] as i32;
+                assert!((a - b).abs() <= 1, "pixel ({x},{y}): {a} vs {b}");
+            }
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! `pipeline`: the AlexNet paper's data and training pipeline.
+//!
+//! Data flows one way: ImageNet folders → [`ingest`] → a dataset directory
+//! ([`dataset`]: Parquet shards + `dataset.json` + `mean.npy`) → the staged
+//! stream → the trainer → run directories and exported features.
+
+pub mod augment;
+pub mod dataset;
+pub mod ingest;
+pub mod progress;
+pub mod recipe;
+pub mod sample;
+pub mod stream;

@@ -1,0 +1,299 @@
+//! The network of paper §3 / Figure 2, built from a [`ModelConfig`].
+//!
+//! One table, [`param_specs`], lists every parameter with its path, shape and initial
+//! distribution; the builder, the initialiser and [`parameter_count`] all read it, so
+//! they cannot disagree.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Linear, VarBuilder};
+
+use super::ModelError;
+use super::config::{LrnConfig, ModelConfig, PoolConfig};
+use super::conv::{Conv2d, ConvParams};
+use super::dropout::{DropoutRng, dropout};
+use super::lrn::lrn;
+use super::max_pool::max_pool2d;
+
+/// Which activations [`AlexNet::forward_features`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeatureLayer {
+    /// fc6 after its ReLU (4096-d at width 1).
+    Fc6,
+    /// fc7 after its ReLU: the "last hidden layer" of §6.1 used for retrieval.
+    Fc7,
+    /// fc8: the logits, before softmax.
+    Fc8,
+}
+
+/// How a parameter starts out (paper §5).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ParamInit {
+    /// Zero-mean Gaussian with this standard deviation (every weight).
+    Normal { std: f64 },
+    /// Every entry equal to this value (biases: 0 or 1).
+    Constant(f64),
+}
+
+/// One learned tensor: its path (`conv2.weight`), shape and initial distribution.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub init: ParamInit,
+}
+
+/// The fixed part of a conv layer: the paper's channel count at width 1, and whether the
+/// layer is split into `cfg.groups` towers and starts its bias at 1.
+struct ConvLayer {
+    name: &'static str,
+    base_out: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    grouped: bool,
+    bias_one: bool,
+}
+
+/// Paper §3.5 / Figure 2. conv3 takes all maps of conv2 (one group); conv2/4/5 are split.
+const CONVS: [ConvLayer; 5] = [
+    ConvLayer { name: "conv1", base_out: 96, kernel: 11, stride: 4, padding: 2, grouped: false, bias_one: false },
+    ConvLayer { name: "conv2", base_out: 256, kernel: 5, stride: 1, padding: 2, grouped: true, bias_one: true },
+    ConvLayer { name: "conv3", base_out: 384, kernel: 3, stride: 1, padding: 1, grouped: false, bias_one: false },
+    ConvLayer { name: "conv4", base_out: 384, kernel: 3, stride: 1, padding: 1, grouped: true, bias_one: true },
+    ConvLayer { name: "conv5", base_out: 256, kernel: 3, stride: 1, padding: 1, grouped: true, bias_one: true },
+];
+/// Hidden fc width at width 1 (fc6, fc7).
+const FC_HIDDEN: usize = 4096;
+
+/// Conv channel count at `width`, rounded to a multiple of `groups` (at least `groups`).
+fn conv_channels(base: usize, width: f64, groups: usize) -> usize {
+    let g = groups as f64;
+    (((base as f64 * width) / g).round() as usize).max(1) * groups
+}
+
+/// Side of the feature map after conv5's pool, or the layer at which it vanishes.
+fn final_side(cfg: &ModelConfig, input_size: usize) -> std::result::Result<usize, &'static str> {
+    let conv = |side: usize, l: &ConvLayer| {
+        let padded = side + 2 * l.padding;
+        if padded < l.kernel { None } else { Some((padded - l.kernel) / l.stride + 1) }
+    };
+    let pool = |side: usize, p: PoolConfig| {
+        if side < p.size { None } else { Some((side - p.size) / p.stride + 1) }
+    };
+    let mut s = input_size;
+    for (i, l) in CONVS.iter().enumerate() {
+        s = conv(s, l).ok_or(l.name)?;
+        // Pools follow conv1, conv2 and conv5.
+        if matches!(i, 0 | 1 | 4) {
+            s = pool(s, cfg.pool).ok_or(["pool1", "pool2", "", "", "pool5"][i])?;
+        }
+    }
+    if s == 0 { Err("pool5") } else { Ok(s) }
+}
+
+/// Every parameter of the network in a fixed order (conv1..conv5, fc6..fc8; weight then
+/// bias), which is also the order [`init_paper`](super::init_paper) draws them in.
+///
+/// Fails with [`ModelError::InvalidConfig`] or [`ModelError::InputTooSmall`] (wrapped in
+/// a candle error).
+pub fn param_specs(cfg: &ModelConfig, input_size: usize, num_classes: usize) -> Result<Vec<ParamSpec>> {
+    cfg.validate()?;
+    if num_classes == 0 {
+        return Err(ModelError::InvalidConfig { key: "num_classes", reason: "must be at least 1".into() }.into());
+    }
+    let side = final_side(cfg, input_size).map_err(|layer| {
+        let min_input = (1..4096).find(|&s| final_side(cfg, s).is_ok()).unwrap_or(0);
+        ModelError::InputTooSmall { input_size, layer, min_input }
+    })?;
+    let bias = |one: bool| ParamInit::Constant(if one && cfg.init_bias_one { 1.0 } else { 0.0 });
+    let normal = ParamInit::Normal { std: cfg.init_std };
+    let mut specs = Vec::with_capacity(16);
+    let mut c_in = 3;
+    for l in &CONVS {
+        let groups = if l.grouped { cfg.groups } else { 1 };
+        let c_out = conv_channels(l.base_out, cfg.width, cfg.groups);
+        specs.push(ParamSpec {
+            name: format!("{}.weight", l.name),
+            shape: vec![c_out, c_in / groups, l.kernel, l.kernel],
+            init: normal,
+        });
+        specs.push(ParamSpec { name: format!("{}.bias", l.name), shape: vec![c_out], init: bias(l.bias_one) });
+        c_in = c_out;
+    }
+    let hidden = ((FC_HIDDEN as f64 * cfg.width).round() as usize).max(1);
+    let fcs = [("fc6", c_in * side * side, hidden, true), ("fc7", hidden, hidden, true), ("fc8", hidden, num_classes, false)];
+    for (name, fan_in, fan_out, one) in fcs {
+        specs.push(ParamSpec { name: format!("{name}.weight"), shape: vec![fan_out, fan_in], init: normal });
+        specs.push(ParamSpec { name: format!("{name}.bias"), shape: vec![fan_out], init: bias(one) });
+    }
+    Ok(specs)
+}
+
+/// Number of learned scalars (60,965,224 for the paper's network on 224x224 inputs
+/// with 1000 classes).
+pub fn parameter_count(cfg: &ModelConfig, input_size: usize, num_classes: usize) -> Result<usize> {
+    Ok(param_specs(cfg, input_size, num_classes)?.iter().map(|p| p.shape.iter().product::<usize>()).sum())
+}
+
+/// AlexNet: five conv layers and three fully connected ones.
+#[derive(Debug, Clone)]
+pub struct AlexNet {
+    conv1: Conv2d,
+    conv2: Conv2d,
+    conv3: Conv2d,
+    conv4: Conv2d,
+    conv5: Conv2d,
+    fc6: Linear,
+    fc7: Linear,
+    fc8: Linear,
+    lrn: LrnConfig,
+    pool: PoolConfig,
+    dropout: f32,
+    input_size: usize,
+}
+
+/// Builds AlexNet for `input_size`x`input_size` RGB images and `num_classes` outputs,
+/// taking every parameter from `vb` by path (`conv1.weight` … `fc8.bias`).
+///
+/// The VarBuilder must already hold every parameter (from [`init_paper`](super::init_paper)
+/// or a checkpoint): a missing one is [`ModelError::MissingParameter`] rather than
+/// a silent default initialisation. Also fails when the config is invalid or the input
+/// is too small for the conv/pool stack ([`ModelError::InputTooSmall`]).
+pub fn alexnet(cfg: &ModelConfig, input_size: usize, num_classes: usize, vb: VarBuilder) -> Result<AlexNet> {
+    let specs = param_specs(cfg, input_size, num_classes)?;
+    let get = |name: &str| -> Result<Tensor> {
+        let spec = specs.iter().find(|s| s.name == name).expect("name comes from CONVS/fc list");
+        if !vb.contains_tensor(name) {
+            return Err(ModelError::MissingParameter { name: name.into(), shape: spec.shape.clone() }.into());
+        }
+        vb.get(spec.shape.as_slice(), name)
+    };
+    let conv = |i: usize| -> Result<Conv2d> {
+        let l = &CONVS[i];
+        let params = ConvParams {
+            stride: l.stride,
+            padding: l.padding,
+            groups: if l.grouped { cfg.groups } else { 1 },
+        };
+        Ok(Conv2d::new(get(&format!("{}.weight", l.name))?, get(&format!("{}.bias", l.name))?, params))
+    };
+    let linear = |name: &str| -> Result<Linear> {
+        Ok(Linear::new(get(&format!("{name}.weight"))?, Some(get(&format!("{name}.bias"))?)))
+    };
+    Ok(AlexNet {
+        conv1: conv(0)?,
+        conv2: conv(1)?,
+        conv3: conv(2)?,
+        conv4: conv(3)?,
+        conv5: conv(4)?,
+        fc6: linear("fc6")?,
+        fc7: linear("fc7")?,
+        fc8: linear("fc8")?,
+        lrn: cfg.lrn,
+        pool: cfg.pool,
+        dropout: cfg.dropout,
+        input_size,
+    })
+}
+
+impl AlexNet {
+    /// Logits `(batch, num_classes)` for images `(batch, 3, input_size, input_size)`.
+    ///
+    /// `dropout`: `Some(rng)` is training mode (dropout on fc6/fc7 drawn from `rng`);
+    /// `None` is eval mode (every unit, no scaling: dropout is inverted at train time).
+    pub fn forward(&self, x: &Tensor, dropout: Option<&mut DropoutRng>) -> Result<Tensor> {
+        self.run(x, FeatureLayer::Fc8, dropout)
+    }
+
+    /// Eval-mode activations of fc6/fc7 (after ReLU) or fc8 (logits).
+    pub fn forward_features(&self, x: &Tensor, layer: FeatureLayer) -> Result<Tensor> {
+        self.run(x, layer, None)
+    }
+
+    /// Input side this network was built for.
+    pub fn input_size(&self) -> usize {
+        self.input_size
+    }
+
+    fn run(&self, x: &Tensor, upto: FeatureLayer, mut rng: Option<&mut DropoutRng>) -> Result<Tensor> {
+        match x.dims() {
+            &[_, 3, h, w] if h == self.input_size && w == self.input_size => {}
+            d => return Err(ModelError::BadInput { got: d.to_vec(), size: self.input_size }.into()),
+        }
+        let mut drop = |t: Tensor| match rng.as_deref_mut() {
+            Some(r) => dropout(&t, self.dropout, r),
+            None => Ok(t),
+        };
+        // Shapes for the paper's network (width 1, groups 2) on 224x224 inputs.
+        let x = self.conv1.forward(x)?.relu()?; //                 (b, 96, 55, 55)
+        let x = max_pool2d(&lrn(&x, self.lrn)?, self.pool)?; //     (b, 96, 27, 27)
+        let x = self.conv2.forward(&x)?.relu()?; //                (b, 256, 27, 27)
+        let x = max_pool2d(&lrn(&x, self.lrn)?, self.pool)?; //     (b, 256, 13, 13)
+        let x = self.conv3.forward(&x)?.relu()?; //                (b, 384, 13, 13)
+        let x = self.conv4.forward(&x)?.relu()?; //                (b, 384, 13, 13)
+        let x = self.conv5.forward(&x)?.relu()?; //                (b, 256, 13, 13)
+        let x = max_pool2d(&x, self.pool)?.flatten_from(1)?; //     (b, 9216)
+        let x = self.fc6.forward(&x)?.relu()?; //                  (b, 4096)
+        if upto == FeatureLayer::Fc6 {
+            return Ok(x);
+        }
+        let x = self.fc7.forward(&drop(x)?)?.relu()?; //           (b, 4096)
+        if upto == FeatureLayer::Fc7 {
+            return Ok(x);
+        }
+        self.fc8.forward(&drop(x)?) //                             (b, num_classes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    #[test]
+    fn paper_network_has_60_965_224_parameters() -> Result<()> {
+        let cfg = ModelConfig::default();
+        assert_eq!(parameter_count(&cfg, 224, 1000)?, 60_965_224);
+        let specs = param_specs(&cfg, 224, 1000)?;
+        let shape = |n: &str| specs.iter().find(|s| s.name == n).unwrap().shape.clone();
+        assert_eq!(shape("conv1.weight"), [96, 3, 11, 11]);
+        assert_eq!(shape("conv2.weight"), [256, 48, 5, 5]);
+        assert_eq!(shape("conv3.weight"), [384, 256, 3, 3]);
+        assert_eq!(shape("conv4.weight"), [384, 192, 3, 3]);
+        assert_eq!(shape("conv5.weight"), [256, 192, 3, 3]);
+        assert_eq!(shape("fc6.weight"), [4096, 9216]);
+        assert_eq!(shape("fc8.weight"), [1000, 4096]);
+        // The single-tower variant has the ungrouped conv2/4/5 (torchvision-like count).
+        let one = ModelConfig { groups: 1, ..cfg };
+        assert_eq!(parameter_count(&one, 224, 1000)?, 60_965_224 + 307_200 + 663_552 + 442_368);
+        Ok(())
+    }
+
+    #[test]
+    fn width_scales_and_rounds_to_groups() -> Result<()> {
+        let cfg = ModelConfig { width: 0.3, ..Default::default() };
+        let specs = param_specs(&cfg, 224, 10)?;
+        let outs: Vec<usize> = specs.iter().step_by(2).map(|s| s.shape[0]).collect();
+        // 96*0.3 = 28.8 -> 28 (14 per group), 256*.3 = 76.8 -> 76, 384*.3 = 115.2 -> 116.
+        assert_eq!(outs, [28, 76, 116, 116, 76, 1229, 1229, 10]);
+        assert!(outs[..5].iter().all(|c| c % 2 == 0));
+        Ok(())
+    }
+
+    #[test]
+    fn too_small_input_is_a_clear_error() {
+        let err = param_specs(&ModelConfig::default(), 40, 10).unwrap_err().to_string();
+        assert!(err.contains("too small") && err.contains("63"), "{err}");
+        assert!(param_specs(&ModelConfig::default(), 63, 10).is_ok());
+        let err = param_specs(&ModelConfig { groups: 0, ..Default::default() }, 224, 10).unwrap_err();
+        assert!(err.to_string().contains("model.groups"), "{err}");
+    }
+
+    #[test]
+    fn missing_parameter_is_named() {
+        let varmap = candle_nn::VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let err = alexnet(&ModelConfig::default(), 224, 10, vb).unwrap_err().to_string();
+        assert!(err.contains("conv1.weight"), "{err}");
+    }
+}

@@ -1,0 +1,416 @@
+//! 2-D convolution with groups, and a CPU implementation whose backward candle lacks.
+//!
+//! Why not plain `Tensor::conv2d` on the CPU (candle 0.11):
+//! - its backward computes the input gradient with `conv_transpose2d`, which is slow on
+//!   the CPU (a direct loop, not a GEMM), and the kernel gradient as a conv with the
+//!   roles of stride and dilation swapped;
+//! - it computes that input gradient even when nobody needs it: for conv1 the input is
+//!   the image batch (not a `Var`), yet `backward()` still runs a full
+//!   `conv_transpose2d` for it (pinned by `candle_conv_computes_unused_input_grad`);
+//! - groups are done with `chunk` + `cat`, whose backward pads each group's gradient
+//!   back to full size with zeros and adds them.
+//!
+//! [`Conv2dOp`] is a `CustomOp2 (input, kernel)` for f32/f64 on the CPU that lowers
+//! each group to one large GEMM over the whole batch (im2col with columns
+//! `batch*out_h*out_w`, candle's own gemm through `BackendStorage::matmul`):
+//! - forward: `out_g (c_out_g, B*P) = W_g (c_out_g, K) @ cols_g (K, B*P)`;
+//! - backward: `dW_g = dOut_g @ cols_gᵀ`, and only if the input needs a gradient
+//!   (`Tensor::track_op`), `dcols_g = W_gᵀ @ dOut_g` followed by col2im.
+//!
+//! On other devices and dtypes [`conv2d`] falls back to candle's `Tensor::conv2d`
+//! (cuDNN on CUDA), whose backward is correct there.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Module, Result, Shape, Tensor, WithDType};
+use rayon::prelude::*;
+
+/// Stride, zero padding (same on all four sides) and groups of a convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvParams {
+    pub stride: usize,
+    pub padding: usize,
+    pub groups: usize,
+}
+
+impl Default for ConvParams {
+    fn default() -> Self {
+        Self { stride: 1, padding: 0, groups: 1 }
+    }
+}
+
+/// A conv layer: `weight (c_out, c_in/groups, k_h, k_w)`, `bias (c_out)`.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Tensor,
+    params: ConvParams,
+}
+
+impl Conv2d {
+    pub fn new(weight: Tensor, bias: Tensor, params: ConvParams) -> Self {
+        Self { weight, bias, params }
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    pub fn bias(&self) -> &Tensor {
+        &self.bias
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = conv2d(x, &self.weight, self.params)?; // (b, c_out, h', w')
+        y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
+    }
+}
+
+/// Convolution without bias: the custom CPU op for f32/f64 on the CPU, candle's
+/// `Tensor::conv2d` elsewhere.
+pub fn conv2d(x: &Tensor, w: &Tensor, p: ConvParams) -> Result<Tensor> {
+    let custom = x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64);
+    if custom {
+        x.apply_op2(w, Conv2dOp(p))
+    } else {
+        x.conv2d(w, p.padding, p.stride, 1, p.groups)
+    }
+}
+
+/// The convolution as a candle custom op (CPU): `(input, kernel) -> output`.
+#[derive(Debug, Clone, Copy)]
+pub struct Conv2dOp(pub ConvParams);
+
+/// Sizes of one convolution, derived from the input and kernel shapes.
+#[derive(Debug, Clone, Copy)]
+struct Geom {
+    b: usize,
+    c_in: usize,
+    h: usize,
+    w: usize,
+    c_out: usize,
+    kh: usize,
+    kw: usize,
+    oh: usize,
+    ow: usize,
+    p: ConvParams,
+}
+
+impl Geom {
+    fn new(x: &[usize], k: &[usize], p: ConvParams) -> Result<Self> {
+        let (&[b, c_in, h, w], &[c_out, c_in_g, kh, kw]) = (x, k) else {
+            candle_core::bail!("conv2d: expects 4-D input and kernel, got {x:?} and {k:?}")
+        };
+        if p.groups == 0 || c_in != c_in_g * p.groups || c_out % p.groups != 0 {
+            candle_core::bail!("conv2d: input {x:?} / kernel {k:?} do not match groups {}", p.groups)
+        }
+        if h + 2 * p.padding < kh || w + 2 * p.padding < kw || p.stride == 0 {
+            candle_core::bail!("conv2d: input {x:?} smaller than kernel {k:?} (padding {})", p.padding)
+        }
+        let oh = (h + 2 * p.padding - kh) / p.stride + 1;
+        let ow = (w + 2 * p.padding - kw) / p.stride + 1;
+        Ok(Self { b, c_in, h, w, c_out, kh, kw, oh, ow, p })
+    }
+    fn cin_g(&self) -> usize {
+        self.c_in / self.p.groups
+    }
+    fn cout_g(&self) -> usize {
+        self.c_out / self.p.groups
+    }
+    /// Rows of the im2col matrix of one group.
+    fn k(&self) -> usize {
+        self.cin_g() * self.kh * self.kw
+    }
+    /// Output pixels per image.
+    fn pix(&self) -> usize {
+        self.oh * self.ow
+    }
+}
+
+/// im2col of group `g`: `cols[(c, ky, kx)][b * P + oy * ow + ox] = x[b, g*cin_g + c, iy, ix]`
+/// (zero outside the image). Reads `x` through its strides.
+fn im2col<T: WithDType>(x: &[T], l: &Layout, gm: &Geom, g: usize) -> Vec<T> {
+    let st = l.stride();
+    let (s0, s1, s2, s3) = (st[0], st[1], st[2], st[3]);
+    let x = &x[l.start_offset()..];
+    let (pix, bp) = (gm.pix(), gm.b * gm.pix());
+    let (pad, stride) = (gm.p.padding as isize, gm.p.stride as isize);
+    let mut cols = vec![T::zero(); gm.k() * bp];
+    cols.par_chunks_mut(bp).enumerate().for_each(|(row, dst)| {
+        let (c, ky, kx) = (row / (gm.kh * gm.kw), (row / gm.kw) % gm.kh, row % gm.kw);
+        let c = g * gm.cin_g() + c;
+        for b in 0..gm.b {
+            let base = b * s0 + c * s1;
+            for oy in 0..gm.oh {
+                let iy = oy as isize * stride + ky as isize - pad;
+                let d = &mut dst[b * pix + oy * gm.ow..b * pix + (oy + 1) * gm.ow];
+                if iy < 0 || iy >= gm.h as isize {
+                    continue; // already zero
+                }
+                let rowbase = base + iy as usize * s2;
+                for (ox, v) in d.iter_mut().enumerate() {
+                    let ix = ox as isize * stride + kx as isize - pad;
+                    if ix >= 0 && ix < gm.w as isize {
+                        *v = x[rowbase + ix as usize * s3];
+                    }
+                }
+            }
+        }
+    });
+    cols
+}
+
+/// col2im of one group: the adjoint of [`im2col`], summing overlapping contributions.
+/// `cols` is `(K, B*P)` contiguous; returns `(b, cin_g, h, w)` contiguous.
+fn col2im<T: WithDType>(cols: &[T], gm: &Geom) -> Vec<T> {
+    let (pix, bp, cin_g) = (gm.pix(), gm.b * gm.pix(), gm.cin_g());
+    let (pad, stride) = (gm.p.padding as isize, gm.p.stride as isize);
+    let mut out = vec![T::zero(); gm.b * cin_g * gm.h * gm.w];
+    out.par_chunks_mut(gm.h * gm.w).enumerate().for_each(|(plane, dst)| {
+        let (b, c) = (plane / cin_g, plane % cin_g);
+        for ky in 0..gm.kh {
+            for kx in 0..gm.kw {
+                let row = &cols[((c * gm.kh + ky) * gm.kw + kx) * bp + b * pix..][..pix];
+                for oy in 0..gm.oh {
+                    let iy = oy as isize * stride + ky as isize - pad;
+                    if iy < 0 || iy >= gm.h as isize {
+                        continue;
+                    }
+                    let d = &mut dst[iy as usize * gm.w..(iy as usize + 1) * gm.w];
+                    for (ox, &v) in row[oy * gm.ow..(oy + 1) * gm.ow].iter().enumerate() {
+                        let ix = ox as isize * stride + kx as isize - pad;
+                        if ix >= 0 && ix < gm.w as isize {
+                            d[ix as usize] += v;
+                        }
+                    }
+                }
+            }
+        }
+    });
+    out
+}
+
+fn fwd<T: WithDType>(
+    xs: &CpuStorage,
+    x: &[T],
+    xl: &Layout,
+    ks: &CpuStorage,
+    kl: &Layout,
+    gm: &Geom,
+) -> Result<Vec<T>> {
+    let (k, bp, pix, cout_g) = (gm.k(), gm.b * gm.pix(), gm.pix(), gm.cout_g());
+    let kst = kl.stride();
+    let mut out = vec![T::zero(); gm.b * gm.c_out * pix];
+    for g in 0..gm.p.groups {
+        let cols = T::to_cpu_storage_owned(im2col(x, xl, gm, g));
+        // W_g viewed as (cout_g, K): rows are output channels, K runs over (c, ky, kx),
+        // which is contiguous in a contiguous kernel.
+        let wl = if kl.is_contiguous() {
+            Layout::new((cout_g, k).into(), vec![k, 1], kl.start_offset() + g * cout_g * kst[0])
+        } else {
+            candle_core::bail!("conv2d: kernel must be contiguous")
+        };
+        let res = ks.matmul(&cols, (1, cout_g, bp, k), &wl, &Layout::contiguous((k, bp)))?;
+        let res = res.as_slice::<T>()?;
+        // (cout_g, B, P) -> out (B, c_out, P) at channel offset g*cout_g.
+        out.par_chunks_mut(gm.c_out * pix).enumerate().for_each(|(b, ob)| {
+            for co in 0..cout_g {
+                ob[(g * cout_g + co) * pix..][..pix].copy_from_slice(&res[co * bp + b * pix..][..pix]);
+            }
+        });
+    }
+    let _ = xs;
+    Ok(out)
+}
+
+fn contiguous_dims(l: &Layout) -> &[usize] {
+    l.dims()
+}
+
+impl CustomOp2 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "conv2d-im2col"
+    }
+
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ks: &CpuStorage, kl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let gm = Geom::new(contiguous_dims(xl), kl.dims(), self.0)?;
+        let out = match (xs, ks) {
+            (CpuStorage::F32(x), CpuStorage::F32(_)) => CpuStorage::F32(fwd(xs, x, xl, ks, kl, &gm)?),
+            (CpuStorage::F64(x), CpuStorage::F64(_)) => CpuStorage::F64(fwd(xs, x, xl, ks, kl, &gm)?),
+            _ => candle_core::bail!("conv2d-im2col: supports f32/f64, got {:?}/{:?}", xs.dtype(), ks.dtype()),
+        };
+        Ok((out, Shape::from((gm.b, gm.c_out, gm.oh, gm.ow))))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let gm = Geom::new(x.dims(), w.dims(), self.0)?;
+        let (k, cout_g, groups) = (gm.k(), gm.cout_g(), gm.p.groups);
+        // dOut as (c_out, B*P): one copy, then each group is a contiguous row block.
+        let gperm = grad.reshape((gm.b, gm.c_out, gm.pix()))?.transpose(0, 1)?.contiguous()?;
+        let gperm = gperm.reshape((gm.c_out, gm.b * gm.pix()))?;
+        let w2 = w.contiguous()?.reshape((gm.c_out, k))?;
+        let mut dws = Vec::with_capacity(groups);
+        let mut dxs = Vec::with_capacity(groups);
+        for g in 0..groups {
+            let dout_g = gperm.narrow(0, g * cout_g, cout_g)?; // (cout_g, B*P)
+            let cols = x.apply_op1_no_bwd(&Im2Col { p: self.0, kh: gm.kh, kw: gm.kw, group: g })?; // (K, B*P)
+            dws.push(dout_g.matmul(&cols.t()?)?); // (cout_g, K)
+            drop(cols);
+            // The input gradient only when something upstream wants it: for conv1 the
+            // input is the image batch and this would be the most expensive GEMM.
+            if x.track_op() {
+                let w_g = w2.narrow(0, g * cout_g, cout_g)?; // (cout_g, K)
+                let dcols = w_g.t()?.matmul(&dout_g)?; // (K, B*P)
+                dxs.push(dcols.apply_op1_no_bwd(&Col2Im { gm })?); // (B, cin_g, H, W)
+            }
+        }
+        let dw = Tensor::cat(&dws, 0)?.reshape(w.dims())?;
+        let dx = if x.track_op() { Some(Tensor::cat(&dxs, 1)?) } else { None };
+        Ok((dx, Some(dw)))
+    }
+}
+
+/// im2col of one group as a (no-backward) custom op: `(B, C, H, W) -> (K, B*P)`.
+struct Im2Col {
+    p: ConvParams,
+    kh: usize,
+    kw: usize,
+    group: usize,
+}
+
+impl CustomOp1 for Im2Col {
+    fn name(&self) -> &'static str {
+        "im2col"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let d = l.dims();
+        let c_out_dummy = self.p.groups; // only the kernel's spatial dims matter here
+        let gm = Geom::new(d, &[c_out_dummy, d[1] / self.p.groups, self.kh, self.kw], self.p)?;
+        let shape = Shape::from((gm.k(), gm.b * gm.pix()));
+        let out = match s {
+            CpuStorage::F32(x) => CpuStorage::F32(im2col(x, l, &gm, self.group)),
+            CpuStorage::F64(x) => CpuStorage::F64(im2col(x, l, &gm, self.group)),
+            _ => candle_core::bail!("im2col: supports f32/f64, got {:?}", s.dtype()),
+        };
+        Ok((out, shape))
+    }
+}
+
+/// col2im of one group as a (no-backward) custom op: `(K, B*P) -> (B, cin_g, H, W)`.
+struct Col2Im {
+    gm: Geom,
+}
+
+impl CustomOp1 for Col2Im {
+    fn name(&self) -> &'static str {
+        "col2im"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let gm = &self.gm;
+        let (a, b) = l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("col2im: non-contiguous".into()))?;
+        let shape = Shape::from((gm.b, gm.cin_g(), gm.h, gm.w));
+        let out = match s {
+            CpuStorage::F32(c) => CpuStorage::F32(col2im(&c[a..b], gm)),
+            CpuStorage::F64(c) => CpuStorage::F64(col2im(&c[a..b], gm)),
+            _ => candle_core::bail!("col2im: supports f32/f64, got {:?}", s.dtype()),
+        };
+        Ok((out, shape))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn rand_tensor(shape: &[usize], seed: u64) -> Tensor {
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let n: usize = shape.iter().product();
+        let v: Vec<f64> = (0..n).map(|_| rng.random::<f64>() * 2.0 - 1.0).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
+    }
+
+    const CASES: [(ConvParams, [usize; 4], [usize; 4]); 4] = [
+        // conv1-like: stride 4, pad 2, a side that leaves a remainder
+        (ConvParams { stride: 4, padding: 2, groups: 1 }, [2, 3, 23, 23], [4, 3, 11, 11]),
+        // conv2-like: 2 groups, pad 2
+        (ConvParams { stride: 1, padding: 2, groups: 2 }, [2, 4, 7, 6], [6, 2, 5, 5]),
+        // conv4-like: 2 groups, pad 1
+        (ConvParams { stride: 1, padding: 1, groups: 2 }, [3, 6, 5, 5], [4, 3, 3, 3]),
+        // stride 2, no padding, non-square kernel
+        (ConvParams { stride: 2, padding: 0, groups: 1 }, [2, 2, 7, 8], [3, 2, 3, 2]),
+    ];
+
+    /// Forward and both gradients equal candle's own conv2d (f64).
+    #[test]
+    fn matches_candle_conv2d() -> Result<()> {
+        for (i, (p, xs, ks)) in CASES.iter().enumerate() {
+            let x = Var::from_tensor(&rand_tensor(xs, i as u64))?;
+            let w = Var::from_tensor(&rand_tensor(ks, 100 + i as u64))?;
+            let ours = conv2d(x.as_tensor(), w.as_tensor(), *p)?;
+            let theirs = x.as_tensor().conv2d(w.as_tensor(), p.padding, p.stride, 1, p.groups)?;
+            assert_eq!(ours.dims(), theirs.dims());
+            assert!(max_abs_diff(&ours, &theirs) < 1e-12, "case {i} forward");
+            let r = rand_tensor(ours.dims(), 200 + i as u64);
+            let g1 = (ours * &r)?.sum_all()?.backward()?;
+            let g2 = (theirs * &r)?.sum_all()?.backward()?;
+            for (name, v) in [("input", &x), ("kernel", &w)] {
+                let d = max_abs_diff(g1.get(v.as_tensor()).unwrap(), g2.get(v.as_tensor()).unwrap());
+                assert!(d < 1e-12, "case {i} {name} grad differs by {d}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Central finite differences on the input and the kernel (f64).
+    #[test]
+    fn gradient_matches_finite_differences() -> Result<()> {
+        let (p, xs, ks) = CASES[1];
+        let x0 = rand_tensor(&xs, 7);
+        let w0 = rand_tensor(&ks, 8);
+        let oshape = conv2d(&x0, &w0, p)?.dims().to_vec();
+        let r = rand_tensor(&oshape, 9);
+        let loss = |x: &Tensor, w: &Tensor| -> f64 {
+            (conv2d(x, w, p).unwrap() * &r).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap()
+        };
+        let (x, w) = (Var::from_tensor(&x0)?, Var::from_tensor(&w0)?);
+        let grads = (conv2d(x.as_tensor(), w.as_tensor(), p)? * &r)?.sum_all()?.backward()?;
+        for (which, t0, v) in [(0, &x0, &x), (1, &w0, &w)] {
+            let analytic = grads.get(v.as_tensor()).unwrap().flatten_all()?.to_vec1::<f64>()?;
+            let base = t0.flatten_all()?.to_vec1::<f64>()?;
+            for i in 0..base.len() {
+                let (mut pv, mut mv) = (base.clone(), base.clone());
+                pv[i] += 1e-6;
+                mv[i] -= 1e-6;
+                let (tp, tm) = (Tensor::from_slice(&pv, t0.dims(), &Device::Cpu)?, Tensor::from_slice(&mv, t0.dims(), &Device::Cpu)?);
+                let numeric = if which == 0 { (loss(&tp, &w0) - loss(&tm, &w0)) / 2e-6 } else { (loss(&x0, &tp) - loss(&x0, &tm)) / 2e-6 };
+                let err = (numeric - analytic[i]).abs() / (1e-3 + numeric.abs());
+                assert!(err < 1e-6, "{} element {i}: {numeric} vs {}", ["input", "kernel"][which], analytic[i]);
+            }
+        }
+        Ok(())
+    }
+
+    /// candle's conv2d backward computes a gradient for a plain (non-Var) input; ours
+    /// skips it. If the first assertion fails, candle stopped doing the wasted work.
+    #[test]
+    fn candle_conv_computes_unused_input_grad() -> Result<()> {
+        let (p, xs, ks) = CASES[0];
+        let x = rand_tensor(&xs, 1); // the image batch: not a Var
+        let w = Var::from_tensor(&rand_tensor(&ks, 2))?;
+        let g = x.conv2d(w.as_tensor(), p.padding, p.stride, 1, 1)?.sum_all()?.backward()?;
+        assert!(g.get(&x).is_some(), "candle computed an input gradient nobody asked for");
+        let g = conv2d(&x, w.as_tensor(), p)?.sum_all()?.backward()?;
+        assert!(g.get(&x).is_none());
+        assert!(g.get(w.as_tensor()).is_some());
+        Ok(())
+    }
+}

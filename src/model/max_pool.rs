@@ -1,0 +1,320 @@
+//! Max-pooling with a correct backward for overlapping windows (paper §3.4: z = 3, s = 2).
+//!
+//! Why not candle's `max_pool2d`: in candle 0.11 its backward bails out when
+//! kernel != stride ("backward not supported for maxpool2d if ksize != stride"), and when
+//! kernel == stride it returns the gradient scaled by 1/k² (it multiplies by an
+//! `avg_pool2d` of the argmax mask). Both are pinned by the test
+//! `candle_max_pool_backward_is_broken` below, so an upgrade that fixes candle shows up.
+//!
+//! [`MaxPool`] is a `CustomOp1`: the CPU forward is ours; on CUDA/Metal the forward
+//! delegates to the backend's own `max_pool2d` kernel (correct forward). The backward is
+//! a second op, [`MaxPoolBackward`] `(input, grad_output) -> grad_input`, that recomputes
+//! each window's argmax and routes the output gradient there — the first maximum in
+//! row-major order on ties (PyTorch's rule), NaN counts as the maximum. The backward runs
+//! on the CPU only for now: on other devices it returns
+//! [`ModelError::UnsupportedDevice`](super::ModelError) until a later issue adds the CUDA
+//! kernel (the place is `MaxPoolBackward::cuda_fwd`).
+
+use candle_core::backend::BackendStorage;
+use candle_core::{
+    CpuStorage, CudaStorage, CustomOp1, CustomOp2, Layout, MetalStorage, Result, Shape, Tensor,
+    WithDType,
+};
+use rayon::prelude::*;
+
+use super::ModelError;
+use super::config::PoolConfig;
+
+/// Max-pools a `(batch, channels, height, width)` tensor with square `size` windows every
+/// `stride` pixels, no padding, floor mode: output side `(side - size) / stride + 1`.
+pub fn max_pool2d(x: &Tensor, cfg: PoolConfig) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(MaxPool(cfg))
+}
+
+/// The max-pool forward as a candle custom op.
+#[derive(Debug, Clone, Copy)]
+pub struct MaxPool(pub PoolConfig);
+
+/// The max-pool backward: `(input, grad_output) -> grad_input` (CPU).
+#[derive(Debug, Clone, Copy)]
+pub struct MaxPoolBackward(pub PoolConfig);
+
+/// Output side for one spatial dim, or an error naming the sizes.
+fn out_side(side: usize, cfg: &PoolConfig) -> Result<usize> {
+    if side < cfg.size || cfg.stride == 0 {
+        candle_core::bail!("max-pool: input side {side} is smaller than the window {cfg:?}")
+    }
+    Ok((side - cfg.size) / cfg.stride + 1)
+}
+
+fn out_shape(l: &Layout, cfg: &PoolConfig) -> Result<(usize, usize, usize, usize, usize, usize)> {
+    let (b, c, h, w) = match l.dims() {
+        &[b, c, h, w] => (b, c, h, w),
+        d => candle_core::bail!("max-pool: expects (batch, channels, height, width), got {d:?}"),
+    };
+    Ok((b, c, h, w, out_side(h, cfg)?, out_side(w, cfg)?))
+}
+
+/// Index (within the plane) of the first maximum of the window at output (oy, ox).
+#[inline(always)]
+fn argmax<T: WithDType>(plane: &[T], w: usize, oy: usize, ox: usize, cfg: &PoolConfig) -> usize {
+    let (y0, x0) = (oy * cfg.stride, ox * cfg.stride);
+    let mut best_i = y0 * w + x0;
+    let mut best = plane[best_i];
+    for y in y0..y0 + cfg.size {
+        for x in x0..x0 + cfg.size {
+            let i = y * w + x;
+            let v = plane[i];
+            // Strict `>` keeps the first maximum on ties; `v != v` lets a NaN win (and stay).
+            #[allow(clippy::eq_op)]
+            if v > best || (v != v && best == best) {
+                best = v;
+                best_i = i;
+            }
+        }
+    }
+    best_i
+}
+
+fn pool_fwd<T: WithDType>(inp: &[T], l: &Layout, cfg: &PoolConfig) -> Result<Vec<T>> {
+    let (b, c, h, w, oh, ow) = out_shape(l, cfg)?;
+    let mut out = vec![T::zero(); b * c * oh * ow];
+    out.par_chunks_mut(oh * ow).zip(inp.par_chunks(h * w)).for_each(|(o, plane)| {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                o[oy * ow + ox] = plane[argmax(plane, w, oy, ox, cfg)];
+            }
+        }
+    });
+    Ok(out)
+}
+
+fn pool_bwd<T: WithDType>(inp: &[T], l: &Layout, grad: &[T], cfg: &PoolConfig) -> Result<Vec<T>> {
+    let (b, c, h, w, oh, ow) = out_shape(l, cfg)?;
+    if grad.len() != b * c * oh * ow {
+        candle_core::bail!("max-pool backward: grad has {} values, expected {}", grad.len(), b * c * oh * ow)
+    }
+    let mut out = vec![T::zero(); b * c * h * w];
+    out.par_chunks_mut(h * w)
+        .zip(inp.par_chunks(h * w).zip(grad.par_chunks(oh * ow)))
+        .for_each(|(o, (plane, g))| {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    // Overlapping windows may share an argmax: gradients add up.
+                    o[argmax(plane, w, oy, ox, cfg)] += g[oy * ow + ox];
+                }
+            }
+        });
+    Ok(out)
+}
+
+fn contiguous<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
+        None => candle_core::bail!("{op}: expects a contiguous input"),
+    }
+}
+
+impl CustomOp1 for MaxPool {
+    fn name(&self) -> &'static str {
+        "max-pool2d"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (b, c, _, _, oh, ow) = out_shape(l, &self.0)?;
+        let op = "max-pool2d";
+        let out = match s {
+            CpuStorage::F32(_) => CpuStorage::F32(pool_fwd(contiguous::<f32>(s, l, op)?, l, &self.0)?),
+            CpuStorage::F64(_) => CpuStorage::F64(pool_fwd(contiguous::<f64>(s, l, op)?, l, &self.0)?),
+            CpuStorage::F16(_) => CpuStorage::F16(pool_fwd(contiguous(s, l, op)?, l, &self.0)?),
+            CpuStorage::BF16(_) => CpuStorage::BF16(pool_fwd(contiguous(s, l, op)?, l, &self.0)?),
+            _ => candle_core::bail!("{op}: unsupported dtype {:?}", s.dtype()),
+        };
+        Ok((out, Shape::from((b, c, oh, ow))))
+    }
+
+    // Off the CPU the forward is the backend's own kernel: candle's max_pool2d forward is
+    // right, only its backward is not.
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+        let (b, c, _, _, oh, ow) = out_shape(l, &self.0)?;
+        let k = (self.0.size, self.0.size);
+        Ok((s.max_pool2d(l, k, (self.0.stride, self.0.stride))?, Shape::from((b, c, oh, ow))))
+    }
+
+    fn metal_fwd(&self, s: &MetalStorage, l: &Layout) -> Result<(MetalStorage, Shape)> {
+        let (b, c, _, _, oh, ow) = out_shape(l, &self.0)?;
+        let k = (self.0.size, self.0.size);
+        Ok((s.max_pool2d(l, k, (self.0.stride, self.0.stride))?, Shape::from((b, c, oh, ow))))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        if !arg.device().is_cpu() {
+            // TODO(cuda kernels issue): a CUDA MaxPoolBackward::cuda_fwd.
+            return Err(ModelError::UnsupportedDevice {
+                op: "max-pool backward",
+                device: format!("{:?}", arg.device().location()),
+            }
+            .into());
+        }
+        let g = grad_res.contiguous()?;
+        Ok(Some(arg.apply_op2_no_bwd(&g, &MaxPoolBackward(self.0))?))
+    }
+}
+
+impl CustomOp2 for MaxPoolBackward {
+    fn name(&self) -> &'static str {
+        "max-pool2d-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let op = "max-pool2d-backward";
+        let c = &self.0;
+        let out = match (s1, s2) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                CpuStorage::F32(pool_bwd(contiguous::<f32>(s1, l1, op)?, l1, contiguous(s2, l2, op)?, c)?)
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                CpuStorage::F64(pool_bwd(contiguous::<f64>(s1, l1, op)?, l1, contiguous(s2, l2, op)?, c)?)
+            }
+            (CpuStorage::F16(_), CpuStorage::F16(_)) => {
+                CpuStorage::F16(pool_bwd(contiguous(s1, l1, op)?, l1, contiguous(s2, l2, op)?, c)?)
+            }
+            (CpuStorage::BF16(_), CpuStorage::BF16(_)) => {
+                CpuStorage::BF16(pool_bwd(contiguous(s1, l1, op)?, l1, contiguous(s2, l2, op)?, c)?)
+            }
+            _ => candle_core::bail!("{op}: unsupported dtypes {:?}/{:?}", s1.dtype(), s2.dtype()),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, Var};
+
+    fn rand_vec(n: usize, seed: u64) -> Vec<f64> {
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        (0..n).map(|_| rng.random::<f64>() * 2.0 - 1.0).collect()
+    }
+
+    fn paper() -> PoolConfig {
+        PoolConfig::default()
+    }
+
+    #[test]
+    fn forward_values_and_shape() -> Result<()> {
+        // One 5x5 plane 0..25: windows at rows/cols {0,2}, each max is its bottom-right.
+        let x = Tensor::arange(0f32, 25., &Device::Cpu)?.reshape((1, 1, 5, 5))?;
+        let y = max_pool2d(&x, paper())?;
+        assert_eq!(y.dims(), &[1, 1, 2, 2]);
+        assert_eq!(y.flatten_all()?.to_vec1::<f32>()?, vec![12., 14., 22., 24.]);
+        // Window 3 stride 2 drops the last column/row when they do not fit (6 -> 2).
+        let x = Tensor::arange(0f32, 72., &Device::Cpu)?.reshape((2, 1, 6, 6))?;
+        assert_eq!(max_pool2d(&x, paper())?.dims(), &[2, 1, 2, 2]);
+        // Same values as candle's own forward.
+        let x = Tensor::from_vec(rand_vec(2 * 3 * 13 * 11, 5), (2, 3, 13, 11), &Device::Cpu)?;
+        let ours = max_pool2d(&x, paper())?;
+        let theirs = x.max_pool2d_with_stride(3, 2)?;
+        assert_eq!(ours.flatten_all()?.to_vec1::<f64>()?, theirs.flatten_all()?.to_vec1::<f64>()?);
+        // Too small an input is an error, not a panic.
+        assert!(max_pool2d(&Tensor::zeros((1, 1, 2, 2), DType::F32, &Device::Cpu)?, paper()).is_err());
+        Ok(())
+    }
+
+    /// Analytic vs central finite differences in f64 on random inputs (distinct values,
+    /// so the max is locally differentiable), covering overlapping windows and edges
+    /// (odd/even sides where the last row/column is dropped), for 3/2 and 2/2.
+    #[test]
+    fn gradient_matches_finite_differences() -> Result<()> {
+        for (cfg, (h, w)) in [
+            (paper(), (7usize, 7usize)),
+            (paper(), (8, 6)),
+            (PoolConfig { size: 2, stride: 2 }, (5, 6)),
+            (PoolConfig { size: 3, stride: 1 }, (5, 4)),
+        ] {
+            let shape = (2usize, 3usize, h, w);
+            let n = 2 * 3 * h * w;
+            let base = rand_vec(n, (h * 10 + w) as u64);
+            let oh = (h - cfg.size) / cfg.stride + 1;
+            let ow = (w - cfg.size) / cfg.stride + 1;
+            let wts = Tensor::from_vec(rand_vec(2 * 3 * oh * ow, 99), (2, 3, oh, ow), &Device::Cpu)?;
+            let x = Var::from_tensor(&Tensor::from_slice(&base, shape, &Device::Cpu)?)?;
+            let grads = (max_pool2d(x.as_tensor(), cfg)? * &wts)?.sum_all()?.backward()?;
+            let analytic = grads.get(x.as_tensor()).unwrap().flatten_all()?.to_vec1::<f64>()?;
+            let f = |v: &[f64]| -> f64 {
+                let t = Tensor::from_slice(v, shape, &Device::Cpu).unwrap();
+                (max_pool2d(&t, cfg).unwrap() * &wts).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap()
+            };
+            let hstep = 1e-6;
+            for i in 0..n {
+                let (mut p, mut m) = (base.clone(), base.clone());
+                p[i] += hstep;
+                m[i] -= hstep;
+                let numeric = (f(&p) - f(&m)) / (2.0 * hstep);
+                let err = (numeric - analytic[i]).abs() / (1e-3 + numeric.abs().max(analytic[i].abs()));
+                assert!(err < 1e-6, "{cfg:?} {h}x{w} element {i}: fd {numeric} vs {}", analytic[i]);
+            }
+        }
+        Ok(())
+    }
+
+    /// Ties: the whole gradient of a window goes to its first maximum in row-major order
+    /// (PyTorch's CPU rule); a shared argmax of two overlapping windows gets both.
+    #[test]
+    fn ties_go_to_first_max_and_overlaps_add() -> Result<()> {
+        // 3x5 plane, two windows (cols 0-2 and 2-4) overlapping at column 2.
+        #[rustfmt::skip]
+        let v = [
+            1., 5., 5.,   0., 0.,
+            5., 0., 0.,   0., 0.,
+            0., 0., 0.,   0., 0.,
+        ];
+        let x = Var::from_tensor(&Tensor::from_slice(&v, (1, 1, 3, 5), &Device::Cpu)?)?;
+        let g = Tensor::from_slice(&[10f64, 100.], (1, 1, 1, 2), &Device::Cpu)?;
+        let grads = (max_pool2d(x.as_tensor(), paper())? * &g)?.sum_all()?.backward()?;
+        let got = grads.get(x.as_tensor()).unwrap().flatten_all()?.to_vec1::<f64>()?;
+        // window 0: maxima (0,1),(0,2),(1,0) -> first is (0,1); window 1: max 5 at (0,2).
+        let mut want = vec![0.0; 15];
+        want[1] = 10.0;
+        want[2] = 100.0;
+        assert_eq!(got, want);
+        // All-equal plane: every window's gradient lands on its top-left corner, and
+        // the corner shared by neighbouring windows accumulates.
+        let x = Var::from_tensor(&Tensor::ones((1, 1, 5, 5), DType::F64, &Device::Cpu)?)?;
+        let grads = max_pool2d(x.as_tensor(), paper())?.sum_all()?.backward()?;
+        let got = grads.get(x.as_tensor()).unwrap().flatten_all()?.to_vec1::<f64>()?;
+        let mut want = vec![0.0; 25];
+        for i in [0, 2, 10, 12] {
+            want[i] = 1.0;
+        }
+        assert_eq!(got, want);
+        Ok(())
+    }
+
+    /// Pins candle 0.11's max_pool2d backward behaviour that this module exists to avoid.
+    /// If this fails after a candle upgrade, candle may have fixed it: re-evaluate.
+    #[test]
+    fn candle_max_pool_backward_is_broken() -> Result<()> {
+        let x = Var::from_tensor(&Tensor::from_vec(rand_vec(36, 1), (1, 1, 6, 6), &Device::Cpu)?)?;
+        // kernel 3 stride 2: backward is refused.
+        let y = x.as_tensor().max_pool2d_with_stride(3, 2)?;
+        assert!(y.sum_all()?.backward().is_err());
+        // kernel 2 stride 2: the gradient of sum() should be one 1 per window; candle
+        // gives 1/k^2 = 0.25.
+        let grads = x.as_tensor().max_pool2d(2)?.sum_all()?.backward()?;
+        let total = grads.get(x.as_tensor()).unwrap().sum_all()?.to_scalar::<f64>()?;
+        assert!((total - 9.0 * 0.25).abs() < 1e-12, "candle total gradient {total}");
+        let grads = max_pool2d(x.as_tensor(), PoolConfig { size: 2, stride: 2 })?.sum_all()?.backward()?;
+        let total = grads.get(x.as_tensor()).unwrap().sum_all()?.to_scalar::<f64>()?;
+        assert_eq!(total, 9.0);
+        Ok(())
+    }
+}

@@ -1,0 +1,51 @@
+//! AlexNet (Krizhevsky, Sutskever, Hinton 2012) in candle, layer by layer as in the
+//! paper (PAPER.md §3): the network, its initialisation, dropout with a resumable RNG,
+//! and the two ops candle lacks or gets wrong on CPU (cross-channel LRN; overlapping
+//! max-pooling with a correct backward), plus a faster CPU convolution.
+
+mod alexnet;
+mod config;
+pub mod conv;
+mod dropout;
+mod init;
+pub mod lrn;
+pub mod max_pool;
+
+pub use alexnet::{AlexNet, FeatureLayer, ParamInit, ParamSpec, alexnet, param_specs, parameter_count};
+pub use config::{LrnConfig, ModelConfig, PoolConfig};
+pub use dropout::{DropoutRng, DropoutState};
+pub use init::{PARAM_ORDER_DOC, init_paper};
+
+/// What can go wrong building or running the model, naming the key or tensor at fault.
+/// Returned inside `candle_core::Error::Wrapped` by the candle-style APIs; get it back
+/// with `err.downcast_ref::<ModelError>()`-style matching on the wrapped error.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// A `[model]` recipe value is out of range.
+    #[error("invalid config {key}: {reason}")]
+    InvalidConfig { key: &'static str, reason: String },
+    /// The input image is too small for the conv/pool stack.
+    #[error(
+        "input size {input_size} is too small for AlexNet: after {layer} the feature map \
+         would be empty (the smallest input this config accepts is {min_input})"
+    )]
+    InputTooSmall { input_size: usize, layer: &'static str, min_input: usize },
+    /// A parameter the network needs is not in the VarBuilder.
+    #[error(
+        "parameter {name} (shape {shape:?}) is missing: initialise with model::init_paper \
+         or load a checkpoint that has it"
+    )]
+    MissingParameter { name: String, shape: Vec<usize> },
+    /// The input batch does not have the shape the network was built for.
+    #[error("input has shape {got:?}, expected (batch, 3, {size}, {size})")]
+    BadInput { got: Vec<usize>, size: usize },
+    /// An op was asked to run where it has no implementation yet.
+    #[error("{op} is not yet supported on {device} (CPU only for now)")]
+    UnsupportedDevice { op: &'static str, device: String },
+}
+
+impl From<ModelError> for candle_core::Error {
+    fn from(e: ModelError) -> Self {
+        candle_core::Error::wrap(e)
+    }
+}

@@ -1,0 +1,77 @@
+//! Recipes: TOML files naming every knob of every stage (`pipeline/*.toml`).
+//!
+//! Each stage owns its section's struct and its `Default` (the paper's values);
+//! this file only composes them. Unknown keys are errors, so a typo in a recipe
+//! fails loudly instead of silently training something else.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ingest::IngestConfig;
+
+/// `[data]`: the geometry shared by ingest (what is stored) and training (what is fed).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// S: the shorter side is resized to S, then the centre S×S patch is kept (paper: 256).
+    pub image_size: usize,
+    /// S': the side of the random training crop and of the evaluation crops (paper: 224).
+    pub crop_size: usize,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self { image_size: 256, crop_size: 224 }
+    }
+}
+
+/// A whole recipe: one section per stage.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Recipe {
+    pub data: DataConfig,
+    pub ingest: IngestConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecipeError {
+    #[error("cannot read recipe {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("recipe {path}: {source}")]
+    Parse { path: String, source: toml::de::Error },
+    #[error("recipe {path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl Recipe {
+    /// Reads and validates a recipe file; errors name the file and the offending key.
+    pub fn load(path: &Path) -> Result<Self, RecipeError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| RecipeError::Read { path: shown.clone(), source })?;
+        let recipe: Recipe =
+            toml::from_str(&text).map_err(|source| RecipeError::Parse { path: shown.clone(), source })?;
+        recipe.validate().map_err(|message| RecipeError::Invalid { path: shown, message })?;
+        Ok(recipe)
+    }
+
+    /// Cross-section checks that serde cannot express.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.data.crop_size > self.data.image_size {
+            return Err(format!(
+                "data.crop_size ({}) is larger than data.image_size ({})",
+                self.data.crop_size, self.data.image_size
+            ));
+        }
+        if self.data.image_size == 0 {
+            return Err("data.image_size must be positive".into());
+        }
+        self.ingest.validate()
+    }
+
+    /// The resolved recipe as TOML, saved into every run and dataset.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a recipe always serialises")
+    }
+}

@@ -1,0 +1,348 @@
+//! The async staged pipeline that feeds training (tokio):
+//!
+//! ```text
+//! source (row groups, read_ahead in flight) ─▶ shuffle (buffer) ─▶ augment (rayon pool) ─▶ consumer
+//!            bounded: read_ahead                bounded: prefetch     bounded: prefetch
+//! ```
+//!
+//! - Deterministic: the row-group order and shuffle draws derive from (seed,
+//!   epoch, rank); each sample's augmentation from its position in the epoch. The
+//!   batches are identical whatever the worker count.
+//! - Mid-epoch resume: [`StreamPosition`] (epoch, batch) is all a checkpoint needs;
+//!   reopening at it replays the shuffle without augmenting and yields exactly the
+//!   batches an uninterrupted run would have.
+//! - Distributed: row groups are dealt to ranks; every rank yields the same
+//!   number of batches.
+//! - Bounded memory, set by buffer sizes: about
+//!   `(shuffle_buffer + read_ahead·rows_per_row_group + prefetch·batch_size)·S²·3`
+//!   bytes of rows plus `(prefetch + workers)·batch_size·3·C²·4` bytes of batches.
+//! - Shutdown: dropping the [`Stream`] closes the channels; every stage stops at
+//!   its next send.
+
+pub mod batch;
+pub mod plan;
+pub mod shuffle;
+pub mod source;
+pub mod stages;
+pub mod timing;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+pub use batch::Batch;
+use batch::BufferPool;
+use plan::{EpochPlan, PURPOSE_SHUFFLE, PlanOptions, derive_seed, plan_epoch};
+use shuffle::ShuffleBuffer;
+use source::ShardIndex;
+use stages::{AugmentContext, AugmentTask, ShuffleTask, SourceTask};
+use timing::{StageTimes, TimingReport};
+
+use crate::augment::{AugmentError, Augmenter, Geometry, MeanImage, MeanSubtraction, Pca};
+use crate::dataset::manifest::ManifestError;
+use crate::dataset::{MEAN_FILE, Manifest, Split, npy};
+
+/// Which mean is subtracted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MeanMode {
+    /// The paper: the per-pixel mean image, cropped and flipped with the image.
+    #[default]
+    Pixel,
+    /// One mean per RGB channel.
+    Channel,
+}
+
+/// `[stream]`: buffer sizes, threads, and the augmentation's randomness.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamConfig {
+    /// Rows held by the shuffle buffer (memory: rows × S²·3 bytes; 4096 ≈ 800 MB at S = 256).
+    pub shuffle_buffer: usize,
+    /// Row groups read concurrently ahead of the shuffle.
+    pub read_ahead: usize,
+    /// Augmentation threads (0 = every core).
+    pub workers: usize,
+    /// Batches prepared ahead of the consumer.
+    pub prefetch: usize,
+    /// σ of the PCA lighting coefficients αᵢ (paper: 0.1; 0 = no lighting).
+    pub lighting_std: f32,
+    /// "pixel" (paper) or "channel" mean subtraction.
+    pub mean: MeanMode,
+    /// Seed of the row-group order, the shuffle and every augmentation draw.
+    pub seed: u64,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        Self { shuffle_buffer: 4096, read_ahead: 4, workers: 0, prefetch: 4, lighting_std: 0.1, mean: MeanMode::Pixel, seed: 0 }
+    }
+}
+
+/// How images become network inputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ViewMode {
+    /// Random crop + mirror + lighting (paper §4.1).
+    Train,
+    /// The centre crop.
+    Centre,
+    /// Four corners + centre, and their mirrors: 10 views per image.
+    TenCrop,
+}
+
+impl ViewMode {
+    pub fn views(self) -> usize {
+        if self == ViewMode::TenCrop { 10 } else { 1 }
+    }
+}
+
+/// Where a stream is in its data: all a checkpoint needs to resume mid-epoch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamPosition {
+    pub epoch: u64,
+    /// Batches of this epoch already consumed.
+    pub batch: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Npy(#[from] npy::NpyError),
+    #[error("{dataset}: the dataset has no {split} split")]
+    NoSplit { dataset: String, split: &'static str },
+    #[error("{path}: {message}")]
+    Shard { path: String, message: String },
+    #[error("{dataset}: {split} shards hold {found} rows but dataset.json lists {expected}")]
+    RowCount { dataset: String, split: &'static str, expected: usize, found: usize },
+    #[error("augmentation setup: {0}")]
+    Augment(#[from] AugmentError),
+    #[error("stream setup: {0}")]
+    Setup(String),
+    #[error("the stream stopped unexpectedly (a stage task ended early)")]
+    Stopped,
+}
+
+/// A split opened for streaming: shards checked once, reused by every epoch.
+pub struct DataSource {
+    pub dataset: PathBuf,
+    pub split: Split,
+    pub manifest: Manifest,
+    pub config: StreamConfig,
+    index: Arc<ShardIndex>,
+    mean: MeanSubtraction,
+    pca: Pca,
+    runtime: Arc<tokio::runtime::Runtime>,
+    pool: Arc<rayon::ThreadPool>,
+    images_pool: BufferPool<f32>,
+    rows_pool: BufferPool<u8>,
+}
+
+/// What to stream in one epoch.
+#[derive(Clone, Copy, Debug)]
+pub struct EpochOptions {
+    pub mode: ViewMode,
+    pub crop: usize,
+    pub batch_size: usize,
+    pub position: StreamPosition,
+    pub rank: usize,
+    pub world_size: usize,
+    /// Include the source keys in each batch.
+    pub with_keys: bool,
+}
+
+impl DataSource {
+    /// Opens a split: reads `dataset.json` and `mean.npy`, checks every shard.
+    pub fn open(dataset: &Path, split: Split, config: StreamConfig) -> Result<Self, StreamError> {
+        let manifest = Manifest::load(dataset)?;
+        let s = manifest.image_size;
+        let mean = match config.mean {
+            MeanMode::Pixel => {
+                let hwc = npy::read_f32(&dataset.join(MEAN_FILE), &[s as u64, s as u64, 3])?;
+                MeanSubtraction::PerPixel(MeanImage::from_hwc(s, hwc)?)
+            }
+            MeanMode::Channel => MeanSubtraction::PerChannel(manifest.stats.mean_rgb.map(|v| v as f32)),
+        };
+        let p = &manifest.stats.pca;
+        let pca = Pca {
+            eigenvalues: p.eigenvalues.map(|v| v as f32),
+            eigenvectors: p.eigenvectors.map(|row| row.map(|v| v as f32)),
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("stream-io")
+            .enable_all()
+            .build()
+            .map_err(|e| StreamError::Setup(format!("tokio runtime: {e}")))?;
+        let index = runtime.block_on(ShardIndex::open(dataset, split, &manifest))?;
+        let workers = if config.workers == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { config.workers };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(workers)
+            .thread_name(|i| format!("augment-{i}"))
+            .build()
+            .map_err(|e| StreamError::Setup(format!("augmentation threads: {e}")))?;
+        Ok(Self {
+            dataset: dataset.to_path_buf(),
+            split,
+            manifest,
+            config,
+            index: Arc::new(index),
+            mean,
+            pca,
+            runtime: Arc::new(runtime),
+            pool: Arc::new(pool),
+            images_pool: BufferPool::new(),
+            rows_pool: BufferPool::new(),
+        })
+    }
+
+    pub fn image_size(&self) -> usize {
+        self.manifest.image_size
+    }
+
+    /// The epoch's plan for these options (row groups, rows, batches).
+    pub fn plan(&self, options: &EpochOptions) -> EpochPlan {
+        plan_epoch(
+            &self.index.row_groups(),
+            PlanOptions {
+                shuffle: options.mode == ViewMode::Train,
+                seed: self.config.seed,
+                epoch: options.position.epoch,
+                rank: options.rank,
+                world_size: options.world_size,
+                batch_size: options.batch_size,
+                drop_last: options.mode == ViewMode::Train,
+            },
+        )
+    }
+
+    /// Starts streaming one epoch from `options.position`.
+    pub fn epoch(&self, options: EpochOptions) -> Result<Stream, StreamError> {
+        let geometry = Geometry::new(self.image_size(), options.crop)?;
+        let lighting = (options.mode == ViewMode::Train && self.config.lighting_std > 0.0).then_some(self.pca);
+        let augmenter = Augmenter::new(geometry, self.mean.clone(), lighting, self.config.lighting_std)?;
+        let plan = self.plan(&options);
+        let times = Arc::new(StageTimes::default());
+        let prefetch = self.config.prefetch.max(1);
+        let (groups_tx, groups_rx) = mpsc::channel(self.config.read_ahead.max(1));
+        let (plans_tx, plans_rx) = mpsc::channel(prefetch);
+        let (batches_tx, batches_rx) = mpsc::channel(prefetch);
+        let shuffle_capacity = if options.mode == ViewMode::Train { self.config.shuffle_buffer } else { 0 };
+        let shuffle_seed = derive_seed(self.config.seed, &[options.position.epoch, options.rank as u64, PURPOSE_SHUFFLE]);
+        let source = SourceTask {
+            index: self.index.clone(),
+            row_groups: plan.row_groups.clone(),
+            with_keys: options.with_keys,
+            read_ahead: self.config.read_ahead,
+            out: groups_tx,
+            times: times.clone(),
+        };
+        let shuffle = ShuffleTask {
+            input: groups_rx,
+            buffer: ShuffleBuffer::new(shuffle_capacity, shuffle_seed),
+            batch_size: options.batch_size,
+            rows: plan.rows,
+            start_batch: options.position.batch,
+            rows_pool: self.rows_pool.clone(),
+            out: plans_tx,
+            times: times.clone(),
+        };
+        let augment = AugmentTask {
+            input: plans_rx,
+            context: Arc::new(AugmentContext {
+                augmenter,
+                mode: options.mode,
+                seed: self.config.seed,
+                epoch: options.position.epoch,
+                rank: options.rank,
+                batch_size: options.batch_size,
+                pool: self.pool.clone(),
+                images_pool: self.images_pool.clone(),
+                rows_pool: self.rows_pool.clone(),
+                times: times.clone(),
+            }),
+            out: batches_tx,
+        };
+        let tasks = vec![
+            self.runtime.spawn(source.run()),
+            self.runtime.spawn(shuffle.run()),
+            self.runtime.spawn(augment.run()),
+        ];
+        Ok(Stream {
+            batches: batches_rx,
+            tasks,
+            times,
+            total_batches: plan.batches,
+            position: options.position,
+            started: Instant::now(),
+            _runtime: self.runtime.clone(),
+        })
+    }
+}
+
+/// One epoch's batches, in order, for a synchronous consumer (the trainer).
+pub struct Stream {
+    batches: mpsc::Receiver<oneshot::Receiver<Result<Batch, StreamError>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    times: Arc<StageTimes>,
+    total_batches: usize,
+    position: StreamPosition,
+    started: Instant,
+    _runtime: Arc<tokio::runtime::Runtime>,
+}
+
+impl Stream {
+    /// Batches in the whole epoch (including any skipped by resuming).
+    pub fn total_batches(&self) -> usize {
+        self.total_batches
+    }
+
+    /// Where the next batch comes from: save this to resume.
+    pub fn position(&self) -> StreamPosition {
+        self.position
+    }
+
+    /// The next batch, waiting for it if the pipeline is behind (that wait is the
+    /// consumer's stall, measured). `None` at the end of the epoch.
+    pub fn next_batch(&mut self) -> Option<Result<Batch, StreamError>> {
+        if self.position.batch >= self.total_batches {
+            return None;
+        }
+        let waited = Instant::now();
+        let result = match self.batches.blocking_recv() {
+            Some(pending) => pending.blocking_recv().unwrap_or(Err(StreamError::Stopped)),
+            None => Err(StreamError::Stopped),
+        };
+        StageTimes::add(&self.times.stall_ns, waited);
+        if result.is_ok() {
+            self.position.batch += 1;
+        } else {
+            self.position.batch = self.total_batches; // a failed stream ends
+        }
+        Some(result)
+    }
+
+    pub fn timing(&self) -> TimingReport {
+        TimingReport::from(self.times.as_ref())
+    }
+
+    /// Seconds since the epoch's stream started.
+    pub fn elapsed_s(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        // Closing the receiver stops the stages at their next send; aborting also
+        // stops any stage parked on a read.
+        self.batches.close();
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}

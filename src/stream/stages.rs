@@ -1,0 +1,234 @@
+//! The stage tasks. Each is a struct with `run()`; each link is a bounded
+//! channel whose capacity is a named knob; a stage stops when its input ends or
+//! its output's receiver is gone (dropping the consumer unwinds the whole chain).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::StreamExt;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use tokio::sync::{mpsc, oneshot};
+
+use super::batch::{Batch, BufferPool};
+use super::plan::{PURPOSE_SAMPLE, RowGroupRef, derive_seed};
+use super::shuffle::ShuffleBuffer;
+use super::source::{RowGroupData, ShardIndex};
+use super::timing::StageTimes;
+use super::{StreamError, ViewMode};
+use crate::augment::{Augmenter, centre_view, ten_crop_views};
+
+/// One row taken out of its row group (the shuffle buffer owns copies, so a
+/// row group's memory is released as soon as it has been read through).
+pub struct Row {
+    pub label: i32,
+    pub key: Option<String>,
+    pub pixels: Vec<u8>,
+}
+
+/// The rows of one batch, in order, before augmentation.
+pub struct BatchPlan {
+    pub index: usize,
+    pub rows: Vec<Row>,
+}
+
+/// Reads the plan's row groups in order, `read_ahead` at a time.
+pub struct SourceTask {
+    pub index: Arc<ShardIndex>,
+    pub row_groups: Vec<RowGroupRef>,
+    pub with_keys: bool,
+    /// Row groups read concurrently ahead of the shuffle (several shards in flight).
+    pub read_ahead: usize,
+    pub out: mpsc::Sender<Result<RowGroupData, StreamError>>,
+    pub times: Arc<StageTimes>,
+}
+
+impl SourceTask {
+    pub async fn run(self) {
+        let SourceTask { index, row_groups, with_keys, read_ahead, out, times } = self;
+        let reads = futures::stream::iter(row_groups).map(|group| {
+            let (index, times) = (index.clone(), times.clone());
+            async move {
+                let started = Instant::now();
+                let data = index.read(group, with_keys).await;
+                StageTimes::add(&times.read_ns, started);
+                data
+            }
+        });
+        // `buffered` keeps the plan's order whatever finishes first.
+        let mut reads = reads.buffered(read_ahead.max(1));
+        while let Some(group) = reads.next().await {
+            let failed = group.is_err();
+            if out.send(group).await.is_err() || failed {
+                return;
+            }
+        }
+    }
+}
+
+/// Draws rows through the shuffle buffer and cuts them into batch plans.
+pub struct ShuffleTask {
+    pub input: mpsc::Receiver<Result<RowGroupData, StreamError>>,
+    pub buffer: ShuffleBuffer<Row>,
+    pub batch_size: usize,
+    /// Rows to emit this epoch (the plan's, after dropping the rank's surplus).
+    pub rows: usize,
+    /// Batches to skip (mid-epoch resume): drawn exactly as before, then discarded.
+    pub start_batch: usize,
+    pub rows_pool: BufferPool<u8>,
+    pub out: mpsc::Sender<Result<BatchPlan, StreamError>>,
+    pub times: Arc<StageTimes>,
+}
+
+impl ShuffleTask {
+    pub async fn run(mut self) {
+        let mut emitted = 0usize;
+        let mut current = Vec::with_capacity(self.batch_size);
+        while let Some(group) = self.input.recv().await {
+            let group = match group {
+                Ok(group) => group,
+                Err(e) => {
+                    let _ = self.out.send(Err(e)).await;
+                    return;
+                }
+            };
+            let started = Instant::now();
+            let mut ready = Vec::new();
+            for i in 0..group.len() {
+                let mut pixels = self.rows_pool.take(0);
+                pixels.extend_from_slice(group.pixels.value(i));
+                let row = Row { label: group.labels.value(i), key: group.keys.as_ref().map(|k| k.value(i).to_string()), pixels };
+                if let Some(out) = self.buffer.push(row) {
+                    ready.push(out);
+                }
+            }
+            StageTimes::add(&self.times.shuffle_ns, started);
+            for row in ready {
+                if !self.emit(row, &mut emitted, &mut current).await {
+                    return;
+                }
+            }
+        }
+        let rest = std::mem::replace(&mut self.buffer, ShuffleBuffer::new(0, 0)).drain();
+        for row in rest {
+            if !self.emit(row, &mut emitted, &mut current).await {
+                return;
+            }
+        }
+        if !current.is_empty() && emitted <= self.rows {
+            let index = emitted.div_ceil(self.batch_size) - 1;
+            self.send(index, std::mem::take(&mut current)).await;
+        }
+    }
+
+    /// Adds a row to the current batch; sends full batches. False = stop.
+    async fn emit(&mut self, row: Row, emitted: &mut usize, current: &mut Vec<Row>) -> bool {
+        if *emitted >= self.rows {
+            self.rows_pool.give(row.pixels);
+            return true;
+        }
+        *emitted += 1;
+        current.push(row);
+        if current.len() == self.batch_size {
+            let index = *emitted / self.batch_size - 1;
+            let rows = std::mem::replace(current, Vec::with_capacity(self.batch_size));
+            return self.send(index, rows).await;
+        }
+        true
+    }
+
+    async fn send(&mut self, index: usize, rows: Vec<Row>) -> bool {
+        if index < self.start_batch {
+            for row in rows {
+                self.rows_pool.give(row.pixels);
+            }
+            return true;
+        }
+        self.out.send(Ok(BatchPlan { index, rows })).await.is_ok()
+    }
+}
+
+/// Everything an augmentation job needs, shared across jobs.
+pub struct AugmentContext {
+    pub augmenter: Augmenter,
+    pub mode: ViewMode,
+    pub seed: u64,
+    pub epoch: u64,
+    pub rank: usize,
+    pub batch_size: usize,
+    pub pool: Arc<rayon::ThreadPool>,
+    pub images_pool: BufferPool<f32>,
+    pub rows_pool: BufferPool<u8>,
+    pub times: Arc<StageTimes>,
+}
+
+impl AugmentContext {
+    /// Builds one batch: every image written straight into its slot of the
+    /// (recycled) batch buffer, images in parallel on the augmentation pool.
+    fn assemble(&self, plan: BatchPlan) -> Batch {
+        let started = Instant::now();
+        let slot = self.augmenter.output_len();
+        let views = self.mode.views();
+        let mut images = self.images_pool.take(plan.rows.len() * views * slot);
+        let first_position = (plan.index * self.batch_size) as u64;
+        self.pool.install(|| {
+            images.par_chunks_mut(slot * views).zip(plan.rows.par_iter()).enumerate().for_each(|(i, (out, row))| {
+                match self.mode {
+                    ViewMode::Train => {
+                        // Each sample's randomness depends only on its position, so the
+                        // batch is the same whatever thread runs it.
+                        let position = first_position + i as u64;
+                        let seed = derive_seed(self.seed, &[self.epoch, self.rank as u64, PURPOSE_SAMPLE, position]);
+                        self.augmenter.train_image(&row.pixels, &mut ChaCha8Rng::seed_from_u64(seed), out);
+                    }
+                    ViewMode::Centre => self.augmenter.eval_image(&row.pixels, centre_view(self.augmenter.geometry()), out),
+                    ViewMode::TenCrop => {
+                        for (view, out) in ten_crop_views(self.augmenter.geometry()).into_iter().zip(out.chunks_mut(slot)) {
+                            self.augmenter.eval_image(&row.pixels, view, out);
+                        }
+                    }
+                }
+            })
+        });
+        let labels = plan.rows.iter().map(|r| i64::from(r.label)).collect();
+        let mut keys = Vec::new();
+        for row in plan.rows {
+            keys.extend(row.key);
+            self.rows_pool.give(row.pixels);
+        }
+        let crop = self.augmenter.geometry().crop;
+        StageTimes::add(&self.times.augment_ns, started);
+        Batch::new(plan.index, images, labels, keys, views, crop, self.images_pool.clone())
+    }
+}
+
+/// Hands batch plans to the augmentation pool and passes the results on in order.
+pub struct AugmentTask {
+    pub input: mpsc::Receiver<Result<BatchPlan, StreamError>>,
+    pub context: Arc<AugmentContext>,
+    /// Capacity = batches prepared ahead of the consumer (prefetch depth).
+    pub out: mpsc::Sender<oneshot::Receiver<Result<Batch, StreamError>>>,
+}
+
+impl AugmentTask {
+    pub async fn run(mut self) {
+        while let Some(plan) = self.input.recv().await {
+            let (tx, rx) = oneshot::channel();
+            match plan {
+                Ok(plan) => {
+                    let context = self.context.clone();
+                    self.context.pool.spawn(move || {
+                        let _ = tx.send(Ok(context.assemble(plan)));
+                    });
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            }
+            if self.out.send(rx).await.is_err() {
+                return;
+            }
+        }
+    }
+}
