@@ -7,7 +7,9 @@
 pub mod augment;
 pub mod dataset;
 pub mod ingest;
+pub mod model;
 pub mod progress;
 pub mod recipe;
 pub mod sample;
 pub mod stream;
+pub mod train;

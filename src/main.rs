@@ -7,7 +7,10 @@ use clap::{Parser, Subcommand};
 
 use pipeline::ingest::{self, IngestOptions, ResizeFilter};
 use pipeline::recipe::Recipe;
+use pipeline::dataset::Split;
 use pipeline::sample::{self, SampleLayout, SampleOptions};
+use pipeline::stream::report::{self as stream_report, StreamRun};
+use pipeline::stream::{DataSource, EpochOptions, MeanMode, StreamPosition, ViewMode};
 
 /// Where `ingest` writes and `train`/`export-features` read when not told otherwise.
 const DEFAULT_DATASET: &str = "dataset";
@@ -75,13 +78,85 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Run the input stream alone at full speed and report images/s per stage.
+    Stream {
+        #[arg(long, default_value = DEFAULT_DATASET)]
+        dataset: PathBuf,
+        /// Recipe for crop size, buffers and augmentation (default: the paper's).
+        #[arg(long)]
+        recipe: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = Split::Train)]
+        split: Split,
+        /// Views: train (random crop, flip, lighting), centre or ten-crop.
+        #[arg(long, value_enum, default_value_t = Views::Train)]
+        views: Views,
+        /// Stop after N batches (default: one epoch).
+        #[arg(long)]
+        batches: Option<usize>,
+        #[arg(long, default_value_t = 128)]
+        batch_size: usize,
+        /// Augmentation threads (overrides the recipe; 0 = all cores).
+        #[arg(long)]
+        workers: Option<usize>,
+        /// Seed (overrides the recipe).
+        #[arg(long)]
+        seed: Option<u64>,
+        #[arg(long, default_value_t = 0)]
+        epoch: u64,
+        #[arg(long, default_value_t = 0)]
+        rank: usize,
+        #[arg(long, default_value_t = 1)]
+        world_size: usize,
+        /// Write the first batches as images-K.npy, labels-K.npy, keys-K.txt here.
+        #[arg(long)]
+        dump: Option<PathBuf>,
+        /// How many batches --dump writes.
+        #[arg(long, default_value_t = 2)]
+        dump_batches: usize,
+    },
+    /// Draw a grid of augmented training samples (mean added back) as a PNG.
+    Preview {
+        #[arg(long, default_value = DEFAULT_DATASET)]
+        dataset: PathBuf,
+        #[arg(long)]
+        recipe: Option<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 8)]
+        columns: usize,
+        #[arg(long, default_value_t = 4)]
+        rows: usize,
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Views {
+    Train,
+    Centre,
+    TenCrop,
+}
+
+impl From<Views> for ViewMode {
+    fn from(v: Views) -> Self {
+        match v {
+            Views::Train => ViewMode::Train,
+            Views::Centre => ViewMode::Centre,
+            Views::TenCrop => ViewMode::TenCrop,
+        }
+    }
 }
 
 fn load_recipe(path: Option<&PathBuf>) -> Result<Recipe> {
-    Ok(match path {
-        Some(path) => Recipe::load(path)?,
-        None => Recipe::default(),
-    })
+    Ok(Recipe::load_or_default(path.map(|p| p.as_path()))?)
+}
+
+/// Opens a dataset split for streaming, refusing one that does not fit the recipe.
+fn open_source(dataset: &PathBuf, split: Split, recipe: &Recipe) -> Result<DataSource> {
+    let source = DataSource::open(dataset, split, recipe.stream.clone())?;
+    recipe.check_dataset(dataset, source.image_size()).map_err(anyhow::Error::msg)?;
+    Ok(source)
 }
 
 fn main() -> Result<()> {
@@ -123,7 +198,10 @@ fn main() -> Result<()> {
             config.filter = filter.unwrap_or(config.filter);
             config.rows_per_shard = rows_per_shard.unwrap_or(config.rows_per_shard);
             config.rows_per_row_group = rows_per_row_group.unwrap_or(config.rows_per_row_group);
-            recipe.validate().map_err(anyhow::Error::msg).context("invalid settings")?;
+            // Only what ingest uses is checked here: an --image-size override may
+            // leave the recipe's crop for another size, which train checks.
+            anyhow::ensure!(recipe.data.image_size > 0, "--image-size must be positive");
+            recipe.ingest.validate().map_err(anyhow::Error::msg).context("invalid ingest settings")?;
             let options = IngestOptions {
                 source,
                 out,
@@ -137,6 +215,63 @@ fn main() -> Result<()> {
             for line in summary.lines() {
                 println!("{line}");
             }
+        }
+        Command::Stream {
+            dataset,
+            recipe,
+            split,
+            views,
+            batches,
+            batch_size,
+            workers,
+            seed,
+            epoch,
+            rank,
+            world_size,
+            dump,
+            dump_batches,
+        } => {
+            let mut recipe = load_recipe(recipe.as_ref())?;
+            recipe.stream.workers = workers.unwrap_or(recipe.stream.workers);
+            recipe.stream.seed = seed.unwrap_or(recipe.stream.seed);
+            anyhow::ensure!(rank < world_size, "--rank {rank} must be below --world-size {world_size}");
+            let source = open_source(&dataset, split, &recipe)?;
+            let run = StreamRun {
+                mode: views.into(),
+                crop: recipe.data.crop_size,
+                batch_size,
+                batches,
+                epoch,
+                rank,
+                world_size,
+                dump,
+                dump_batches,
+            };
+            let report = stream_report::run(&source, &run)?;
+            for line in report.lines() {
+                println!("{line}");
+            }
+            println!("{}", serde_json::to_string(&report)?);
+        }
+        Command::Preview { dataset, recipe, out, columns, rows, seed } => {
+            let mut recipe = load_recipe(recipe.as_ref())?;
+            recipe.stream.seed = seed.unwrap_or(recipe.stream.seed);
+            // Channel mean: the exact inverse is then known per pixel (see preview::grid).
+            recipe.stream.mean = MeanMode::Channel;
+            let source = open_source(&dataset, Split::Train, &recipe)?;
+            let mut stream = source.epoch(EpochOptions {
+                mode: ViewMode::Train,
+                crop: recipe.data.crop_size,
+                batch_size: columns * rows,
+                position: StreamPosition::default(),
+                rank: 0,
+                world_size: 1,
+                with_keys: false,
+            })?;
+            let batch = stream.next_batch().context("the training split holds fewer images than one grid")??;
+            let grid = pipeline::stream::preview::grid(&batch, source.mean(), columns, rows);
+            pipeline::stream::preview::save(&out, &grid).with_context(|| format!("writing {}", out.display()))?;
+            println!("wrote {} ({} augmented samples)", out.display(), batch.len());
         }
     }
     Ok(())

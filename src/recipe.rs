@@ -9,6 +9,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::ingest::IngestConfig;
+use crate::stream::StreamConfig;
 
 /// `[data]`: the geometry shared by ingest (what is stored) and training (what is fed).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -32,6 +33,7 @@ impl Default for DataConfig {
 pub struct Recipe {
     pub data: DataConfig,
     pub ingest: IngestConfig,
+    pub stream: StreamConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +70,24 @@ impl Recipe {
             return Err("data.image_size must be positive".into());
         }
         self.ingest.validate()
+    }
+
+    /// Loads `path`, or the built-in paper recipe when no path is given.
+    pub fn load_or_default(path: Option<&Path>) -> Result<Self, RecipeError> {
+        path.map_or_else(|| Ok(Recipe::default()), Recipe::load)
+    }
+
+    /// Refuses a dataset whose stored image size is not the recipe's.
+    pub fn check_dataset(&self, dataset: &Path, image_size: usize) -> Result<(), String> {
+        if image_size != self.data.image_size {
+            return Err(format!(
+                "{} stores {image_size}×{image_size} images but the recipe's data.image_size is {}; \
+                 use the recipe the dataset was ingested with (e.g. --recipe pipeline/sample.toml)",
+                dataset.display(),
+                self.data.image_size
+            ));
+        }
+        Ok(())
     }
 
     /// The resolved recipe as TOML, saved into every run and dataset.

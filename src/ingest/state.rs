@@ -48,7 +48,7 @@ pub enum StateError {
     Io { path: String, source: std::io::Error },
     #[error("{path}: unreadable ingest state: {source}")]
     Parse { path: String, source: serde_json::Error },
-    #[error("{path}: {source}")]
+    #[error("{source}")]
     Npy { path: String, source: npy::NpyError },
 }
 
@@ -108,6 +108,7 @@ impl IngestState {
     /// the state; the previous sums file is removed only after the new state is in place.
     pub fn save_with_sums(&mut self, dataset: &Path, sums: &StatsAccumulator) -> Result<(), StateError> {
         let dir = Self::dir(dataset);
+        std::fs::create_dir_all(&dir).map_err(|source| StateError::Io { path: dir.display().to_string(), source })?;
         let path = dir.join(sums_file(self.train.shards_done));
         npy::write(&path, &[sums.pixel_sums.len() as u64], &sums.pixel_sums)
             .map_err(|source| StateError::Npy { path: path.display().to_string(), source })?;

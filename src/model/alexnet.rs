@@ -55,12 +55,13 @@ struct ConvLayer {
 }
 
 /// Paper §3.5 / Figure 2. conv3 takes all maps of conv2 (one group); conv2/4/5 are split.
+#[rustfmt::skip]
 const CONVS: [ConvLayer; 5] = [
-    ConvLayer { name: "conv1", base_out: 96, kernel: 11, stride: 4, padding: 2, grouped: false, bias_one: false },
-    ConvLayer { name: "conv2", base_out: 256, kernel: 5, stride: 1, padding: 2, grouped: true, bias_one: true },
-    ConvLayer { name: "conv3", base_out: 384, kernel: 3, stride: 1, padding: 1, grouped: false, bias_one: false },
-    ConvLayer { name: "conv4", base_out: 384, kernel: 3, stride: 1, padding: 1, grouped: true, bias_one: true },
-    ConvLayer { name: "conv5", base_out: 256, kernel: 3, stride: 1, padding: 1, grouped: true, bias_one: true },
+    ConvLayer { name: "conv1", base_out: 96,  kernel: 11, stride: 4, padding: 2, grouped: false, bias_one: false },
+    ConvLayer { name: "conv2", base_out: 256, kernel: 5,  stride: 1, padding: 2, grouped: true,  bias_one: true },
+    ConvLayer { name: "conv3", base_out: 384, kernel: 3,  stride: 1, padding: 1, grouped: false, bias_one: false },
+    ConvLayer { name: "conv4", base_out: 384, kernel: 3,  stride: 1, padding: 1, grouped: true,  bias_one: true },
+    ConvLayer { name: "conv5", base_out: 256, kernel: 3,  stride: 1, padding: 1, grouped: true,  bias_one: true },
 ];
 /// Hidden fc width at width 1 (fc6, fc7).
 const FC_HIDDEN: usize = 4096;
@@ -75,10 +76,18 @@ fn conv_channels(base: usize, width: f64, groups: usize) -> usize {
 fn final_side(cfg: &ModelConfig, input_size: usize) -> std::result::Result<usize, &'static str> {
     let conv = |side: usize, l: &ConvLayer| {
         let padded = side + 2 * l.padding;
-        if padded < l.kernel { None } else { Some((padded - l.kernel) / l.stride + 1) }
+        if padded < l.kernel {
+            None
+        } else {
+            Some((padded - l.kernel) / l.stride + 1)
+        }
     };
     let pool = |side: usize, p: PoolConfig| {
-        if side < p.size { None } else { Some((side - p.size) / p.stride + 1) }
+        if side < p.size {
+            None
+        } else {
+            Some((side - p.size) / p.stride + 1)
+        }
     };
     let mut s = input_size;
     for (i, l) in CONVS.iter().enumerate() {
@@ -96,14 +105,26 @@ fn final_side(cfg: &ModelConfig, input_size: usize) -> std::result::Result<usize
 ///
 /// Fails with [`ModelError::InvalidConfig`] or [`ModelError::InputTooSmall`] (wrapped in
 /// a candle error).
-pub fn param_specs(cfg: &ModelConfig, input_size: usize, num_classes: usize) -> Result<Vec<ParamSpec>> {
+pub fn param_specs(
+    cfg: &ModelConfig,
+    input_size: usize,
+    num_classes: usize,
+) -> Result<Vec<ParamSpec>> {
     cfg.validate()?;
     if num_classes == 0 {
-        return Err(ModelError::InvalidConfig { key: "num_classes", reason: "must be at least 1".into() }.into());
+        return Err(ModelError::InvalidConfig {
+            key: "num_classes",
+            reason: "must be at least 1".into(),
+        }
+        .into());
     }
     let side = final_side(cfg, input_size).map_err(|layer| {
         let min_input = (1..4096).find(|&s| final_side(cfg, s).is_ok()).unwrap_or(0);
-        ModelError::InputTooSmall { input_size, layer, min_input }
+        ModelError::InputTooSmall {
+            input_size,
+            layer,
+            min_input,
+        }
     })?;
     let bias = |one: bool| ParamInit::Constant(if one && cfg.init_bias_one { 1.0 } else { 0.0 });
     let normal = ParamInit::Normal { std: cfg.init_std };
@@ -117,14 +138,30 @@ pub fn param_specs(cfg: &ModelConfig, input_size: usize, num_classes: usize) -> 
             shape: vec![c_out, c_in / groups, l.kernel, l.kernel],
             init: normal,
         });
-        specs.push(ParamSpec { name: format!("{}.bias", l.name), shape: vec![c_out], init: bias(l.bias_one) });
+        specs.push(ParamSpec {
+            name: format!("{}.bias", l.name),
+            shape: vec![c_out],
+            init: bias(l.bias_one),
+        });
         c_in = c_out;
     }
     let hidden = ((FC_HIDDEN as f64 * cfg.width).round() as usize).max(1);
-    let fcs = [("fc6", c_in * side * side, hidden, true), ("fc7", hidden, hidden, true), ("fc8", hidden, num_classes, false)];
+    let fcs = [
+        ("fc6", c_in * side * side, hidden, true),
+        ("fc7", hidden, hidden, true),
+        ("fc8", hidden, num_classes, false),
+    ];
     for (name, fan_in, fan_out, one) in fcs {
-        specs.push(ParamSpec { name: format!("{name}.weight"), shape: vec![fan_out, fan_in], init: normal });
-        specs.push(ParamSpec { name: format!("{name}.bias"), shape: vec![fan_out], init: bias(one) });
+        specs.push(ParamSpec {
+            name: format!("{name}.weight"),
+            shape: vec![fan_out, fan_in],
+            init: normal,
+        });
+        specs.push(ParamSpec {
+            name: format!("{name}.bias"),
+            shape: vec![fan_out],
+            init: bias(one),
+        });
     }
     Ok(specs)
 }
@@ -132,7 +169,10 @@ pub fn param_specs(cfg: &ModelConfig, input_size: usize, num_classes: usize) -> 
 /// Number of learned scalars (60,965,224 for the paper's network on 224x224 inputs
 /// with 1000 classes).
 pub fn parameter_count(cfg: &ModelConfig, input_size: usize, num_classes: usize) -> Result<usize> {
-    Ok(param_specs(cfg, input_size, num_classes)?.iter().map(|p| p.shape.iter().product::<usize>()).sum())
+    Ok(param_specs(cfg, input_size, num_classes)?
+        .iter()
+        .map(|p| p.shape.iter().product::<usize>())
+        .sum())
 }
 
 /// AlexNet: five conv layers and three fully connected ones.
@@ -159,12 +199,24 @@ pub struct AlexNet {
 /// or a checkpoint): a missing one is [`ModelError::MissingParameter`] rather than
 /// a silent default initialisation. Also fails when the config is invalid or the input
 /// is too small for the conv/pool stack ([`ModelError::InputTooSmall`]).
-pub fn alexnet(cfg: &ModelConfig, input_size: usize, num_classes: usize, vb: VarBuilder) -> Result<AlexNet> {
+pub fn alexnet(
+    cfg: &ModelConfig,
+    input_size: usize,
+    num_classes: usize,
+    vb: VarBuilder,
+) -> Result<AlexNet> {
     let specs = param_specs(cfg, input_size, num_classes)?;
     let get = |name: &str| -> Result<Tensor> {
-        let spec = specs.iter().find(|s| s.name == name).expect("name comes from CONVS/fc list");
+        let spec = specs
+            .iter()
+            .find(|s| s.name == name)
+            .expect("name comes from CONVS/fc list");
         if !vb.contains_tensor(name) {
-            return Err(ModelError::MissingParameter { name: name.into(), shape: spec.shape.clone() }.into());
+            return Err(ModelError::MissingParameter {
+                name: name.into(),
+                shape: spec.shape.clone(),
+            }
+            .into());
         }
         vb.get(spec.shape.as_slice(), name)
     };
@@ -175,10 +227,17 @@ pub fn alexnet(cfg: &ModelConfig, input_size: usize, num_classes: usize, vb: Var
             padding: l.padding,
             groups: if l.grouped { cfg.groups } else { 1 },
         };
-        Ok(Conv2d::new(get(&format!("{}.weight", l.name))?, get(&format!("{}.bias", l.name))?, params))
+        Ok(Conv2d::new(
+            get(&format!("{}.weight", l.name))?,
+            get(&format!("{}.bias", l.name))?,
+            params,
+        ))
     };
     let linear = |name: &str| -> Result<Linear> {
-        Ok(Linear::new(get(&format!("{name}.weight"))?, Some(get(&format!("{name}.bias"))?)))
+        Ok(Linear::new(
+            get(&format!("{name}.weight"))?,
+            Some(get(&format!("{name}.bias"))?),
+        ))
     };
     Ok(AlexNet {
         conv1: conv(0)?,
@@ -215,33 +274,44 @@ impl AlexNet {
         self.input_size
     }
 
-    fn run(&self, x: &Tensor, upto: FeatureLayer, mut rng: Option<&mut DropoutRng>) -> Result<Tensor> {
+    fn run(
+        &self,
+        x: &Tensor,
+        upto: FeatureLayer,
+        mut rng: Option<&mut DropoutRng>,
+    ) -> Result<Tensor> {
         match x.dims() {
             &[_, 3, h, w] if h == self.input_size && w == self.input_size => {}
-            d => return Err(ModelError::BadInput { got: d.to_vec(), size: self.input_size }.into()),
+            d => {
+                return Err(ModelError::BadInput {
+                    got: d.to_vec(),
+                    size: self.input_size,
+                }
+                .into());
+            }
         }
         let mut drop = |t: Tensor| match rng.as_deref_mut() {
             Some(r) => dropout(&t, self.dropout, r),
             None => Ok(t),
         };
         // Shapes for the paper's network (width 1, groups 2) on 224x224 inputs.
-        let x = self.conv1.forward(x)?.relu()?; //                 (b, 96, 55, 55)
-        let x = max_pool2d(&lrn(&x, self.lrn)?, self.pool)?; //     (b, 96, 27, 27)
-        let x = self.conv2.forward(&x)?.relu()?; //                (b, 256, 27, 27)
-        let x = max_pool2d(&lrn(&x, self.lrn)?, self.pool)?; //     (b, 256, 13, 13)
-        let x = self.conv3.forward(&x)?.relu()?; //                (b, 384, 13, 13)
-        let x = self.conv4.forward(&x)?.relu()?; //                (b, 384, 13, 13)
-        let x = self.conv5.forward(&x)?.relu()?; //                (b, 256, 13, 13)
-        let x = max_pool2d(&x, self.pool)?.flatten_from(1)?; //     (b, 9216)
-        let x = self.fc6.forward(&x)?.relu()?; //                  (b, 4096)
+        let x = self.conv1.forward_relu(x)?; //                   (b, 96, 55, 55)
+        let x = max_pool2d(&lrn(&x, self.lrn)?, self.pool)?; //   (b, 96, 27, 27)
+        let x = self.conv2.forward_relu(&x)?; //                  (b, 256, 27, 27)
+        let x = max_pool2d(&lrn(&x, self.lrn)?, self.pool)?; //   (b, 256, 13, 13)
+        let x = self.conv3.forward_relu(&x)?; //                  (b, 384, 13, 13)
+        let x = self.conv4.forward_relu(&x)?; //                  (b, 384, 13, 13)
+        let x = self.conv5.forward_relu(&x)?; //                  (b, 256, 13, 13)
+        let x = max_pool2d(&x, self.pool)?.flatten_from(1)?; //   (b, 9216)
+        let x = self.fc6.forward(&x)?.relu()?; //                 (b, 4096)
         if upto == FeatureLayer::Fc6 {
             return Ok(x);
         }
-        let x = self.fc7.forward(&drop(x)?)?.relu()?; //           (b, 4096)
+        let x = self.fc7.forward(&drop(x)?)?.relu()?; //          (b, 4096)
         if upto == FeatureLayer::Fc7 {
             return Ok(x);
         }
-        self.fc8.forward(&drop(x)?) //                             (b, num_classes)
+        self.fc8.forward(&drop(x)?) //                            (b, num_classes)
     }
 }
 
@@ -265,13 +335,19 @@ mod tests {
         assert_eq!(shape("fc8.weight"), [1000, 4096]);
         // The single-tower variant has the ungrouped conv2/4/5 (torchvision-like count).
         let one = ModelConfig { groups: 1, ..cfg };
-        assert_eq!(parameter_count(&one, 224, 1000)?, 60_965_224 + 307_200 + 663_552 + 442_368);
+        assert_eq!(
+            parameter_count(&one, 224, 1000)?,
+            60_965_224 + 307_200 + 663_552 + 442_368
+        );
         Ok(())
     }
 
     #[test]
     fn width_scales_and_rounds_to_groups() -> Result<()> {
-        let cfg = ModelConfig { width: 0.3, ..Default::default() };
+        let cfg = ModelConfig {
+            width: 0.3,
+            ..Default::default()
+        };
         let specs = param_specs(&cfg, 224, 10)?;
         let outs: Vec<usize> = specs.iter().step_by(2).map(|s| s.shape[0]).collect();
         // 96*0.3 = 28.8 -> 28 (14 per group), 256*.3 = 76.8 -> 76, 384*.3 = 115.2 -> 116.
@@ -282,18 +358,118 @@ mod tests {
 
     #[test]
     fn too_small_input_is_a_clear_error() {
-        let err = param_specs(&ModelConfig::default(), 40, 10).unwrap_err().to_string();
+        let err = param_specs(&ModelConfig::default(), 40, 10)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("too small") && err.contains("63"), "{err}");
         assert!(param_specs(&ModelConfig::default(), 63, 10).is_ok());
-        let err = param_specs(&ModelConfig { groups: 0, ..Default::default() }, 224, 10).unwrap_err();
+        let err = param_specs(
+            &ModelConfig {
+                groups: 0,
+                ..Default::default()
+            },
+            224,
+            10,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("model.groups"), "{err}");
+    }
+
+    fn small() -> Result<(ModelConfig, AlexNet, Tensor)> {
+        let cfg = ModelConfig {
+            width: 0.0625,
+            ..Default::default()
+        };
+        let varmap = super::super::init_paper(&cfg, 95, 10, 3, DType::F32, &Device::Cpu)?;
+        let model = alexnet(
+            &cfg,
+            95,
+            10,
+            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+        )?;
+        let n = 2 * 3 * 95 * 95;
+        let x = Tensor::from_vec(
+            (0..n)
+                .map(|i| ((i * 7919) % 255) as f32 - 128.0)
+                .collect::<Vec<_>>(),
+            (2, 3, 95, 95),
+            &Device::Cpu,
+        )?;
+        Ok((cfg, model, x))
+    }
+
+    #[test]
+    fn train_and_eval_modes() -> Result<()> {
+        let (_, model, x) = small()?;
+        let eval = model.forward(&x, None)?;
+        assert_eq!(eval.dims(), &[2, 10]);
+        // Eval is deterministic; fc8 features are the logits.
+        assert_eq!(
+            eval.to_vec2::<f32>()?,
+            model.forward(&x, None)?.to_vec2::<f32>()?
+        );
+        assert_eq!(
+            eval.to_vec2::<f32>()?,
+            model
+                .forward_features(&x, FeatureLayer::Fc8)?
+                .to_vec2::<f32>()?
+        );
+        // Training mode: dropout changes the output, reproducibly per RNG state.
+        let mut a = DropoutRng::new(5);
+        let mut b = DropoutRng::new(5);
+        let ta = model.forward(&x, Some(&mut a))?.to_vec2::<f32>()?;
+        assert_eq!(ta, model.forward(&x, Some(&mut b))?.to_vec2::<f32>()?);
+        assert_ne!(ta, eval.to_vec2::<f32>()?);
+        assert_ne!(ta, model.forward(&x, Some(&mut a))?.to_vec2::<f32>()?); // stream moved on
+        // fc6/fc7 features: post-ReLU, hidden width.
+        for layer in [FeatureLayer::Fc6, FeatureLayer::Fc7] {
+            let f = model.forward_features(&x, layer)?;
+            assert_eq!(f.dims(), &[2, 256]);
+            assert!(f.flatten_all()?.to_vec1::<f32>()?.iter().all(|&v| v >= 0.0));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn wrong_input_shape_is_an_error() -> Result<()> {
+        let (_, model, _) = small()?;
+        let err = model
+            .forward(
+                &Tensor::zeros((1, 3, 96, 96), DType::F32, &Device::Cpu)?,
+                None,
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("(batch, 3, 95, 95)"), "{err}");
+        Ok(())
+    }
+
+    /// The `[model]` recipe section: defaults fill missing keys, unknown keys are errors.
+    #[test]
+    fn config_from_toml() {
+        let cfg: ModelConfig = toml::from_str("width = 0.5\n[lrn]\nalpha = 2e-4\n").unwrap();
+        assert_eq!(cfg.width, 0.5);
+        assert_eq!(
+            cfg.lrn,
+            LrnConfig {
+                alpha: 2e-4,
+                ..Default::default()
+            }
+        );
+        assert_eq!(cfg.groups, 2);
+        assert!(toml::from_str::<ModelConfig>("widht = 0.5").is_err());
+        assert!(toml::from_str::<ModelConfig>("[pool]\nsize = 3\nstrid = 2").is_err());
+        let round: ModelConfig =
+            toml::from_str(&toml::to_string(&ModelConfig::default()).unwrap()).unwrap();
+        assert_eq!(round, ModelConfig::default());
     }
 
     #[test]
     fn missing_parameter_is_named() {
         let varmap = candle_nn::VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-        let err = alexnet(&ModelConfig::default(), 224, 10, vb).unwrap_err().to_string();
+        let err = alexnet(&ModelConfig::default(), 224, 10, vb)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("conv1.weight"), "{err}");
     }
 }

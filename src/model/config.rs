@@ -70,7 +70,12 @@ pub struct LrnConfig {
 
 impl Default for LrnConfig {
     fn default() -> Self {
-        Self { k: 2.0, n: 5, alpha: 1e-4, beta: 0.75 }
+        Self {
+            k: 2.0,
+            n: 5,
+            alpha: 1e-4,
+            beta: 0.75,
+        }
     }
 }
 
@@ -98,13 +103,19 @@ impl ModelConfig {
         use super::ModelError::InvalidConfig;
         let bad = |key: &'static str, reason: String| Err(InvalidConfig { key, reason });
         if !(self.width.is_finite() && self.width > 0.0) {
-            return bad("model.width", format!("must be a positive number, got {}", self.width));
+            return bad(
+                "model.width",
+                format!("must be a positive number, got {}", self.width),
+            );
         }
         if self.groups == 0 {
             return bad("model.groups", "must be at least 1".into());
         }
         if !(0.0..1.0).contains(&self.dropout) {
-            return bad("model.dropout", format!("must be in [0, 1), got {}", self.dropout));
+            return bad(
+                "model.dropout",
+                format!("must be in [0, 1), got {}", self.dropout),
+            );
         }
         if self.lrn.n == 0 {
             return bad("model.lrn.n", "must be at least 1".into());
@@ -116,10 +127,16 @@ impl ModelConfig {
             );
         }
         if self.pool.size == 0 || self.pool.stride == 0 {
-            return bad("model.pool", format!("size and stride must be >= 1, got {:?}", self.pool));
+            return bad(
+                "model.pool",
+                format!("size and stride must be >= 1, got {:?}", self.pool),
+            );
         }
         if !(self.init_std.is_finite() && self.init_std >= 0.0) {
-            return bad("model.init_std", format!("must be >= 0, got {}", self.init_std));
+            return bad(
+                "model.init_std",
+                format!("must be >= 0, got {}", self.init_std),
+            );
         }
         Ok(())
     }

@@ -10,18 +10,27 @@
 //! - groups are done with `chunk` + `cat`, whose backward pads each group's gradient
 //!   back to full size with zeros and adds them.
 //!
-//! [`Conv2dOp`] is a `CustomOp2 (input, kernel)` for f32/f64 on the CPU that lowers
-//! each group to one large GEMM over the whole batch (im2col with columns
-//! `batch*out_h*out_w`, candle's own gemm through `BackendStorage::matmul`):
-//! - forward: `out_g (c_out_g, B*P) = W_g (c_out_g, K) @ cols_g (K, B*P)`;
-//! - backward: `dW_g = dOut_g @ cols_gᵀ`, and only if the input needs a gradient
+//! [`Conv2dOp`] is a `CustomOp3 (input, kernel, bias)` for f32/f64 on the CPU, with an
+//! optional fused ReLU ([`Conv2d::forward_relu`]), that lowers each group to one large
+//! GEMM over the whole batch (im2col with columns `batch*out_h*out_w`, candle's own gemm
+//! through `BackendStorage::matmul` / `Tensor::matmul`):
+//! - forward: `out_g (c_out_g, B*P) = W_g (c_out_g, K) @ cols_g (K, B*P)`, then bias
+//!   (and ReLU) while copying into `(B, c_out, P)`;
+//! - backward: one pass reorders `dOut` to `(c_out, B*P)` and applies the ReLU mask;
+//!   `db = row sums`, `dW_g = dOut_g @ cols_gᵀ`, and only if the input needs a gradient
 //!   (`Tensor::track_op`), `dcols_g = W_gᵀ @ dOut_g` followed by col2im.
+//!
+//! The im2col matrix is `K x B*P` floats per group (conv1 at batch 128: 363 x 387,200,
+//! 560 MB in f32), allocated per call and freed at once.
 //!
 //! On other devices and dtypes [`conv2d`] falls back to candle's `Tensor::conv2d`
 //! (cuDNN on CUDA), whose backward is correct there.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Module, Result, Shape, Tensor, WithDType};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Module, Result, Shape, Tensor,
+    WithDType,
+};
 use rayon::prelude::*;
 
 /// Stride, zero padding (same on all four sides) and groups of a convolution.
@@ -34,7 +43,11 @@ pub struct ConvParams {
 
 impl Default for ConvParams {
     fn default() -> Self {
-        Self { stride: 1, padding: 0, groups: 1 }
+        Self {
+            stride: 1,
+            padding: 0,
+            groups: 1,
+        }
     }
 }
 
@@ -48,7 +61,11 @@ pub struct Conv2d {
 
 impl Conv2d {
     pub fn new(weight: Tensor, bias: Tensor, params: ConvParams) -> Self {
-        Self { weight, bias, params }
+        Self {
+            weight,
+            bias,
+            params,
+        }
     }
 
     pub fn weight(&self) -> &Tensor {
@@ -58,29 +75,75 @@ impl Conv2d {
     pub fn bias(&self) -> &Tensor {
         &self.bias
     }
+
+    /// `relu(conv(x) + bias)` — every conv of AlexNet is followed by a ReLU. On the CPU
+    /// the bias and the ReLU are applied while the GEMM result is copied out, and their
+    /// backward is folded into the one pass that reorders the output gradient: this saves
+    /// about six full passes over each activation (candle's broadcast add, its reduction
+    /// for the bias gradient, the ReLU and the four ops of its backward).
+    pub fn forward_relu(&self, x: &Tensor) -> Result<Tensor> {
+        if use_custom(x) {
+            x.apply_op3(
+                &self.weight,
+                &self.bias,
+                Conv2dOp {
+                    p: self.params,
+                    relu: true,
+                },
+            )
+        } else {
+            self.forward(x)?.relu()
+        }
+    }
 }
 
 impl Module for Conv2d {
+    /// `conv(x) + bias`: `(b, c_in, h, w) -> (b, c_out, h', w')`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = conv2d(x, &self.weight, self.params)?; // (b, c_out, h', w')
-        y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
+        if use_custom(x) {
+            x.apply_op3(
+                &self.weight,
+                &self.bias,
+                Conv2dOp {
+                    p: self.params,
+                    relu: false,
+                },
+            )
+        } else {
+            let y = x.conv2d(
+                &self.weight,
+                self.params.padding,
+                self.params.stride,
+                1,
+                self.params.groups,
+            )?;
+            y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
+        }
     }
+}
+
+fn use_custom(x: &Tensor) -> bool {
+    false && x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
 }
 
 /// Convolution without bias: the custom CPU op for f32/f64 on the CPU, candle's
 /// `Tensor::conv2d` elsewhere.
 pub fn conv2d(x: &Tensor, w: &Tensor, p: ConvParams) -> Result<Tensor> {
-    let custom = x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64);
-    if custom {
-        x.apply_op2(w, Conv2dOp(p))
+    if use_custom(x) {
+        let zero_bias = Tensor::zeros(w.dim(0)?, w.dtype(), w.device())?;
+        x.apply_op3(w, &zero_bias, Conv2dOp { p, relu: false })
     } else {
         x.conv2d(w, p.padding, p.stride, 1, p.groups)
     }
 }
 
-/// The convolution as a candle custom op (CPU): `(input, kernel) -> output`.
+/// The convolution as a candle custom op (CPU): `(input, kernel, bias) -> output`,
+/// optionally followed by a ReLU.
 #[derive(Debug, Clone, Copy)]
-pub struct Conv2dOp(pub ConvParams);
+pub struct Conv2dOp {
+    pub p: ConvParams,
+    pub relu: bool,
+}
 
 /// Sizes of one convolution, derived from the input and kernel shapes.
 #[derive(Debug, Clone, Copy)]
@@ -103,14 +166,31 @@ impl Geom {
             candle_core::bail!("conv2d: expects 4-D input and kernel, got {x:?} and {k:?}")
         };
         if p.groups == 0 || c_in != c_in_g * p.groups || c_out % p.groups != 0 {
-            candle_core::bail!("conv2d: input {x:?} / kernel {k:?} do not match groups {}", p.groups)
+            candle_core::bail!(
+                "conv2d: input {x:?} / kernel {k:?} do not match groups {}",
+                p.groups
+            )
         }
         if h + 2 * p.padding < kh || w + 2 * p.padding < kw || p.stride == 0 {
-            candle_core::bail!("conv2d: input {x:?} smaller than kernel {k:?} (padding {})", p.padding)
+            candle_core::bail!(
+                "conv2d: input {x:?} smaller than kernel {k:?} (padding {})",
+                p.padding
+            )
         }
         let oh = (h + 2 * p.padding - kh) / p.stride + 1;
         let ow = (w + 2 * p.padding - kw) / p.stride + 1;
-        Ok(Self { b, c_in, h, w, c_out, kh, kw, oh, ow, p })
+        Ok(Self {
+            b,
+            c_in,
+            h,
+            w,
+            c_out,
+            kh,
+            kw,
+            oh,
+            ow,
+            p,
+        })
     }
     fn cin_g(&self) -> usize {
         self.c_in / self.p.groups
@@ -167,94 +247,249 @@ fn col2im<T: WithDType>(cols: &[T], gm: &Geom) -> Vec<T> {
     let (pix, bp, cin_g) = (gm.pix(), gm.b * gm.pix(), gm.cin_g());
     let (pad, stride) = (gm.p.padding as isize, gm.p.stride as isize);
     let mut out = vec![T::zero(); gm.b * cin_g * gm.h * gm.w];
-    out.par_chunks_mut(gm.h * gm.w).enumerate().for_each(|(plane, dst)| {
-        let (b, c) = (plane / cin_g, plane % cin_g);
-        for ky in 0..gm.kh {
-            for kx in 0..gm.kw {
-                let row = &cols[((c * gm.kh + ky) * gm.kw + kx) * bp + b * pix..][..pix];
-                for oy in 0..gm.oh {
-                    let iy = oy as isize * stride + ky as isize - pad;
-                    if iy < 0 || iy >= gm.h as isize {
-                        continue;
-                    }
-                    let d = &mut dst[iy as usize * gm.w..(iy as usize + 1) * gm.w];
-                    for (ox, &v) in row[oy * gm.ow..(oy + 1) * gm.ow].iter().enumerate() {
-                        let ix = ox as isize * stride + kx as isize - pad;
-                        if ix >= 0 && ix < gm.w as isize {
-                            d[ix as usize] += v;
+    out.par_chunks_mut(gm.h * gm.w)
+        .enumerate()
+        .for_each(|(plane, dst)| {
+            let (b, c) = (plane / cin_g, plane % cin_g);
+            for ky in 0..gm.kh {
+                for kx in 0..gm.kw {
+                    let row = &cols[((c * gm.kh + ky) * gm.kw + kx) * bp + b * pix..][..pix];
+                    for oy in 0..gm.oh {
+                        let iy = oy as isize * stride + ky as isize - pad;
+                        if iy < 0 || iy >= gm.h as isize {
+                            continue;
+                        }
+                        let d = &mut dst[iy as usize * gm.w..(iy as usize + 1) * gm.w];
+                        for (ox, &v) in row[oy * gm.ow..(oy + 1) * gm.ow].iter().enumerate() {
+                            let ix = ox as isize * stride + kx as isize - pad;
+                            if ix >= 0 && ix < gm.w as isize {
+                                d[ix as usize] += v;
+                            }
                         }
                     }
                 }
+            }
+        });
+    out
+}
+
+fn fwd<T: WithDType>(
+    x: &[T],
+    xl: &Layout,
+    ks: &CpuStorage,
+    kl: &Layout,
+    bias: &[T],
+    relu: bool,
+    gm: &Geom,
+) -> Result<Vec<T>> {
+    let (k, bp, pix, cout_g) = (gm.k(), gm.b * gm.pix(), gm.pix(), gm.cout_g());
+    if !kl.is_contiguous() {
+        candle_core::bail!("conv2d: kernel must be contiguous")
+    }
+    let mut out = vec![T::zero(); gm.b * gm.c_out * pix];
+    for g in 0..gm.p.groups {
+        let cols = T::to_cpu_storage_owned(im2col(x, xl, gm, g));
+        // W_g viewed as (cout_g, K): rows are output channels, K runs over (c, ky, kx).
+        let wl = Layout::new(
+            (cout_g, k).into(),
+            vec![k, 1],
+            kl.start_offset() + g * cout_g * k,
+        );
+        let res = ks.matmul(&cols, (1, cout_g, bp, k), &wl, &Layout::contiguous((k, bp)))?;
+        drop(cols);
+        let res = res.as_slice::<T>()?;
+        // (cout_g, B*P) -> out (B, c_out, P) at channel offset g*cout_g, adding the bias
+        // (and applying the ReLU) on the way.
+        out.par_chunks_mut(gm.c_out * pix)
+            .enumerate()
+            .for_each(|(b, ob)| {
+                for co in 0..cout_g {
+                    let c = g * cout_g + co;
+                    let src = &res[co * bp + b * pix..][..pix];
+                    let dst = &mut ob[c * pix..][..pix];
+                    let bc = bias[c];
+                    if relu {
+                        for (d, &s) in dst.iter_mut().zip(src) {
+                            let v = s + bc;
+                            *d = if v > T::zero() { v } else { T::zero() };
+                        }
+                    } else {
+                        for (d, &s) in dst.iter_mut().zip(src) {
+                            *d = s + bc;
+                        }
+                    }
+                }
+            });
+    }
+    Ok(out)
+}
+
+/// `(b, c, h, w)` output gradient -> `(c, b*h*w)`, zeroed where the ReLU output was 0.
+fn grad_to_rows<T: WithDType>(
+    g: &[T],
+    res: Option<&[T]>,
+    b: usize,
+    c: usize,
+    pix: usize,
+) -> Vec<T> {
+    let bp = b * pix;
+    let mut out = vec![T::zero(); c * bp];
+    out.par_chunks_mut(bp).enumerate().for_each(|(ch, row)| {
+        for bi in 0..b {
+            let src = &g[(bi * c + ch) * pix..][..pix];
+            let dst = &mut row[bi * pix..][..pix];
+            match res {
+                Some(r) => {
+                    let r = &r[(bi * c + ch) * pix..][..pix];
+                    for ((d, &s), &rv) in dst.iter_mut().zip(src).zip(r) {
+                        *d = if rv > T::zero() { s } else { T::zero() };
+                    }
+                }
+                None => dst.copy_from_slice(src),
             }
         }
     });
     out
 }
 
-fn fwd<T: WithDType>(
-    xs: &CpuStorage,
-    x: &[T],
-    xl: &Layout,
-    ks: &CpuStorage,
-    kl: &Layout,
-    gm: &Geom,
-) -> Result<Vec<T>> {
-    let (k, bp, pix, cout_g) = (gm.k(), gm.b * gm.pix(), gm.pix(), gm.cout_g());
-    let kst = kl.stride();
-    let mut out = vec![T::zero(); gm.b * gm.c_out * pix];
-    for g in 0..gm.p.groups {
-        let cols = T::to_cpu_storage_owned(im2col(x, xl, gm, g));
-        // W_g viewed as (cout_g, K): rows are output channels, K runs over (c, ky, kx),
-        // which is contiguous in a contiguous kernel.
-        let wl = if kl.is_contiguous() {
-            Layout::new((cout_g, k).into(), vec![k, 1], kl.start_offset() + g * cout_g * kst[0])
-        } else {
-            candle_core::bail!("conv2d: kernel must be contiguous")
-        };
-        let res = ks.matmul(&cols, (1, cout_g, bp, k), &wl, &Layout::contiguous((k, bp)))?;
-        let res = res.as_slice::<T>()?;
-        // (cout_g, B, P) -> out (B, c_out, P) at channel offset g*cout_g.
-        out.par_chunks_mut(gm.c_out * pix).enumerate().for_each(|(b, ob)| {
-            for co in 0..cout_g {
-                ob[(g * cout_g + co) * pix..][..pix].copy_from_slice(&res[co * bp + b * pix..][..pix]);
-            }
-        });
+/// The reordering (and ReLU mask) of the output gradient as a (no-backward) op:
+/// `(grad (b, c, h, w), relu output or grad itself) -> (c, b*h*w)`.
+struct GradRows {
+    relu: bool,
+}
+
+impl CustomOp2 for GradRows {
+    fn name(&self) -> &'static str {
+        "conv-grad-rows"
     }
-    let _ = xs;
-    Ok(out)
+
+    fn cpu_fwd(
+        &self,
+        gs: &CpuStorage,
+        gl: &Layout,
+        rs: &CpuStorage,
+        rl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let &[b, c, h, w] = gl.dims() else {
+            candle_core::bail!("conv-grad-rows: expects 4-D, got {:?}", gl.dims())
+        };
+        let (ga, gb) = gl
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("conv-grad-rows: grad not contiguous".into()))?;
+        let (ra, rb) = rl.contiguous_offsets().ok_or_else(|| {
+            candle_core::Error::Msg("conv-grad-rows: output not contiguous".into())
+        })?;
+        let out = match (gs, rs) {
+            (CpuStorage::F32(g), CpuStorage::F32(r)) => CpuStorage::F32(grad_to_rows(
+                &g[ga..gb],
+                self.relu.then(|| &r[ra..rb]),
+                b,
+                c,
+                h * w,
+            )),
+            (CpuStorage::F64(g), CpuStorage::F64(r)) => CpuStorage::F64(grad_to_rows(
+                &g[ga..gb],
+                self.relu.then(|| &r[ra..rb]),
+                b,
+                c,
+                h * w,
+            )),
+            _ => candle_core::bail!("conv-grad-rows: supports f32/f64"),
+        };
+        Ok((out, Shape::from((c, b * h * w))))
+    }
 }
 
-fn contiguous_dims(l: &Layout) -> &[usize] {
-    l.dims()
+fn contiguous_slice<'a, T: WithDType>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    what: &str,
+) -> Result<&'a [T]> {
+    let (a, b) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg(format!("conv2d: {what} not contiguous")))?;
+    Ok(&s.as_slice::<T>()?[a..b])
 }
 
-impl CustomOp2 for Conv2dOp {
+impl CustomOp3 for Conv2dOp {
     fn name(&self) -> &'static str {
         "conv2d-im2col"
     }
 
-    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ks: &CpuStorage, kl: &Layout) -> Result<(CpuStorage, Shape)> {
-        let gm = Geom::new(contiguous_dims(xl), kl.dims(), self.0)?;
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ks: &CpuStorage,
+        kl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let gm = Geom::new(xl.dims(), kl.dims(), self.p)?;
+        if bl.dims() != [gm.c_out] {
+            candle_core::bail!(
+                "conv2d: bias shape {:?}, expected [{}]",
+                bl.dims(),
+                gm.c_out
+            )
+        }
         let out = match (xs, ks) {
-            (CpuStorage::F32(x), CpuStorage::F32(_)) => CpuStorage::F32(fwd(xs, x, xl, ks, kl, &gm)?),
-            (CpuStorage::F64(x), CpuStorage::F64(_)) => CpuStorage::F64(fwd(xs, x, xl, ks, kl, &gm)?),
-            _ => candle_core::bail!("conv2d-im2col: supports f32/f64, got {:?}/{:?}", xs.dtype(), ks.dtype()),
+            (CpuStorage::F32(x), CpuStorage::F32(_)) => CpuStorage::F32(fwd(
+                x,
+                xl,
+                ks,
+                kl,
+                contiguous_slice(bs, bl, "bias")?,
+                self.relu,
+                &gm,
+            )?),
+            (CpuStorage::F64(x), CpuStorage::F64(_)) => CpuStorage::F64(fwd(
+                x,
+                xl,
+                ks,
+                kl,
+                contiguous_slice(bs, bl, "bias")?,
+                self.relu,
+                &gm,
+            )?),
+            _ => candle_core::bail!(
+                "conv2d-im2col: supports f32/f64, got {:?}/{:?}",
+                xs.dtype(),
+                ks.dtype()
+            ),
         };
         Ok((out, Shape::from((gm.b, gm.c_out, gm.oh, gm.ow))))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let gm = Geom::new(x.dims(), w.dims(), self.0)?;
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let gm = Geom::new(x.dims(), w.dims(), self.p)?;
         let (k, cout_g, groups) = (gm.k(), gm.cout_g(), gm.p.groups);
-        // dOut as (c_out, B*P): one copy, then each group is a contiguous row block.
-        let gperm = grad.reshape((gm.b, gm.c_out, gm.pix()))?.transpose(0, 1)?.contiguous()?;
-        let gperm = gperm.reshape((gm.c_out, gm.b * gm.pix()))?;
+        // dOut as (c_out, B*P), ReLU mask applied: one pass, then each group is a
+        // contiguous row block.
+        let grad = grad.contiguous()?;
+        let gperm = grad.apply_op2_no_bwd(
+            if self.relu { res } else { &grad },
+            &GradRows { relu: self.relu },
+        )?;
+        let db = gperm.sum(1)?; // (c_out)
         let w2 = w.contiguous()?.reshape((gm.c_out, k))?;
         let mut dws = Vec::with_capacity(groups);
         let mut dxs = Vec::with_capacity(groups);
         for g in 0..groups {
             let dout_g = gperm.narrow(0, g * cout_g, cout_g)?; // (cout_g, B*P)
-            let cols = x.apply_op1_no_bwd(&Im2Col { p: self.0, kh: gm.kh, kw: gm.kw, group: g })?; // (K, B*P)
+            let cols = x.apply_op1_no_bwd(&Im2Col {
+                p: self.p,
+                kh: gm.kh,
+                kw: gm.kw,
+                group: g,
+            })?; // (K, B*P)
             dws.push(dout_g.matmul(&cols.t()?)?); // (cout_g, K)
             drop(cols);
             // The input gradient only when something upstream wants it: for conv1 the
@@ -266,8 +501,12 @@ impl CustomOp2 for Conv2dOp {
             }
         }
         let dw = Tensor::cat(&dws, 0)?.reshape(w.dims())?;
-        let dx = if x.track_op() { Some(Tensor::cat(&dxs, 1)?) } else { None };
-        Ok((dx, Some(dw)))
+        let dx = if x.track_op() {
+            Some(Tensor::cat(&dxs, 1)?)
+        } else {
+            None
+        };
+        Ok((dx, Some(dw), Some(db)))
     }
 }
 
@@ -287,7 +526,11 @@ impl CustomOp1 for Im2Col {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let d = l.dims();
         let c_out_dummy = self.p.groups; // only the kernel's spatial dims matter here
-        let gm = Geom::new(d, &[c_out_dummy, d[1] / self.p.groups, self.kh, self.kw], self.p)?;
+        let gm = Geom::new(
+            d,
+            &[c_out_dummy, d[1] / self.p.groups, self.kh, self.kw],
+            self.p,
+        )?;
         let shape = Shape::from((gm.k(), gm.b * gm.pix()));
         let out = match s {
             CpuStorage::F32(x) => CpuStorage::F32(im2col(x, l, &gm, self.group)),
@@ -310,7 +553,9 @@ impl CustomOp1 for Col2Im {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let gm = &self.gm;
-        let (a, b) = l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("col2im: non-contiguous".into()))?;
+        let (a, b) = l
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("col2im: non-contiguous".into()))?;
         let shape = Shape::from((gm.b, gm.cin_g(), gm.h, gm.w));
         let out = match s {
             CpuStorage::F32(c) => CpuStorage::F32(col2im(&c[a..b], gm)),
@@ -335,18 +580,59 @@ mod tests {
     }
 
     fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
     }
 
     const CASES: [(ConvParams, [usize; 4], [usize; 4]); 4] = [
         // conv1-like: stride 4, pad 2, a side that leaves a remainder
-        (ConvParams { stride: 4, padding: 2, groups: 1 }, [2, 3, 23, 23], [4, 3, 11, 11]),
+        (
+            ConvParams {
+                stride: 4,
+                padding: 2,
+                groups: 1,
+            },
+            [2, 3, 23, 23],
+            [4, 3, 11, 11],
+        ),
         // conv2-like: 2 groups, pad 2
-        (ConvParams { stride: 1, padding: 2, groups: 2 }, [2, 4, 7, 6], [6, 2, 5, 5]),
+        (
+            ConvParams {
+                stride: 1,
+                padding: 2,
+                groups: 2,
+            },
+            [2, 4, 7, 6],
+            [6, 2, 5, 5],
+        ),
         // conv4-like: 2 groups, pad 1
-        (ConvParams { stride: 1, padding: 1, groups: 2 }, [3, 6, 5, 5], [4, 3, 3, 3]),
+        (
+            ConvParams {
+                stride: 1,
+                padding: 1,
+                groups: 2,
+            },
+            [3, 6, 5, 5],
+            [4, 3, 3, 3],
+        ),
         // stride 2, no padding, non-square kernel
-        (ConvParams { stride: 2, padding: 0, groups: 1 }, [2, 2, 7, 8], [3, 2, 3, 2]),
+        (
+            ConvParams {
+                stride: 2,
+                padding: 0,
+                groups: 1,
+            },
+            [2, 2, 7, 8],
+            [3, 2, 3, 2],
+        ),
     ];
 
     /// Forward and both gradients equal candle's own conv2d (f64).
@@ -356,14 +642,19 @@ mod tests {
             let x = Var::from_tensor(&rand_tensor(xs, i as u64))?;
             let w = Var::from_tensor(&rand_tensor(ks, 100 + i as u64))?;
             let ours = conv2d(x.as_tensor(), w.as_tensor(), *p)?;
-            let theirs = x.as_tensor().conv2d(w.as_tensor(), p.padding, p.stride, 1, p.groups)?;
+            let theirs = x
+                .as_tensor()
+                .conv2d(w.as_tensor(), p.padding, p.stride, 1, p.groups)?;
             assert_eq!(ours.dims(), theirs.dims());
             assert!(max_abs_diff(&ours, &theirs) < 1e-12, "case {i} forward");
             let r = rand_tensor(ours.dims(), 200 + i as u64);
             let g1 = (ours * &r)?.sum_all()?.backward()?;
             let g2 = (theirs * &r)?.sum_all()?.backward()?;
             for (name, v) in [("input", &x), ("kernel", &w)] {
-                let d = max_abs_diff(g1.get(v.as_tensor()).unwrap(), g2.get(v.as_tensor()).unwrap());
+                let d = max_abs_diff(
+                    g1.get(v.as_tensor()).unwrap(),
+                    g2.get(v.as_tensor()).unwrap(),
+                );
                 assert!(d < 1e-12, "case {i} {name} grad differs by {d}");
             }
         }
@@ -379,21 +670,83 @@ mod tests {
         let oshape = conv2d(&x0, &w0, p)?.dims().to_vec();
         let r = rand_tensor(&oshape, 9);
         let loss = |x: &Tensor, w: &Tensor| -> f64 {
-            (conv2d(x, w, p).unwrap() * &r).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap()
+            (conv2d(x, w, p).unwrap() * &r)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap()
         };
         let (x, w) = (Var::from_tensor(&x0)?, Var::from_tensor(&w0)?);
-        let grads = (conv2d(x.as_tensor(), w.as_tensor(), p)? * &r)?.sum_all()?.backward()?;
+        let grads = (conv2d(x.as_tensor(), w.as_tensor(), p)? * &r)?
+            .sum_all()?
+            .backward()?;
         for (which, t0, v) in [(0, &x0, &x), (1, &w0, &w)] {
-            let analytic = grads.get(v.as_tensor()).unwrap().flatten_all()?.to_vec1::<f64>()?;
+            let analytic = grads
+                .get(v.as_tensor())
+                .unwrap()
+                .flatten_all()?
+                .to_vec1::<f64>()?;
             let base = t0.flatten_all()?.to_vec1::<f64>()?;
             for i in 0..base.len() {
                 let (mut pv, mut mv) = (base.clone(), base.clone());
                 pv[i] += 1e-6;
                 mv[i] -= 1e-6;
-                let (tp, tm) = (Tensor::from_slice(&pv, t0.dims(), &Device::Cpu)?, Tensor::from_slice(&mv, t0.dims(), &Device::Cpu)?);
-                let numeric = if which == 0 { (loss(&tp, &w0) - loss(&tm, &w0)) / 2e-6 } else { (loss(&x0, &tp) - loss(&x0, &tm)) / 2e-6 };
+                let (tp, tm) = (
+                    Tensor::from_slice(&pv, t0.dims(), &Device::Cpu)?,
+                    Tensor::from_slice(&mv, t0.dims(), &Device::Cpu)?,
+                );
+                let numeric = if which == 0 {
+                    (loss(&tp, &w0) - loss(&tm, &w0)) / 2e-6
+                } else {
+                    (loss(&x0, &tp) - loss(&x0, &tm)) / 2e-6
+                };
                 let err = (numeric - analytic[i]).abs() / (1e-3 + numeric.abs());
-                assert!(err < 1e-6, "{} element {i}: {numeric} vs {}", ["input", "kernel"][which], analytic[i]);
+                assert!(
+                    err < 1e-6,
+                    "{} element {i}: {numeric} vs {}",
+                    ["input", "kernel"][which],
+                    analytic[i]
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// `Conv2d::forward_relu` and `forward` (bias fused in the op) against candle's conv,
+    /// broadcast bias add and ReLU: values and the gradients of input, kernel and bias.
+    #[test]
+    fn fused_bias_relu_matches_composite() -> Result<()> {
+        for (i, (p, xs, ks)) in CASES.iter().enumerate() {
+            let x = Var::from_tensor(&rand_tensor(xs, 300 + i as u64))?;
+            let w = Var::from_tensor(&rand_tensor(ks, 400 + i as u64))?;
+            let b = Var::from_tensor(&rand_tensor(&[ks[0]], 500 + i as u64))?;
+            let layer = Conv2d::new(w.as_tensor().clone(), b.as_tensor().clone(), *p);
+            for relu in [false, true] {
+                let ours = if relu {
+                    layer.forward_relu(x.as_tensor())?
+                } else {
+                    layer.forward(x.as_tensor())?
+                };
+                let lin = x
+                    .as_tensor()
+                    .conv2d(w.as_tensor(), p.padding, p.stride, 1, p.groups)?
+                    .broadcast_add(&b.as_tensor().reshape((1, (), 1, 1))?)?;
+                let theirs = if relu { lin.relu()? } else { lin };
+                assert!(
+                    max_abs_diff(&ours, &theirs) < 1e-12,
+                    "case {i} relu {relu} forward"
+                );
+                let r = rand_tensor(ours.dims(), 600 + i as u64);
+                let g1 = (ours * &r)?.sum_all()?.backward()?;
+                let g2 = (theirs * &r)?.sum_all()?.backward()?;
+                for (name, v) in [("input", &x), ("kernel", &w), ("bias", &b)] {
+                    let d = max_abs_diff(
+                        g1.get(v.as_tensor()).unwrap(),
+                        g2.get(v.as_tensor()).unwrap(),
+                    );
+                    assert!(d < 1e-12, "case {i} relu {relu} {name} grad differs by {d}");
+                }
             }
         }
         Ok(())
@@ -406,8 +759,14 @@ mod tests {
         let (p, xs, ks) = CASES[0];
         let x = rand_tensor(&xs, 1); // the image batch: not a Var
         let w = Var::from_tensor(&rand_tensor(&ks, 2))?;
-        let g = x.conv2d(w.as_tensor(), p.padding, p.stride, 1, 1)?.sum_all()?.backward()?;
-        assert!(g.get(&x).is_some(), "candle computed an input gradient nobody asked for");
+        let g = x
+            .conv2d(w.as_tensor(), p.padding, p.stride, 1, 1)?
+            .sum_all()?
+            .backward()?;
+        assert!(
+            g.get(&x).is_some(),
+            "candle computed an input gradient nobody asked for"
+        );
         let g = conv2d(&x, w.as_tensor(), p)?.sum_all()?.backward()?;
         assert!(g.get(&x).is_none());
         assert!(g.get(w.as_tensor()).is_some());

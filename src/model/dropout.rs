@@ -32,7 +32,8 @@ mod u128_string {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u128, D::Error> {
         let s = String::deserialize(d)?;
-        s.parse().map_err(|e| D::Error::custom(format!("word_pos {s:?}: {e}")))
+        s.parse()
+            .map_err(|e| D::Error::custom(format!("word_pos {s:?}: {e}")))
     }
 }
 
@@ -46,30 +47,54 @@ pub struct DropoutRng {
 impl DropoutRng {
     /// A fresh stream for `seed`.
     pub fn new(seed: u64) -> Self {
-        Self { seed, rng: ChaCha8Rng::seed_from_u64(seed) }
+        Self {
+            seed,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+        }
     }
 
     /// Snapshot to store in a checkpoint.
     pub fn state(&self) -> DropoutState {
-        DropoutState { seed: self.seed, word_pos: self.rng.get_word_pos() }
+        DropoutState {
+            seed: self.seed,
+            word_pos: self.rng.get_word_pos(),
+        }
     }
 
     /// Continues exactly where [`state`](Self::state) was taken.
     pub fn from_state(state: DropoutState) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(state.seed);
         rng.set_word_pos(state.word_pos);
-        Self { seed: state.seed, rng }
+        Self {
+            seed: state.seed,
+            rng,
+        }
     }
 
     /// A mask shaped like `shape`: each entry is 1/(1-p) with probability 1-p, else 0.
     /// One `f32` draw per entry in row-major order (the order is part of the resume
     /// contract). Built on the CPU, returned on `device` in `dtype`.
-    pub fn mask(&mut self, shape: &[usize], p: f32, dtype: DType, device: &Device) -> Result<Tensor> {
+    pub fn mask(
+        &mut self,
+        shape: &[usize],
+        p: f32,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
         let n: usize = shape.iter().product();
         let scale = 1.0 / (1.0 - p);
-        let values: Vec<f32> =
-            (0..n).map(|_| if self.rng.random::<f32>() < p { 0.0 } else { scale }).collect();
-        Tensor::from_vec(values, shape, &Device::Cpu)?.to_dtype(dtype)?.to_device(device)
+        let values: Vec<f32> = (0..n)
+            .map(|_| {
+                if self.rng.random::<f32>() < p {
+                    0.0
+                } else {
+                    scale
+                }
+            })
+            .collect();
+        Tensor::from_vec(values, shape, &Device::Cpu)?
+            .to_dtype(dtype)?
+            .to_device(device)
     }
 }
 
@@ -92,12 +117,18 @@ mod tests {
         let mut a = DropoutRng::new(7);
         let _ = a.mask(&[3, 5], 0.5, DType::F32, &dev)?; // advance part-way into a block
         let snap = a.state();
-        let want = a.mask(&[4, 33], 0.5, DType::F32, &dev)?.flatten_all()?.to_vec1::<f32>()?;
+        let want = a
+            .mask(&[4, 33], 0.5, DType::F32, &dev)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         // Round-trip through serde, as a checkpoint would.
         let json = toml::to_string(&snap).map_err(candle_core::Error::wrap)?;
         let snap2: DropoutState = toml::from_str(&json).map_err(candle_core::Error::wrap)?;
         let mut b = DropoutRng::from_state(snap2);
-        let got = b.mask(&[4, 33], 0.5, DType::F32, &dev)?.flatten_all()?.to_vec1::<f32>()?;
+        let got = b
+            .mask(&[4, 33], 0.5, DType::F32, &dev)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         assert_eq!(want, got);
         assert_eq!(a.state(), b.state());
         Ok(())
@@ -106,7 +137,9 @@ mod tests {
     #[test]
     fn mask_is_inverted_dropout() -> Result<()> {
         let mut rng = DropoutRng::new(1);
-        let m = rng.mask(&[100_000], 0.5, DType::F32, &Device::Cpu)?.to_vec1::<f32>()?;
+        let m = rng
+            .mask(&[100_000], 0.5, DType::F32, &Device::Cpu)?
+            .to_vec1::<f32>()?;
         assert!(m.iter().all(|&v| v == 0.0 || v == 2.0));
         let kept = m.iter().filter(|&&v| v > 0.0).count() as f64 / m.len() as f64;
         assert!((kept - 0.5).abs() < 0.01, "kept fraction {kept}");
@@ -114,7 +147,9 @@ mod tests {
         let mean = m.iter().map(|&v| v as f64).sum::<f64>() / m.len() as f64;
         assert!((mean - 1.0).abs() < 0.02);
         // Different seeds, different masks.
-        let other = DropoutRng::new(2).mask(&[64], 0.5, DType::F32, &Device::Cpu)?.to_vec1::<f32>()?;
+        let other = DropoutRng::new(2)
+            .mask(&[64], 0.5, DType::F32, &Device::Cpu)?
+            .to_vec1::<f32>()?;
         assert_ne!(other, m[..64].to_vec());
         Ok(())
     }

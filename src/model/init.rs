@@ -52,7 +52,9 @@ pub fn init_paper(
                 }
                 ParamInit::Constant(c) => vec![c; n],
             };
-            let t = Tensor::from_vec(values, spec.shape.as_slice(), &Device::Cpu)?.to_dtype(dtype)?.to_device(device)?;
+            let t = Tensor::from_vec(values, spec.shape.as_slice(), &Device::Cpu)?
+                .to_dtype(dtype)?
+                .to_device(device)?;
             data.insert(spec.name, Var::from_tensor(&t)?);
         }
     }
@@ -64,7 +66,10 @@ mod tests {
     use super::*;
 
     fn cfg() -> ModelConfig {
-        ModelConfig { width: 0.0625, ..Default::default() }
+        ModelConfig {
+            width: 0.0625,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -72,7 +77,14 @@ mod tests {
         let a = init_paper(&cfg(), 95, 10, 42, DType::F32, &Device::Cpu)?;
         let b = init_paper(&cfg(), 95, 10, 42, DType::F32, &Device::Cpu)?;
         let c = init_paper(&cfg(), 95, 10, 43, DType::F32, &Device::Cpu)?;
-        let get = |m: &VarMap, n: &str| m.data().lock().unwrap()[n].as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let get = |m: &VarMap, n: &str| {
+            m.data().lock().unwrap()[n]
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
         assert_eq!(get(&a, "fc7.weight"), get(&b, "fc7.weight"));
         assert_ne!(get(&a, "fc7.weight"), get(&c, "fc7.weight"));
         // 65,536 draws: mean ~0, std ~0.01.
@@ -80,12 +92,37 @@ mod tests {
         let n = w.len() as f64;
         let mean = w.iter().map(|&v| v as f64).sum::<f64>() / n;
         let std = (w.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n).sqrt();
-        assert!(mean.abs() < 2e-4 && (std - 0.01).abs() < 2e-4, "mean {mean} std {std}");
+        assert!(
+            mean.abs() < 2e-4 && (std - 0.01).abs() < 2e-4,
+            "mean {mean} std {std}"
+        );
         // Biases: 1 in conv2/4/5, fc6, fc7; 0 in conv1, conv3, fc8.
-        for (name, want) in [("conv1", 0.), ("conv2", 1.), ("conv3", 0.), ("conv4", 1.), ("conv5", 1.), ("fc6", 1.), ("fc7", 1.), ("fc8", 0.)] {
-            assert!(get(&a, &format!("{name}.bias")).iter().all(|&v| v == want), "{name}");
+        for (name, want) in [
+            ("conv1", 0.),
+            ("conv2", 1.),
+            ("conv3", 0.),
+            ("conv4", 1.),
+            ("conv5", 1.),
+            ("fc6", 1.),
+            ("fc7", 1.),
+            ("fc8", 0.),
+        ] {
+            assert!(
+                get(&a, &format!("{name}.bias")).iter().all(|&v| v == want),
+                "{name}"
+            );
         }
-        let zero = init_paper(&ModelConfig { init_bias_one: false, ..cfg() }, 95, 10, 42, DType::F32, &Device::Cpu)?;
+        let zero = init_paper(
+            &ModelConfig {
+                init_bias_one: false,
+                ..cfg()
+            },
+            95,
+            10,
+            42,
+            DType::F32,
+            &Device::Cpu,
+        )?;
         assert!(get(&zero, "fc6.bias").iter().all(|&v| v == 0.0));
         // The first draw of the stream is conv1.weight[0,0,0,0] (order contract).
         let mut rng = ChaCha8Rng::seed_from_u64(42);

@@ -79,20 +79,26 @@ fn argmax<T: WithDType>(plane: &[T], w: usize, oy: usize, ox: usize, cfg: &PoolC
 fn pool_fwd<T: WithDType>(inp: &[T], l: &Layout, cfg: &PoolConfig) -> Result<Vec<T>> {
     let (b, c, h, w, oh, ow) = out_shape(l, cfg)?;
     let mut out = vec![T::zero(); b * c * oh * ow];
-    out.par_chunks_mut(oh * ow).zip(inp.par_chunks(h * w)).for_each(|(o, plane)| {
-        for oy in 0..oh {
-            for ox in 0..ow {
-                o[oy * ow + ox] = plane[argmax(plane, w, oy, ox, cfg)];
+    out.par_chunks_mut(oh * ow)
+        .zip(inp.par_chunks(h * w))
+        .for_each(|(o, plane)| {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    o[oy * ow + ox] = plane[argmax(plane, w, oy, ox, cfg)];
+                }
             }
-        }
-    });
+        });
     Ok(out)
 }
 
 fn pool_bwd<T: WithDType>(inp: &[T], l: &Layout, grad: &[T], cfg: &PoolConfig) -> Result<Vec<T>> {
     let (b, c, h, w, oh, ow) = out_shape(l, cfg)?;
     if grad.len() != b * c * oh * ow {
-        candle_core::bail!("max-pool backward: grad has {} values, expected {}", grad.len(), b * c * oh * ow)
+        candle_core::bail!(
+            "max-pool backward: grad has {} values, expected {}",
+            grad.len(),
+            b * c * oh * ow
+        )
     }
     let mut out = vec![T::zero(); b * c * h * w];
     out.par_chunks_mut(h * w)
@@ -124,8 +130,12 @@ impl CustomOp1 for MaxPool {
         let (b, c, _, _, oh, ow) = out_shape(l, &self.0)?;
         let op = "max-pool2d";
         let out = match s {
-            CpuStorage::F32(_) => CpuStorage::F32(pool_fwd(contiguous::<f32>(s, l, op)?, l, &self.0)?),
-            CpuStorage::F64(_) => CpuStorage::F64(pool_fwd(contiguous::<f64>(s, l, op)?, l, &self.0)?),
+            CpuStorage::F32(_) => {
+                CpuStorage::F32(pool_fwd(contiguous::<f32>(s, l, op)?, l, &self.0)?)
+            }
+            CpuStorage::F64(_) => {
+                CpuStorage::F64(pool_fwd(contiguous::<f64>(s, l, op)?, l, &self.0)?)
+            }
             CpuStorage::F16(_) => CpuStorage::F16(pool_fwd(contiguous(s, l, op)?, l, &self.0)?),
             CpuStorage::BF16(_) => CpuStorage::BF16(pool_fwd(contiguous(s, l, op)?, l, &self.0)?),
             _ => candle_core::bail!("{op}: unsupported dtype {:?}", s.dtype()),
@@ -138,13 +148,19 @@ impl CustomOp1 for MaxPool {
     fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
         let (b, c, _, _, oh, ow) = out_shape(l, &self.0)?;
         let k = (self.0.size, self.0.size);
-        Ok((s.max_pool2d(l, k, (self.0.stride, self.0.stride))?, Shape::from((b, c, oh, ow))))
+        Ok((
+            s.max_pool2d(l, k, (self.0.stride, self.0.stride))?,
+            Shape::from((b, c, oh, ow)),
+        ))
     }
 
     fn metal_fwd(&self, s: &MetalStorage, l: &Layout) -> Result<(MetalStorage, Shape)> {
         let (b, c, _, _, oh, ow) = out_shape(l, &self.0)?;
         let k = (self.0.size, self.0.size);
-        Ok((s.max_pool2d(l, k, (self.0.stride, self.0.stride))?, Shape::from((b, c, oh, ow))))
+        Ok((
+            s.max_pool2d(l, k, (self.0.stride, self.0.stride))?,
+            Shape::from((b, c, oh, ow)),
+        ))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
@@ -176,18 +192,30 @@ impl CustomOp2 for MaxPoolBackward {
         let op = "max-pool2d-backward";
         let c = &self.0;
         let out = match (s1, s2) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                CpuStorage::F32(pool_bwd(contiguous::<f32>(s1, l1, op)?, l1, contiguous(s2, l2, op)?, c)?)
-            }
-            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                CpuStorage::F64(pool_bwd(contiguous::<f64>(s1, l1, op)?, l1, contiguous(s2, l2, op)?, c)?)
-            }
-            (CpuStorage::F16(_), CpuStorage::F16(_)) => {
-                CpuStorage::F16(pool_bwd(contiguous(s1, l1, op)?, l1, contiguous(s2, l2, op)?, c)?)
-            }
-            (CpuStorage::BF16(_), CpuStorage::BF16(_)) => {
-                CpuStorage::BF16(pool_bwd(contiguous(s1, l1, op)?, l1, contiguous(s2, l2, op)?, c)?)
-            }
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(pool_bwd(
+                contiguous::<f32>(s1, l1, op)?,
+                l1,
+                contiguous(s2, l2, op)?,
+                c,
+            )?),
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(pool_bwd(
+                contiguous::<f64>(s1, l1, op)?,
+                l1,
+                contiguous(s2, l2, op)?,
+                c,
+            )?),
+            (CpuStorage::F16(_), CpuStorage::F16(_)) => CpuStorage::F16(pool_bwd(
+                contiguous(s1, l1, op)?,
+                l1,
+                contiguous(s2, l2, op)?,
+                c,
+            )?),
+            (CpuStorage::BF16(_), CpuStorage::BF16(_)) => CpuStorage::BF16(pool_bwd(
+                contiguous(s1, l1, op)?,
+                l1,
+                contiguous(s2, l2, op)?,
+                c,
+            )?),
             _ => candle_core::bail!("{op}: unsupported dtypes {:?}/{:?}", s1.dtype(), s2.dtype()),
         };
         Ok((out, l1.shape().clone()))
@@ -223,9 +251,18 @@ mod tests {
         let x = Tensor::from_vec(rand_vec(2 * 3 * 13 * 11, 5), (2, 3, 13, 11), &Device::Cpu)?;
         let ours = max_pool2d(&x, paper())?;
         let theirs = x.max_pool2d_with_stride(3, 2)?;
-        assert_eq!(ours.flatten_all()?.to_vec1::<f64>()?, theirs.flatten_all()?.to_vec1::<f64>()?);
+        assert_eq!(
+            ours.flatten_all()?.to_vec1::<f64>()?,
+            theirs.flatten_all()?.to_vec1::<f64>()?
+        );
         // Too small an input is an error, not a panic.
-        assert!(max_pool2d(&Tensor::zeros((1, 1, 2, 2), DType::F32, &Device::Cpu)?, paper()).is_err());
+        assert!(
+            max_pool2d(
+                &Tensor::zeros((1, 1, 2, 2), DType::F32, &Device::Cpu)?,
+                paper()
+            )
+            .is_err()
+        );
         Ok(())
     }
 
@@ -245,13 +282,25 @@ mod tests {
             let base = rand_vec(n, (h * 10 + w) as u64);
             let oh = (h - cfg.size) / cfg.stride + 1;
             let ow = (w - cfg.size) / cfg.stride + 1;
-            let wts = Tensor::from_vec(rand_vec(2 * 3 * oh * ow, 99), (2, 3, oh, ow), &Device::Cpu)?;
+            let wts =
+                Tensor::from_vec(rand_vec(2 * 3 * oh * ow, 99), (2, 3, oh, ow), &Device::Cpu)?;
             let x = Var::from_tensor(&Tensor::from_slice(&base, shape, &Device::Cpu)?)?;
-            let grads = (max_pool2d(x.as_tensor(), cfg)? * &wts)?.sum_all()?.backward()?;
-            let analytic = grads.get(x.as_tensor()).unwrap().flatten_all()?.to_vec1::<f64>()?;
+            let grads = (max_pool2d(x.as_tensor(), cfg)? * &wts)?
+                .sum_all()?
+                .backward()?;
+            let analytic = grads
+                .get(x.as_tensor())
+                .unwrap()
+                .flatten_all()?
+                .to_vec1::<f64>()?;
             let f = |v: &[f64]| -> f64 {
                 let t = Tensor::from_slice(v, shape, &Device::Cpu).unwrap();
-                (max_pool2d(&t, cfg).unwrap() * &wts).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap()
+                (max_pool2d(&t, cfg).unwrap() * &wts)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f64>()
+                    .unwrap()
             };
             let hstep = 1e-6;
             for i in 0..n {
@@ -259,8 +308,13 @@ mod tests {
                 p[i] += hstep;
                 m[i] -= hstep;
                 let numeric = (f(&p) - f(&m)) / (2.0 * hstep);
-                let err = (numeric - analytic[i]).abs() / (1e-3 + numeric.abs().max(analytic[i].abs()));
-                assert!(err < 1e-6, "{cfg:?} {h}x{w} element {i}: fd {numeric} vs {}", analytic[i]);
+                let err =
+                    (numeric - analytic[i]).abs() / (1e-3 + numeric.abs().max(analytic[i].abs()));
+                assert!(
+                    err < 1e-6,
+                    "{cfg:?} {h}x{w} element {i}: fd {numeric} vs {}",
+                    analytic[i]
+                );
             }
         }
         Ok(())
@@ -279,8 +333,14 @@ mod tests {
         ];
         let x = Var::from_tensor(&Tensor::from_slice(&v, (1, 1, 3, 5), &Device::Cpu)?)?;
         let g = Tensor::from_slice(&[10f64, 100.], (1, 1, 1, 2), &Device::Cpu)?;
-        let grads = (max_pool2d(x.as_tensor(), paper())? * &g)?.sum_all()?.backward()?;
-        let got = grads.get(x.as_tensor()).unwrap().flatten_all()?.to_vec1::<f64>()?;
+        let grads = (max_pool2d(x.as_tensor(), paper())? * &g)?
+            .sum_all()?
+            .backward()?;
+        let got = grads
+            .get(x.as_tensor())
+            .unwrap()
+            .flatten_all()?
+            .to_vec1::<f64>()?;
         // window 0: maxima (0,1),(0,2),(1,0) -> first is (0,1); window 1: max 5 at (0,2).
         let mut want = vec![0.0; 15];
         want[1] = 10.0;
@@ -290,7 +350,11 @@ mod tests {
         // the corner shared by neighbouring windows accumulates.
         let x = Var::from_tensor(&Tensor::ones((1, 1, 5, 5), DType::F64, &Device::Cpu)?)?;
         let grads = max_pool2d(x.as_tensor(), paper())?.sum_all()?.backward()?;
-        let got = grads.get(x.as_tensor()).unwrap().flatten_all()?.to_vec1::<f64>()?;
+        let got = grads
+            .get(x.as_tensor())
+            .unwrap()
+            .flatten_all()?
+            .to_vec1::<f64>()?;
         let mut want = vec![0.0; 25];
         for i in [0, 2, 10, 12] {
             want[i] = 1.0;
@@ -303,17 +367,34 @@ mod tests {
     /// If this fails after a candle upgrade, candle may have fixed it: re-evaluate.
     #[test]
     fn candle_max_pool_backward_is_broken() -> Result<()> {
-        let x = Var::from_tensor(&Tensor::from_vec(rand_vec(36, 1), (1, 1, 6, 6), &Device::Cpu)?)?;
+        let x = Var::from_tensor(&Tensor::from_vec(
+            rand_vec(36, 1),
+            (1, 1, 6, 6),
+            &Device::Cpu,
+        )?)?;
         // kernel 3 stride 2: backward is refused.
         let y = x.as_tensor().max_pool2d_with_stride(3, 2)?;
         assert!(y.sum_all()?.backward().is_err());
         // kernel 2 stride 2: the gradient of sum() should be one 1 per window; candle
         // gives 1/k^2 = 0.25.
         let grads = x.as_tensor().max_pool2d(2)?.sum_all()?.backward()?;
-        let total = grads.get(x.as_tensor()).unwrap().sum_all()?.to_scalar::<f64>()?;
-        assert!((total - 9.0 * 0.25).abs() < 1e-12, "candle total gradient {total}");
-        let grads = max_pool2d(x.as_tensor(), PoolConfig { size: 2, stride: 2 })?.sum_all()?.backward()?;
-        let total = grads.get(x.as_tensor()).unwrap().sum_all()?.to_scalar::<f64>()?;
+        let total = grads
+            .get(x.as_tensor())
+            .unwrap()
+            .sum_all()?
+            .to_scalar::<f64>()?;
+        assert!(
+            (total - 9.0 * 0.25).abs() < 1e-12,
+            "candle total gradient {total}"
+        );
+        let grads = max_pool2d(x.as_tensor(), PoolConfig { size: 2, stride: 2 })?
+            .sum_all()?
+            .backward()?;
+        let total = grads
+            .get(x.as_tensor())
+            .unwrap()
+            .sum_all()?
+            .to_scalar::<f64>()?;
         assert_eq!(total, 9.0);
         Ok(())
     }

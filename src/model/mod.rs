@@ -11,7 +11,9 @@ mod init;
 pub mod lrn;
 pub mod max_pool;
 
-pub use alexnet::{AlexNet, FeatureLayer, ParamInit, ParamSpec, alexnet, param_specs, parameter_count};
+pub use alexnet::{
+    AlexNet, FeatureLayer, ParamInit, ParamSpec, alexnet, param_specs, parameter_count,
+};
 pub use config::{LrnConfig, ModelConfig, PoolConfig};
 pub use dropout::{DropoutRng, DropoutState};
 pub use init::{PARAM_ORDER_DOC, init_paper};
@@ -29,7 +31,11 @@ pub enum ModelError {
         "input size {input_size} is too small for AlexNet: after {layer} the feature map \
          would be empty (the smallest input this config accepts is {min_input})"
     )]
-    InputTooSmall { input_size: usize, layer: &'static str, min_input: usize },
+    InputTooSmall {
+        input_size: usize,
+        layer: &'static str,
+        min_input: usize,
+    },
     /// A parameter the network needs is not in the VarBuilder.
     #[error(
         "parameter {name} (shape {shape:?}) is missing: initialise with model::init_paper \

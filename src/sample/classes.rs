@@ -19,20 +19,56 @@ pub struct SampleClass {
 
 /// Indexed by Fashion-MNIST label: `CLASSES[l].fashion_label == l`.
 pub const CLASSES: [SampleClass; 10] = [
-    SampleClass { fashion_label: 0, wnid: "n03595614", name: "jersey, T-shirt, tee shirt" },
-    SampleClass { fashion_label: 1, wnid: "n03594734", name: "jean, blue jean, denim" },
-    SampleClass { fashion_label: 2, wnid: "n04370456", name: "sweatshirt" },
-    SampleClass { fashion_label: 3, wnid: "n03450230", name: "gown" },
-    SampleClass { fashion_label: 4, wnid: "n04479046", name: "trench coat" },
-    SampleClass { fashion_label: 5, wnid: "n04133789", name: "sandal" },
-    SampleClass { fashion_label: 6, wnid: "n04350905", name: "suit, suit of clothes" },
-    SampleClass { fashion_label: 7, wnid: "n04120489", name: "running shoe" },
+    SampleClass {
+        fashion_label: 0,
+        wnid: "n03595614",
+        name: "jersey, T-shirt, tee shirt",
+    },
+    SampleClass {
+        fashion_label: 1,
+        wnid: "n03594734",
+        name: "jean, blue jean, denim",
+    },
+    SampleClass {
+        fashion_label: 2,
+        wnid: "n04370456",
+        name: "sweatshirt",
+    },
+    SampleClass {
+        fashion_label: 3,
+        wnid: "n03450230",
+        name: "gown",
+    },
+    SampleClass {
+        fashion_label: 4,
+        wnid: "n04479046",
+        name: "trench coat",
+    },
+    SampleClass {
+        fashion_label: 5,
+        wnid: "n04133789",
+        name: "sandal",
+    },
+    SampleClass {
+        fashion_label: 6,
+        wnid: "n04350905",
+        name: "suit, suit of clothes",
+    },
+    SampleClass {
+        fashion_label: 7,
+        wnid: "n04120489",
+        name: "running shoe",
+    },
     SampleClass {
         fashion_label: 8,
         wnid: "n02769748",
         name: "backpack, back pack, knapsack, packsack, rucksack, haversack",
     },
-    SampleClass { fashion_label: 9, wnid: "n03124043", name: "cowboy boot" },
+    SampleClass {
+        fashion_label: 9,
+        wnid: "n03124043",
+        name: "cowboy boot",
+    },
 ];
 
 /// The classes in sorted-wnid order: the order ImageNet tools number classes in.

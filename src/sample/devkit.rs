@@ -23,7 +23,10 @@ pub fn devkit_id_to_wnid() -> Vec<&'static str> {
         }
         let mut fields = line.split_whitespace();
         let (Some(id), Some(wnid), None) = (fields.next(), fields.next(), fields.next()) else {
-            panic!("devkit_ids.txt line {}: expected `id wnid`, got {line:?}", line_index + 1);
+            panic!(
+                "devkit_ids.txt line {}: expected `id wnid`, got {line:?}",
+                line_index + 1
+            );
         };
         let expected_id = wnids.len() + 1;
         assert_eq!(
@@ -34,13 +37,20 @@ pub fn devkit_id_to_wnid() -> Vec<&'static str> {
         );
         wnids.push(wnid);
     }
-    assert_eq!(wnids.len(), DEVKIT_CLASSES, "devkit_ids.txt must list {DEVKIT_CLASSES} classes");
+    assert_eq!(
+        wnids.len(),
+        DEVKIT_CLASSES,
+        "devkit_ids.txt must list {DEVKIT_CLASSES} classes"
+    );
     wnids
 }
 
 /// The ILSVRC2012_ID (1-based) of `wnid`, if it is an ILSVRC2012 class.
 pub fn devkit_id_of(wnid: &str) -> Option<usize> {
-    devkit_id_to_wnid().iter().position(|&known| known == wnid).map(|index| index + 1)
+    devkit_id_to_wnid()
+        .iter()
+        .position(|&known| known == wnid)
+        .map(|index| index + 1)
 }
 
 #[cfg(test)]
@@ -52,7 +62,8 @@ mod tests {
     fn table_has_1000_distinct_wellformed_wnids() {
         let mut wnids = devkit_id_to_wnid();
         assert_eq!(wnids.len(), 1000);
-        assert!(wnids.iter().all(|w| w.len() == 9 && w.starts_with('n')
+        assert!(wnids.iter().all(|w| w.len() == 9
+            && w.starts_with('n')
             && w[1..].bytes().all(|b| b.is_ascii_digit())));
         wnids.sort_unstable();
         wnids.dedup();

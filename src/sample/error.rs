@@ -10,7 +10,11 @@ pub enum SampleError {
 
     /// A `SampleOptions` field is out of range.
     #[error("sample option `{key}` = {value} is invalid: {reason}")]
-    BadOption { key: &'static str, value: String, reason: &'static str },
+    BadOption {
+        key: &'static str,
+        value: String,
+        reason: &'static str,
+    },
 
     /// `out` holds files that a previous sample render did not write.
     #[error(
@@ -20,16 +24,28 @@ pub enum SampleError {
     OutNotEmpty { path: PathBuf, marker: &'static str },
 
     #[error("sample render: I/O error at {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 
     #[error("sample render: could not resize the image for {path}: {source}")]
-    Resize { path: PathBuf, source: fast_image_resize::ResizeError },
+    Resize {
+        path: PathBuf,
+        source: fast_image_resize::ResizeError,
+    },
 
     #[error("sample render: could not encode {path} as JPEG: {source}")]
-    Jpeg { path: PathBuf, source: jpeg_encoder::EncodingError },
+    Jpeg {
+        path: PathBuf,
+        source: jpeg_encoder::EncodingError,
+    },
 
     #[error("sample render: could not encode {path} as PNG: {source}")]
-    Png { path: PathBuf, source: image::ImageError },
+    Png {
+        path: PathBuf,
+        source: image::ImageError,
+    },
 }
 
 impl SampleError {

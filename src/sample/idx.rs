@@ -25,14 +25,22 @@ struct Bundled {
     gz: &'static [u8],
 }
 
-const TRAIN_IMAGES: Bundled =
-    Bundled { name: "data/train-images.gz", gz: include_bytes!("data/train-images.gz") };
-const TRAIN_LABELS: Bundled =
-    Bundled { name: "data/train-labels.gz", gz: include_bytes!("data/train-labels.gz") };
-const VAL_IMAGES: Bundled =
-    Bundled { name: "data/val-images.gz", gz: include_bytes!("data/val-images.gz") };
-const VAL_LABELS: Bundled =
-    Bundled { name: "data/val-labels.gz", gz: include_bytes!("data/val-labels.gz") };
+const TRAIN_IMAGES: Bundled = Bundled {
+    name: "data/train-images.gz",
+    gz: include_bytes!("data/train-images.gz"),
+};
+const TRAIN_LABELS: Bundled = Bundled {
+    name: "data/train-labels.gz",
+    gz: include_bytes!("data/train-labels.gz"),
+};
+const VAL_IMAGES: Bundled = Bundled {
+    name: "data/val-images.gz",
+    gz: include_bytes!("data/val-images.gz"),
+};
+const VAL_LABELS: Bundled = Bundled {
+    name: "data/val-labels.gz",
+    gz: include_bytes!("data/val-labels.gz"),
+};
 
 /// A decoded split: `images[i]` has label `labels[i]`, in the bundled file's order.
 pub struct FashionSplit {
@@ -58,7 +66,12 @@ fn load_split(images: &Bundled, labels: &Bundled) -> Result<FashionSplit, Sample
     if split.images.len() != split.labels.len() {
         return Err(corrupt(
             labels.name,
-            format!("{} labels for {} images in {}", split.labels.len(), split.images.len(), images.name),
+            format!(
+                "{} labels for {} images in {}",
+                split.labels.len(),
+                split.images.len(),
+                images.name
+            ),
         ));
     }
     Ok(split)
@@ -76,18 +89,30 @@ fn gunzip(file: &Bundled) -> Result<Vec<u8>, SampleError> {
 pub fn parse_images(name: &'static str, bytes: &[u8]) -> Result<Vec<[u8; PIXELS]>, SampleError> {
     let magic = read_u32(name, bytes, 0)?;
     if magic != IMAGES_MAGIC {
-        return Err(corrupt(name, format!("magic {magic:#010x}, expected {IMAGES_MAGIC:#010x}")));
+        return Err(corrupt(
+            name,
+            format!("magic {magic:#010x}, expected {IMAGES_MAGIC:#010x}"),
+        ));
     }
     let count = read_u32(name, bytes, 4)? as usize;
-    let (rows, cols) = (read_u32(name, bytes, 8)? as usize, read_u32(name, bytes, 12)? as usize);
+    let (rows, cols) = (
+        read_u32(name, bytes, 8)? as usize,
+        read_u32(name, bytes, 12)? as usize,
+    );
     if (rows, cols) != (SIDE, SIDE) {
-        return Err(corrupt(name, format!("images are {rows}x{cols}, expected {SIDE}x{SIDE}")));
+        return Err(corrupt(
+            name,
+            format!("images are {rows}x{cols}, expected {SIDE}x{SIDE}"),
+        ));
     }
     let pixels = &bytes[16..];
     if pixels.len() != count * PIXELS {
         return Err(corrupt(
             name,
-            format!("header promises {count} images but {} pixel bytes follow", pixels.len()),
+            format!(
+                "header promises {count} images but {} pixel bytes follow",
+                pixels.len()
+            ),
         ));
     }
     Ok(pixels
@@ -100,18 +125,30 @@ pub fn parse_images(name: &'static str, bytes: &[u8]) -> Result<Vec<[u8; PIXELS]
 pub fn parse_labels(name: &'static str, bytes: &[u8]) -> Result<Vec<u8>, SampleError> {
     let magic = read_u32(name, bytes, 0)?;
     if magic != LABELS_MAGIC {
-        return Err(corrupt(name, format!("magic {magic:#010x}, expected {LABELS_MAGIC:#010x}")));
+        return Err(corrupt(
+            name,
+            format!("magic {magic:#010x}, expected {LABELS_MAGIC:#010x}"),
+        ));
     }
     let count = read_u32(name, bytes, 4)? as usize;
     let labels = &bytes[8..];
     if labels.len() != count {
         return Err(corrupt(
             name,
-            format!("header promises {count} labels but {} bytes follow", labels.len()),
+            format!(
+                "header promises {count} labels but {} bytes follow",
+                labels.len()
+            ),
         ));
     }
     if let Some(position) = labels.iter().position(|&label| label >= NUM_LABELS) {
-        return Err(corrupt(name, format!("label {} at index {position} is not 0..=9", labels[position])));
+        return Err(corrupt(
+            name,
+            format!(
+                "label {} at index {position} is not 0..=9",
+                labels[position]
+            ),
+        ));
     }
     Ok(labels.to_vec())
 }

@@ -50,7 +50,9 @@ pub fn val_file_name(number: usize) -> String {
 
 /// `<wnid>_<n>.JPEG` in the class's train folder; `n` is the 1-based bundled index.
 pub fn train_path(layout: SampleLayout, wnid: &str, n: usize) -> PathBuf {
-    split_root(layout, "train").join(wnid).join(format!("{wnid}_{n}.JPEG"))
+    split_root(layout, "train")
+        .join(wnid)
+        .join(format!("{wnid}_{n}.JPEG"))
 }
 
 /// The val file for val number `number` of class `wnid`.
@@ -65,7 +67,10 @@ pub fn val_path(layout: SampleLayout, wnid: &str, number: usize) -> PathBuf {
 /// Folders to create before any image is written.
 pub fn folders(layout: SampleLayout) -> Vec<PathBuf> {
     let wnids = classes_by_wnid().into_iter().map(|class| class.wnid);
-    let mut folders: Vec<PathBuf> = wnids.clone().map(|w| split_root(layout, "train").join(w)).collect();
+    let mut folders: Vec<PathBuf> = wnids
+        .clone()
+        .map(|w| split_root(layout, "train").join(w))
+        .collect();
     match layout {
         SampleLayout::Folders => folders.extend(wnids.map(|w| split_root(layout, "val").join(w))),
         SampleLayout::Kaggle | SampleLayout::Devkit => folders.push(split_root(layout, "val")),
@@ -104,7 +109,10 @@ pub fn label_files(layout: SampleLayout, val: &[ValRecord]) -> Vec<(PathBuf, Str
 /// `wnid name` per line, sorted by wnid: the format of both the devkit's
 /// `synset_words.txt` and Kaggle's `LOC_synset_mapping.txt`.
 fn synset_lines() -> String {
-    classes_by_wnid().iter().map(|class| format!("{} {}\n", class.wnid, class.name)).collect()
+    classes_by_wnid()
+        .iter()
+        .map(|class| format!("{} {}\n", class.wnid, class.name))
+        .collect()
 }
 
 fn kaggle_val_solution(val: &[ValRecord]) -> String {
@@ -113,7 +121,10 @@ fn kaggle_val_solution(val: &[ValRecord]) -> String {
         let [x0, y0, x1, y1] = record.object_box;
         let image_id = val_file_name(record.number);
         let image_id = image_id.trim_end_matches(".JPEG");
-        csv.push_str(&format!("{image_id},{} {x0} {y0} {x1} {y1}\n", record.class.wnid));
+        csv.push_str(&format!(
+            "{image_id},{} {x0} {y0} {x1} {y1}\n",
+            record.class.wnid
+        ));
     }
     csv
 }
@@ -121,7 +132,8 @@ fn kaggle_val_solution(val: &[ValRecord]) -> String {
 fn devkit_ground_truth(val: &[ValRecord]) -> String {
     val.iter()
         .map(|record| {
-            let id = devkit_id_of(record.class.wnid).expect("sample classes are ILSVRC2012 classes");
+            let id =
+                devkit_id_of(record.class.wnid).expect("sample classes are ILSVRC2012 classes");
             format!("{id}\n")
         })
         .collect()
@@ -134,8 +146,16 @@ mod tests {
 
     fn records() -> Vec<ValRecord> {
         vec![
-            ValRecord { number: 1, class: &CLASSES[7], object_box: [1, 2, 30, 40] },
-            ValRecord { number: 2, class: &CLASSES[0], object_box: [0, 0, 9, 9] },
+            ValRecord {
+                number: 1,
+                class: &CLASSES[7],
+                object_box: [1, 2, 30, 40],
+            },
+            ValRecord {
+                number: 2,
+                class: &CLASSES[0],
+                object_box: [0, 0, 9, 9],
+            },
         ]
     }
 
@@ -154,7 +174,10 @@ mod tests {
             PathBuf::from("val/ILSVRC2012_val_00000012.JPEG")
         );
         assert_eq!(folders(SampleLayout::Folders).len(), 20);
-        assert_eq!(folders(SampleLayout::Kaggle).last().unwrap(), &PathBuf::from("ILSVRC/Data/CLS-LOC/val"));
+        assert_eq!(
+            folders(SampleLayout::Kaggle).last().unwrap(),
+            &PathBuf::from("ILSVRC/Data/CLS-LOC/val")
+        );
     }
 
     #[test]

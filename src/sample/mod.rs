@@ -74,22 +74,42 @@ impl SampleOptions {
     pub fn validate(&self) -> Result<(), SampleError> {
         let bad = |key, value: String, reason| Err(SampleError::BadOption { key, value, reason });
         if !(1..=MAX_TRAIN_PER_CLASS).contains(&self.train_per_class) {
-            return bad("train_per_class", self.train_per_class.to_string(), "must be 1..=600");
+            return bad(
+                "train_per_class",
+                self.train_per_class.to_string(),
+                "must be 1..=600",
+            );
         }
         if !(1..=MAX_VAL_PER_CLASS).contains(&self.val_per_class) {
-            return bad("val_per_class", self.val_per_class.to_string(), "must be 1..=100");
+            return bad(
+                "val_per_class",
+                self.val_per_class.to_string(),
+                "must be 1..=100",
+            );
         }
         if self.min_short_side == 0 {
             return bad("min_short_side", "0".into(), "must be at least 1");
         }
         if self.max_short_side < self.min_short_side {
-            return bad("max_short_side", self.max_short_side.to_string(), "must be >= min_short_side");
+            return bad(
+                "max_short_side",
+                self.max_short_side.to_string(),
+                "must be >= min_short_side",
+            );
         }
         if self.max_short_side > MAX_SHORT_SIDE_LIMIT {
-            return bad("max_short_side", self.max_short_side.to_string(), "must be <= 4096");
+            return bad(
+                "max_short_side",
+                self.max_short_side.to_string(),
+                "must be <= 4096",
+            );
         }
         if !(0.0..=1.0).contains(&self.colour_share) {
-            return bad("colour_share", self.colour_share.to_string(), "must be within 0..=1");
+            return bad(
+                "colour_share",
+                self.colour_share.to_string(),
+                "must be within 0..=1",
+            );
         }
         Ok(())
     }
@@ -113,7 +133,12 @@ pub fn main_summary_lines(summary: &SampleSummary) -> Vec<String> {
         CLASSES.len()
     )];
     lines.push("planted quirks (train split, labels kept):".into());
-    lines.extend(summary.quirks.iter().map(|(path, what)| format!("  {}  {what}", path.display())));
+    lines.extend(
+        summary
+            .quirks
+            .iter()
+            .map(|(path, what)| format!("  {}  {what}", path.display())),
+    );
     lines
 }
 

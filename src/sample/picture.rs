@@ -4,10 +4,10 @@
 //! Every function here is pure; the randomness comes in through the `rng` the caller
 //! derived for this one image, so the same image always renders to the same bytes.
 
-use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeError, ResizeOptions, Resizer};
 use fast_image_resize::images::{Image, ImageRef};
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeError, ResizeOptions, Resizer};
 use image::ImageEncoder;
-use jpeg_encoder::{ColorType, EncodingError, Encoder};
+use jpeg_encoder::{ColorType, Encoder, EncodingError};
 use rand::RngExt;
 use rand_chacha::ChaCha8Rng;
 
@@ -38,9 +38,15 @@ pub fn draw_size(rng: &mut ChaCha8Rng, min_short: u32, max_short: u32) -> Size {
     // Rounding the long side can never make it shorter than the short one: aspect >= 1
     // scales up, and 1/aspect >= 1 for the portrait case.
     if aspect >= 1.0 {
-        Size { width: (short as f64 * aspect).round() as u32, height: short }
+        Size {
+            width: (short as f64 * aspect).round() as u32,
+            height: short,
+        }
     } else {
-        Size { width: short, height: (short as f64 / aspect).round() as u32 }
+        Size {
+            width: short,
+            height: (short as f64 / aspect).round() as u32,
+        }
     }
 }
 
@@ -69,8 +75,16 @@ pub fn draw_tint(rng: &mut ChaCha8Rng) -> Tint {
     let dark_hue = rng.random_range(0.0..360.0);
     // At least a quarter turn apart, so object and background differ in hue, not just tone.
     let light_hue = (dark_hue + rng.random_range(90.0..270.0)) % 360.0;
-    let dark = hsv_to_rgb(dark_hue, rng.random_range(0.6..=1.0), rng.random_range(0.15..=0.45));
-    let light = hsv_to_rgb(light_hue, rng.random_range(0.5..=1.0), rng.random_range(0.75..=1.0));
+    let dark = hsv_to_rgb(
+        dark_hue,
+        rng.random_range(0.6..=1.0),
+        rng.random_range(0.15..=0.45),
+    );
+    let light = hsv_to_rgb(
+        light_hue,
+        rng.random_range(0.5..=1.0),
+        rng.random_range(0.75..=1.0),
+    );
     Tint { dark, light }
 }
 
@@ -115,7 +129,11 @@ pub enum Pixels {
 }
 
 /// Encodes a JPEG: gray pictures as 1-component (Luma) JPEGs, colour ones as YCbCr.
-pub fn encode_jpeg(pixels: &Pixels, size: Size, progressive: bool) -> Result<Vec<u8>, EncodingError> {
+pub fn encode_jpeg(
+    pixels: &Pixels,
+    size: Size,
+    progressive: bool,
+) -> Result<Vec<u8>, EncodingError> {
     let mut bytes = Vec::new();
     let mut encoder = Encoder::new(&mut bytes, JPEG_QUALITY);
     encoder.set_progressive(progressive);
@@ -134,10 +152,18 @@ pub fn encode_jpeg(pixels: &Pixels, size: Size, progressive: bool) -> Result<Vec
 /// (YCCK): what Photoshop saves. A decoder honouring the marker recovers
 /// R = (255 - C)(255 - K)/255, which `rgb_to_cmyk` makes equal to the original RGB.
 pub fn encode_cmyk_jpeg(rgb: &[u8], size: Size) -> Result<Vec<u8>, EncodingError> {
-    let cmyk: Vec<u8> = rgb.chunks_exact(3).flat_map(|p| rgb_to_cmyk([p[0], p[1], p[2]])).collect();
+    let cmyk: Vec<u8> = rgb
+        .chunks_exact(3)
+        .flat_map(|p| rgb_to_cmyk([p[0], p[1], p[2]]))
+        .collect();
     let mut bytes = Vec::new();
     let encoder = Encoder::new(&mut bytes, JPEG_QUALITY);
-    encoder.encode(&cmyk, dimension(size.width), dimension(size.height), ColorType::CmykAsYcck)?;
+    encoder.encode(
+        &cmyk,
+        dimension(size.width),
+        dimension(size.height),
+        ColorType::CmykAsYcck,
+    )?;
     Ok(bytes)
 }
 
@@ -159,7 +185,12 @@ pub fn encode_png(pixels: &Pixels, size: Size) -> Result<Vec<u8>, image::ImageEr
         Pixels::Gray(data) => (data, image::ExtendedColorType::L8),
         Pixels::Rgb(data) => (data, image::ExtendedColorType::Rgb8),
     };
-    image::codecs::png::PngEncoder::new(&mut bytes).write_image(data, size.width, size.height, colour)?;
+    image::codecs::png::PngEncoder::new(&mut bytes).write_image(
+        data,
+        size.width,
+        size.height,
+        colour,
+    )?;
     Ok(bytes)
 }
 
@@ -167,7 +198,11 @@ pub fn encode_png(pixels: &Pixels, size: Size) -> Result<Vec<u8>, image::ImageEr
 /// pixels): the box of non-background pixels in the 28×28 source, scaled up.
 pub fn object_box(pixels: &[u8; PIXELS], size: Size) -> [u32; 4] {
     let mut bounds: Option<[usize; 4]> = None;
-    for (index, _) in pixels.iter().enumerate().filter(|(_, p)| **p > OBJECT_THRESHOLD) {
+    for (index, _) in pixels
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| **p > OBJECT_THRESHOLD)
+    {
         let (x, y) = (index % SIDE, index / SIDE);
         let b = bounds.get_or_insert([x, y, x, y]);
         *b = [b[0].min(x), b[1].min(y), b[2].max(x), b[3].max(y)];
@@ -227,7 +262,10 @@ mod tests {
                 pixels[y * SIDE + x] = 250;
             }
         }
-        let size = Size { width: 280, height: 336 };
+        let size = Size {
+            width: 280,
+            height: 336,
+        };
         let big = upscale(&pixels, size).unwrap();
         assert_eq!(big.len(), 280 * 336);
         assert!(big[168 * 280 + 140] > 240, "centre stays bright");
@@ -240,7 +278,8 @@ mod tests {
         let mut rng = rng(1);
         for _ in 0..100 {
             let tint = draw_tint(&mut rng);
-            let spread = |c: [u8; 3]| *c.iter().max().unwrap() as i32 - *c.iter().min().unwrap() as i32;
+            let spread =
+                |c: [u8; 3]| *c.iter().max().unwrap() as i32 - *c.iter().min().unwrap() as i32;
             assert!(spread(tint.light) >= 90, "{tint:?}");
             assert!(spread(tint.dark) >= 20, "{tint:?}");
             let rgb = tint.apply(&[0, 255]);
@@ -251,18 +290,30 @@ mod tests {
 
     #[test]
     fn cmyk_split_round_trips_to_rgb() {
-        for rgb in [[0u8, 0, 0], [255, 255, 255], [200, 30, 90], [1, 2, 3], [17, 240, 128]] {
+        for rgb in [
+            [0u8, 0, 0],
+            [255, 255, 255],
+            [200, 30, 90],
+            [1, 2, 3],
+            [17, 240, 128],
+        ] {
             let [c, m, y, k] = rgb_to_cmyk(rgb).map(|v| v as f64);
             let back = [c, m, y].map(|v| ((255.0 - v) * (255.0 - k) / 255.0).round() as i32);
             for (original, recovered) in rgb.iter().zip(back) {
-                assert!((*original as i32 - recovered).abs() <= 1, "{rgb:?} -> {back:?}");
+                assert!(
+                    (*original as i32 - recovered).abs() <= 1,
+                    "{rgb:?} -> {back:?}"
+                );
             }
         }
     }
 
     #[test]
     fn cmyk_jpeg_decodes_back_to_the_rgb_it_encodes() {
-        let size = Size { width: 64, height: 48 };
+        let size = Size {
+            width: 64,
+            height: 48,
+        };
         let rgb: Vec<u8> = (0..64 * 48)
             .flat_map(|i| {
                 let (x, y) = ((i % 64) as u8, (i / 64) as u8);
@@ -285,7 +336,10 @@ mod tests {
 
     #[test]
     fn gray_jpeg_is_one_component_and_png_is_png() {
-        let size = Size { width: 30, height: 20 };
+        let size = Size {
+            width: 30,
+            height: 20,
+        };
         let gray = Pixels::Gray(vec![128; 600]);
         let jpeg = encode_jpeg(&gray, size, true).unwrap();
         let decoded = image::load_from_memory(&jpeg).unwrap();

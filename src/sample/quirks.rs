@@ -12,16 +12,16 @@ pub enum Quirk {
     PngNamedJpeg,
     /// A 4-component CMYK JPEG as Photoshop writes it: Adobe APP14 marker with
     /// transform = 2 (YCCK), K inverted. Always a colourised picture.
-    CmykJpeg,
+    Cmyk,
     /// A baseline JPEG cut to `TRUNCATED_SHARE` of its bytes: no end-of-image marker.
-    TruncatedJpeg,
+    Truncated,
 }
 
 /// Which class's first train image carries each quirk (by Fashion-MNIST label).
 pub const QUIRK_PLAN: [(Quirk, u8); 3] = [
-    (Quirk::PngNamedJpeg, 0),  // T-shirt/top, n03595614
-    (Quirk::CmykJpeg, 4),      // Coat, n04479046
-    (Quirk::TruncatedJpeg, 7), // Sneaker, n04120489
+    (Quirk::PngNamedJpeg, 0), // T-shirt/top, n03595614
+    (Quirk::Cmyk, 4),         // Coat, n04479046
+    (Quirk::Truncated, 7),    // Sneaker, n04120489
 ];
 
 /// How much of the truncated JPEG survives: enough for a decoder to find the headers
@@ -37,8 +37,8 @@ impl Quirk {
     pub fn what(self) -> &'static str {
         match self {
             Quirk::PngNamedJpeg => "PNG data under a .JPEG name",
-            Quirk::CmykJpeg => "CMYK JPEG, Adobe APP14 transform=2 (YCCK), 4 components",
-            Quirk::TruncatedJpeg => "truncated JPEG (first 60% of its bytes, no EOI marker)",
+            Quirk::Cmyk => "CMYK JPEG, Adobe APP14 transform=2 (YCCK), 4 components",
+            Quirk::Truncated => "truncated JPEG (first 60% of its bytes, no EOI marker)",
         }
     }
 
@@ -47,7 +47,10 @@ impl Quirk {
         if !first_of_class {
             return None;
         }
-        QUIRK_PLAN.iter().find(|(_, planted)| *planted == label).map(|(quirk, _)| *quirk)
+        QUIRK_PLAN
+            .iter()
+            .find(|(_, planted)| *planted == label)
+            .map(|(quirk, _)| *quirk)
     }
 }
 
@@ -68,7 +71,7 @@ mod tests {
         labels.sort_unstable();
         labels.dedup();
         assert_eq!(labels.len(), QUIRK_PLAN.len());
-        assert_eq!(Quirk::planted_in(4, true), Some(Quirk::CmykJpeg));
+        assert_eq!(Quirk::planted_in(4, true), Some(Quirk::Cmyk));
         assert_eq!(Quirk::planted_in(4, false), None);
         assert_eq!(Quirk::planted_in(1, true), None);
     }

@@ -74,8 +74,10 @@ pub fn render(opts: &SampleOptions) -> Result<SampleSummary, SampleError> {
 
     // Each job writes its own file; collect keeps job order, so results line up.
     let jobs: Vec<&Job> = train_jobs.iter().chain(&val_jobs).collect();
-    let rendered: Vec<Rendered> =
-        jobs.par_iter().map(|job| render_job(opts, job)).collect::<Result<_, _>>()?;
+    let rendered: Vec<Rendered> = jobs
+        .par_iter()
+        .map(|job| render_job(opts, job))
+        .collect::<Result<_, _>>()?;
     let (train_rendered, val_rendered) = rendered.split_at(train_jobs.len());
 
     let mut val_records: Vec<ValRecord> = val_jobs
@@ -166,33 +168,45 @@ fn render_job(opts: &SampleOptions, job: &Job) -> Result<Rendered, SampleError> 
     let mut rng = stream_rng(opts.seed, job.stream);
     let size = picture::draw_size(&mut rng, opts.min_short_side, opts.max_short_side);
     // The CMYK quirk must carry colour for a decoder's colour conversion to be tested.
-    let coloured = rng.random_bool(opts.colour_share) || job.quirk == Some(Quirk::CmykJpeg);
+    let coloured = rng.random_bool(opts.colour_share) || job.quirk == Some(Quirk::Cmyk);
     let tint = coloured.then(|| picture::draw_tint(&mut rng));
     let progressive = rng.random_bool(PROGRESSIVE_SHARE);
 
-    let gray = picture::upscale(job.pixels, size)
-        .map_err(|source| SampleError::Resize { path: job.path.clone(), source })?;
+    let gray = picture::upscale(job.pixels, size).map_err(|source| SampleError::Resize {
+        path: job.path.clone(),
+        source,
+    })?;
     let pixels = match tint {
         Some(tint) => Pixels::Rgb(tint.apply(&gray)),
         None => Pixels::Gray(gray),
     };
-    let jpeg_error = |source| SampleError::Jpeg { path: job.path.clone(), source };
+    let jpeg_error = |source| SampleError::Jpeg {
+        path: job.path.clone(),
+        source,
+    };
     let bytes = match (job.quirk, &pixels) {
         (None, _) => picture::encode_jpeg(&pixels, size, progressive).map_err(jpeg_error)?,
-        (Some(Quirk::PngNamedJpeg), _) => picture::encode_png(&pixels, size)
-            .map_err(|source| SampleError::Png { path: job.path.clone(), source })?,
-        (Some(Quirk::CmykJpeg), Pixels::Rgb(rgb)) => {
+        (Some(Quirk::PngNamedJpeg), _) => {
+            picture::encode_png(&pixels, size).map_err(|source| SampleError::Png {
+                path: job.path.clone(),
+                source,
+            })?
+        }
+        (Some(Quirk::Cmyk), Pixels::Rgb(rgb)) => {
             picture::encode_cmyk_jpeg(rgb, size).map_err(jpeg_error)?
         }
-        (Some(Quirk::CmykJpeg), Pixels::Gray(_)) => unreachable!("CMYK quirk images are coloured"),
+        (Some(Quirk::Cmyk), Pixels::Gray(_)) => unreachable!("CMYK quirk images are coloured"),
         // Baseline, so the surviving prefix still decodes top-down as far as it goes.
-        (Some(Quirk::TruncatedJpeg), _) => {
+        (Some(Quirk::Truncated), _) => {
             quirks::truncate(picture::encode_jpeg(&pixels, size, false).map_err(jpeg_error)?)
         }
     };
     let path = opts.out.join(&job.path);
     fs::write(&path, bytes).map_err(SampleError::io(path))?;
-    Ok(Rendered { coloured, object_box: picture::object_box(job.pixels, size) })
+    Ok(Rendered {
+        coloured,
+        object_box: picture::object_box(job.pixels, size),
+    })
 }
 
 /// Makes `out` ready: created if missing, cleared of an earlier render, refused if foreign.
@@ -200,10 +214,16 @@ fn render_job(opts: &SampleOptions, job: &Job) -> Result<Rendered, SampleError> 
 fn prepare_out(opts: &SampleOptions) -> Result<(), SampleError> {
     let out = &opts.out;
     fs::create_dir_all(out).map_err(SampleError::io(out))?;
-    let is_empty = fs::read_dir(out).map_err(SampleError::io(out))?.next().is_none();
+    let is_empty = fs::read_dir(out)
+        .map_err(SampleError::io(out))?
+        .next()
+        .is_none();
     if !is_empty {
         if !out.join(MARKER).is_file() {
-            return Err(SampleError::OutNotEmpty { path: out.clone(), marker: MARKER });
+            return Err(SampleError::OutNotEmpty {
+                path: out.clone(),
+                marker: MARKER,
+            });
         }
         for entry in TOP_LEVEL_ENTRIES {
             remove_if_present(&out.join(entry))?;
@@ -246,7 +266,10 @@ fn quirk_list(train_jobs: &[Job], rendered: &[Rendered]) -> Vec<(PathBuf, &'stat
         .iter()
         .filter_map(|job| job.quirk.map(|quirk| (job.path.clone(), quirk.what())))
         .collect();
-    let first_gray = train_jobs.iter().zip(rendered).find(|(job, done)| job.quirk.is_none() && !done.coloured);
+    let first_gray = train_jobs
+        .iter()
+        .zip(rendered)
+        .find(|(job, done)| job.quirk.is_none() && !done.coloured);
     if let Some((job, _)) = first_gray {
         list.push((job.path.clone(), GRAYSCALE_WHAT));
     }

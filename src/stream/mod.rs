@@ -20,7 +20,10 @@
 //!   its next send.
 
 pub mod batch;
+pub mod dump;
 pub mod plan;
+pub mod preview;
+pub mod report;
 pub mod shuffle;
 pub mod source;
 pub mod stages;
@@ -140,6 +143,7 @@ pub struct DataSource {
     pool: Arc<rayon::ThreadPool>,
     images_pool: BufferPool<f32>,
     rows_pool: BufferPool<u8>,
+    workers: usize,
 }
 
 /// What to stream in one epoch.
@@ -197,11 +201,22 @@ impl DataSource {
             pool: Arc::new(pool),
             images_pool: BufferPool::new(),
             rows_pool: BufferPool::new(),
+            workers,
         })
     }
 
     pub fn image_size(&self) -> usize {
         self.manifest.image_size
+    }
+
+    /// Augmentation threads.
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// What the augmentation subtracts (to add it back for display).
+    pub fn mean(&self) -> &MeanSubtraction {
+        &self.mean
     }
 
     /// The epoch's plan for these options (row groups, rows, batches).

@@ -52,22 +52,17 @@ pub fn render_sample(dir: &Path, layout: &str, train_per_class: usize, val_per_c
     out
 }
 
-/// Ingests `source` into `out` at image size `size` with small shards.
+/// Ingests `source` into `out` at image size `size` with small shards
+/// (64 rows, 16 per row group, unless `extra` sets them).
 pub fn ingest(source: &Path, out: &Path, size: usize, extra: &[&str]) -> Output {
     let size = size.to_string();
-    let mut args = vec![
-        "ingest",
-        path_str(source),
-        "--out",
-        path_str(out),
-        "--image-size",
-        &size,
-        "--rows-per-shard",
-        "64",
-        "--rows-per-row-group",
-        "16",
-        "--quiet",
-    ];
+    let mut args = vec!["ingest", path_str(source), "--out", path_str(out), "--image-size", &size, "--quiet"];
+    if !extra.contains(&"--rows-per-shard") {
+        args.extend(["--rows-per-shard", "64"]);
+    }
+    if !extra.contains(&"--rows-per-row-group") {
+        args.extend(["--rows-per-row-group", "16"]);
+    }
     args.extend_from_slice(extra);
     run(&args)
 }

@@ -1,0 +1,3 @@
+//! Training: the paper's SGD rule, schedule, loop, checkpoints, metrics.
+
+pub mod sgd;
