@@ -288,7 +288,7 @@ fn read_kaggle_solution(path: &Path) -> Result<HashMap<String, String>, LayoutEr
 /// order (not sorted-wnid order), embedded in [`devkit`].
 fn read_devkit_ground_truth(path: &Path) -> Result<HashMap<String, String>, LayoutError> {
     let text = std::fs::read_to_string(path).map_err(io_err(path))?;
-    let table = devkit::id_to_wnid();
+    let table = devkit::devkit_id_to_wnid();
     let mut map = HashMap::new();
     for (i, line) in text.lines().enumerate() {
         let bad = |message: String| LayoutError::BadLabelFile { path: path.display().to_string(), line: i + 1, message };

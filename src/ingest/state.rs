@@ -76,8 +76,18 @@ impl IngestState {
         serde_json::from_str(&text).map(Some).map_err(|source| StateError::Parse { path: path.display().to_string(), source })
     }
 
-    /// The training sums covering `self.train.shards_done` shards.
+    /// The training sums covering `self.train.shards_done` shards. Sums files a
+    /// killed run left behind (any but the live one) are removed.
     pub fn load_sums(&self, dataset: &Path, image_size: usize) -> Result<StatsAccumulator, StateError> {
+        let live = sums_file(self.train.shards_done);
+        if let Ok(entries) = std::fs::read_dir(Self::dir(dataset)) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with("train-sums-") && name != live {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
         let mut acc = StatsAccumulator::new(image_size);
         if self.train.shards_done == 0 {
             return Ok(acc);

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use super::classes::{SampleClass, classes_by_wnid};
-use super::devkit::devkit_id_of;
+use crate::ingest::devkit::devkit_id_of;
 
 /// The ImageNet distribution whose folder layout the sample copies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

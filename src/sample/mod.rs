@@ -6,10 +6,9 @@
 //! `quirks.rs`). Same options, same bytes: the tree is a reproducible test fixture.
 //!
 //! Files: `idx.rs` the embedded data, `picture.rs` one image, `render.rs` the tree,
-//! `layout.rs` paths and label files, `devkit.rs` the devkit's class ids.
+//! `layout.rs` paths and label files; the devkit's class ids live in `ingest::devkit`.
 
 mod classes;
-mod devkit;
 mod error;
 mod idx;
 mod layout;
@@ -20,7 +19,6 @@ mod render;
 use std::path::PathBuf;
 
 pub use classes::{CLASSES, SampleClass};
-pub use devkit::devkit_id_to_wnid;
 pub use error::SampleError;
 pub use layout::SampleLayout;
 pub use render::render;

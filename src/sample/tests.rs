@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use super::layout::{DEVKIT_GROUND_TRUTH, KAGGLE_VAL_SOLUTION, SYNSET_WORDS};
 use super::quirks::{GRAYSCALE_WHAT, Quirk};
 use super::*;
+use crate::ingest::devkit::devkit_id_to_wnid;
 
 /// Small and fast: 3 train + 2 val images per class, short sides 40..=64.
 fn small(out: &Path, layout: SampleLayout, seed: u64) -> SampleOptions {

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use arrow::array::{Array, FixedSizeBinaryArray, Int32Array, StringArray};
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
-use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
 use futures::TryStreamExt;
+use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
 
 use super::StreamError;
 use super::plan::RowGroupRef;
@@ -104,10 +104,12 @@ impl ShardIndex {
             .try_collect()
             .await
             .map_err(|e| shard_error(path, format!("row group {}: {e}", group.row_group)))?;
-        let batch = arrow::compute::concat_batches(&batches.first().map(|b| b.schema()).unwrap_or_else(|| {
-            std::sync::Arc::new(arrow::datatypes::Schema::empty())
-        }), &batches)
-        .map_err(|e| shard_error(path, e))?;
+        // One batch per row group (batch size = its rows); concat covers any split.
+        let batch = match batches.as_slice() {
+            [one] => one.clone(),
+            [first, ..] => arrow::compute::concat_batches(&first.schema(), &batches).map_err(|e| shard_error(path, e))?,
+            [] => return Err(shard_error(path, format!("row group {} is empty", group.row_group))),
+        };
         let column = |name: &str| batch.column_by_name(name).cloned();
         let labels = column("label").and_then(|c| c.as_any().downcast_ref::<Int32Array>().cloned());
         let pixels = column("pixels").and_then(|c| c.as_any().downcast_ref::<FixedSizeBinaryArray>().cloned());
