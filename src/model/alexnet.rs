@@ -5,12 +5,13 @@
 //! they cannot disagree.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::ModelError;
 use super::config::{LrnConfig, ModelConfig, PoolConfig};
 use super::conv::{Conv2d, ConvParams};
 use super::dropout::{DropoutRng, dropout};
+use super::linear::Linear;
 use super::lrn::lrn;
 use super::max_pool::max_pool2d;
 
@@ -103,20 +104,19 @@ fn final_side(cfg: &ModelConfig, input_size: usize) -> std::result::Result<usize
 /// Every parameter of the network in a fixed order (conv1..conv5, fc6..fc8; weight then
 /// bias), which is also the order [`init_paper`](super::init_paper) draws them in.
 ///
-/// Fails with [`ModelError::InvalidConfig`] or [`ModelError::InputTooSmall`] (wrapped in
-/// a candle error).
+/// Fails with [`ModelError::InvalidConfig`] or [`ModelError::InputTooSmall`]; a recipe
+/// can be checked with this (typed) before any tensor is made.
 pub fn param_specs(
     cfg: &ModelConfig,
     input_size: usize,
     num_classes: usize,
-) -> Result<Vec<ParamSpec>> {
+) -> std::result::Result<Vec<ParamSpec>, ModelError> {
     cfg.validate()?;
     if num_classes == 0 {
         return Err(ModelError::InvalidConfig {
             key: "num_classes",
             reason: "must be at least 1".into(),
-        }
-        .into());
+        });
     }
     let side = final_side(cfg, input_size).map_err(|layer| {
         let min_input = (1..4096).find(|&s| final_side(cfg, s).is_ok()).unwrap_or(0);
@@ -168,7 +168,11 @@ pub fn param_specs(
 
 /// Number of learned scalars (60,965,224 for the paper's network on 224x224 inputs
 /// with 1000 classes).
-pub fn parameter_count(cfg: &ModelConfig, input_size: usize, num_classes: usize) -> Result<usize> {
+pub fn parameter_count(
+    cfg: &ModelConfig,
+    input_size: usize,
+    num_classes: usize,
+) -> std::result::Result<usize, ModelError> {
     Ok(param_specs(cfg, input_size, num_classes)?
         .iter()
         .map(|p| p.shape.iter().product::<usize>())
@@ -176,6 +180,14 @@ pub fn parameter_count(cfg: &ModelConfig, input_size: usize, num_classes: usize)
 }
 
 /// AlexNet: five conv layers and three fully connected ones.
+///
+/// Ops: on the CPU (f32/f64) every layer is one of this module's custom ops — conv +
+/// bias + ReLU ([`Conv2d::forward_relu`]), LRN, max-pool, fc + bias (+ ReLU) — each with
+/// a hand-written backward; elsewhere conv/fc/LRN fall back to candle ops and max-pool
+/// runs its forward on the backend kernel (its backward is CPU-only for now).
+/// The image batch is not a `Var`, so no gradient is computed for it: candle's own conv
+/// would compute (and discard) a full `conv_transpose2d` for conv1's input; ours checks
+/// `Tensor::track_op` and skips it.
 #[derive(Debug, Clone)]
 pub struct AlexNet {
     conv1: Conv2d,
@@ -236,7 +248,7 @@ pub fn alexnet(
     let linear = |name: &str| -> Result<Linear> {
         Ok(Linear::new(
             get(&format!("{name}.weight"))?,
-            Some(get(&format!("{name}.bias"))?),
+            get(&format!("{name}.bias"))?,
         ))
     };
     Ok(AlexNet {
@@ -303,11 +315,11 @@ impl AlexNet {
         let x = self.conv4.forward_relu(&x)?; //                  (b, 384, 13, 13)
         let x = self.conv5.forward_relu(&x)?; //                  (b, 256, 13, 13)
         let x = max_pool2d(&x, self.pool)?.flatten_from(1)?; //   (b, 9216)
-        let x = self.fc6.forward(&x)?.relu()?; //                 (b, 4096)
+        let x = self.fc6.forward_relu(&x)?; //                    (b, 4096)
         if upto == FeatureLayer::Fc6 {
             return Ok(x);
         }
-        let x = self.fc7.forward(&drop(x)?)?.relu()?; //          (b, 4096)
+        let x = self.fc7.forward_relu(&drop(x)?)?; //             (b, 4096)
         if upto == FeatureLayer::Fc7 {
             return Ok(x);
         }
@@ -354,6 +366,33 @@ mod tests {
         assert_eq!(outs, [28, 76, 116, 116, 76, 1229, 1229, 10]);
         assert!(outs[..5].iter().all(|c| c % 2 == 0));
         Ok(())
+    }
+
+    /// Errors are typed where they arise before any tensor exists.
+    #[test]
+    fn errors_are_typed() {
+        match param_specs(&ModelConfig::default(), 40, 10) {
+            Err(ModelError::InputTooSmall {
+                input_size: 40,
+                layer: "pool5",
+                min_input: 63,
+            }) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+        match parameter_count(
+            &ModelConfig {
+                dropout: 1.0,
+                ..Default::default()
+            },
+            224,
+            10,
+        ) {
+            Err(ModelError::InvalidConfig {
+                key: "model.dropout",
+                ..
+            }) => {}
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[test]

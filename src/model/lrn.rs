@@ -405,6 +405,7 @@ mod tests {
                 worst = worst.max(err);
             }
             assert!(worst < 1e-6, "cfg {cfg:?}: worst relative error {worst:e}");
+            println!("lrn {cfg:?}: worst relative error vs finite differences {worst:.1e}");
             // Same gradient as candle differentiating the composite.
             let xc = Var::from_tensor(&x0)?;
             let lc = (lrn_composite(xc.as_tensor(), cfg)? * &w)?.sum_all()?;

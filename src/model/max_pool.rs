@@ -6,14 +6,22 @@
 //! `avg_pool2d` of the argmax mask). Both are pinned by the test
 //! `candle_max_pool_backward_is_broken` below, so an upgrade that fixes candle shows up.
 //!
-//! [`MaxPool`] is a `CustomOp1`: the CPU forward is ours; on CUDA/Metal the forward
-//! delegates to the backend's own `max_pool2d` kernel (correct forward). The backward is
-//! a second op, [`MaxPoolBackward`] `(input, grad_output) -> grad_input`, that recomputes
-//! each window's argmax and routes the output gradient there — the first maximum in
-//! row-major order on ties (PyTorch's rule), NaN counts as the maximum. The backward runs
-//! on the CPU only for now: on other devices it returns
-//! [`ModelError::UnsupportedDevice`](super::ModelError) until a later issue adds the CUDA
-//! kernel (the place is `MaxPoolBackward::cuda_fwd`).
+//! [`MaxPool`] is a `CustomOp1`: the CPU forward is ours and records, for every output,
+//! the position of its window's maximum — the first maximum in row-major order on ties
+//! (PyTorch's rule; a NaN counts as the maximum). The backward routes each output
+//! gradient to that position with [`MaxPoolScatter`] (overlapping windows that share a
+//! maximum add up), like PyTorch's `max_pool2d_with_indices`; recording costs 4 bytes per
+//! output and makes the backward a single scatter instead of a second argmax search.
+//! [`MaxPoolBackward`] `(input, grad_output) -> grad_input` recomputes the argmaxes
+//! instead, for when no record exists.
+//!
+//! On CUDA/Metal the forward delegates to the backend's own `max_pool2d` kernel (a
+//! correct forward); the backward runs on the CPU only for now and returns
+//! [`ModelError::UnsupportedDevice`](super::ModelError) elsewhere until a later issue
+//! adds the CUDA kernel (the place is `MaxPool::cuda_fwd` recording indices, and a
+//! `MaxPoolScatter::cuda_fwd`).
+
+use std::sync::{Arc, Mutex};
 
 use candle_core::backend::BackendStorage;
 use candle_core::{
@@ -28,12 +36,34 @@ use super::config::PoolConfig;
 /// Max-pools a `(batch, channels, height, width)` tensor with square `size` windows every
 /// `stride` pixels, no padding, floor mode: output side `(side - size) / stride + 1`.
 pub fn max_pool2d(x: &Tensor, cfg: PoolConfig) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(MaxPool(cfg))
+    x.contiguous()?.apply_op1(MaxPool::new(cfg))
 }
 
-/// The max-pool forward as a candle custom op.
-#[derive(Debug, Clone, Copy)]
-pub struct MaxPool(pub PoolConfig);
+/// The max-pool forward as a candle custom op. One instance per call: it keeps the
+/// argmax positions of its forward for its backward.
+#[derive(Debug)]
+pub struct MaxPool {
+    cfg: PoolConfig,
+    /// Per output, the index within its input plane of the window's maximum.
+    argmax: Mutex<Option<Arc<Vec<u32>>>>,
+}
+
+impl MaxPool {
+    pub fn new(cfg: PoolConfig) -> Self {
+        Self {
+            cfg,
+            argmax: Mutex::new(None),
+        }
+    }
+}
+
+/// Scatters an output gradient `(b, c, oh, ow)` to the recorded argmax positions:
+/// `grad_output -> grad_input (b, c, h, w)` (CPU, no backward).
+#[derive(Debug)]
+pub struct MaxPoolScatter {
+    argmax: Arc<Vec<u32>>,
+    in_dims: (usize, usize, usize, usize),
+}
 
 /// The max-pool backward: `(input, grad_output) -> grad_input` (CPU).
 #[derive(Debug, Clone, Copy)]
@@ -55,40 +85,112 @@ fn out_shape(l: &Layout, cfg: &PoolConfig) -> Result<(usize, usize, usize, usize
     Ok((b, c, h, w, out_side(h, cfg)?, out_side(w, cfg)?))
 }
 
-/// Index (within the plane) of the first maximum of the window at output (oy, ox).
+/// Index (within the plane) of the first maximum of the `k`x`k` window whose top-left
+/// corner is (y0, x0). `K` > 0 fixes the window side at compile time (unrolled loops for
+/// the paper's 3 and the 2/2 variant); `K = 0` reads it from `k`.
 #[inline(always)]
-fn argmax<T: WithDType>(plane: &[T], w: usize, oy: usize, ox: usize, cfg: &PoolConfig) -> usize {
-    let (y0, x0) = (oy * cfg.stride, ox * cfg.stride);
-    let mut best_i = y0 * w + x0;
-    let mut best = plane[best_i];
-    for y in y0..y0 + cfg.size {
-        for x in x0..x0 + cfg.size {
-            let i = y * w + x;
-            let v = plane[i];
-            // Strict `>` keeps the first maximum on ties; `v != v` lets a NaN win (and stay).
+fn argmax<T: WithDType, const K: usize>(
+    plane: &[T],
+    w: usize,
+    y0: usize,
+    x0: usize,
+    k: usize,
+) -> usize {
+    let k = if K > 0 { K } else { k };
+    // Two branch-free passes over the (L1-resident) window: the maximum (and whether
+    // a NaN is present), then the first position holding it, scanning backwards with a
+    // select. A single pass tracking value and index compiles to a data-dependent
+    // branch; on real activations its mispredictions made it ~2x slower.
+    let mut m = plane[y0 * w + x0];
+    let mut nan = false;
+    for y in y0..y0 + k {
+        for &v in &plane[y * w + x0..y * w + x0 + k] {
+            m = if v > m { v } else { m };
             #[allow(clippy::eq_op)]
-            if v > best || (v != v && best == best) {
-                best = v;
-                best_i = i;
+            {
+                nan |= v != v;
             }
+        }
+    }
+    let mut best_i = y0 * w + x0;
+    for y in (y0..y0 + k).rev() {
+        for dx in (0..k).rev() {
+            let i = y * w + x0 + dx;
+            let v = plane[i];
+            // Ties: the smallest row-major position wins; a NaN counts as the maximum.
+            #[allow(clippy::eq_op)]
+            let hit = (!nan & (v == m)) | (nan & (v != v));
+            best_i = if hit { i } else { best_i };
         }
     }
     best_i
 }
 
-fn pool_fwd<T: WithDType>(inp: &[T], l: &Layout, cfg: &PoolConfig) -> Result<Vec<T>> {
+/// Calls `f(output_index, argmax_index)` for every window of one plane.
+fn for_each_window<T: WithDType, const K: usize>(
+    plane: &[T],
+    w: usize,
+    oh: usize,
+    ow: usize,
+    cfg: &PoolConfig,
+    mut f: impl FnMut(usize, usize),
+) {
+    for oy in 0..oh {
+        for ox in 0..ow {
+            f(
+                oy * ow + ox,
+                argmax::<T, K>(plane, w, oy * cfg.stride, ox * cfg.stride, cfg.size),
+            );
+        }
+    }
+}
+
+/// Dispatches to the unrolled window sizes.
+fn windows<T: WithDType>(
+    plane: &[T],
+    w: usize,
+    oh: usize,
+    ow: usize,
+    cfg: &PoolConfig,
+    f: impl FnMut(usize, usize),
+) {
+    match cfg.size {
+        3 => for_each_window::<T, 3>(plane, w, oh, ow, cfg, f),
+        2 => for_each_window::<T, 2>(plane, w, oh, ow, cfg, f),
+        _ => for_each_window::<T, 0>(plane, w, oh, ow, cfg, f),
+    }
+}
+
+/// Forward on one dtype: the maxima and their positions within each plane.
+fn pool_fwd<T: WithDType>(inp: &[T], l: &Layout, cfg: &PoolConfig) -> Result<(Vec<T>, Vec<u32>)> {
     let (b, c, h, w, oh, ow) = out_shape(l, cfg)?;
+    if h * w > u32::MAX as usize {
+        candle_core::bail!("max-pool: plane {h}x{w} too large for u32 indices")
+    }
     let mut out = vec![T::zero(); b * c * oh * ow];
+    let mut idx = vec![0u32; b * c * oh * ow];
     out.par_chunks_mut(oh * ow)
+        .zip(idx.par_chunks_mut(oh * ow))
         .zip(inp.par_chunks(h * w))
-        .for_each(|(o, plane)| {
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    o[oy * ow + ox] = plane[argmax(plane, w, oy, ox, cfg)];
-                }
+        .for_each(|((o, ix), plane)| {
+            windows(plane, w, oh, ow, cfg, |j, i| {
+                o[j] = plane[i];
+                ix[j] = i as u32;
+            });
+        });
+    Ok((out, idx))
+}
+
+fn scatter<T: WithDType>(grad: &[T], idx: &[u32], plane: usize, out_plane: usize) -> Vec<T> {
+    let mut out = vec![T::zero(); grad.len() / out_plane * plane];
+    out.par_chunks_mut(plane)
+        .zip(grad.par_chunks(out_plane).zip(idx.par_chunks(out_plane)))
+        .for_each(|(o, (g, ix))| {
+            for (&gv, &i) in g.iter().zip(ix) {
+                o[i as usize] += gv;
             }
         });
-    Ok(out)
+    out
 }
 
 fn pool_bwd<T: WithDType>(inp: &[T], l: &Layout, grad: &[T], cfg: &PoolConfig) -> Result<Vec<T>> {
@@ -104,12 +206,8 @@ fn pool_bwd<T: WithDType>(inp: &[T], l: &Layout, grad: &[T], cfg: &PoolConfig) -
     out.par_chunks_mut(h * w)
         .zip(inp.par_chunks(h * w).zip(grad.par_chunks(oh * ow)))
         .for_each(|(o, (plane, g))| {
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    // Overlapping windows may share an argmax: gradients add up.
-                    o[argmax(plane, w, oy, ox, cfg)] += g[oy * ow + ox];
-                }
-            }
+            // Overlapping windows may share an argmax: gradients add up.
+            windows(plane, w, oh, ow, cfg, |j, i| o[i] += g[j]);
         });
     Ok(out)
 }
@@ -127,38 +225,47 @@ impl CustomOp1 for MaxPool {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (b, c, _, _, oh, ow) = out_shape(l, &self.0)?;
-        let op = "max-pool2d";
-        let out = match s {
+        let (b, c, _, _, oh, ow) = out_shape(l, &self.cfg)?;
+        let (op, cfg) = ("max-pool2d", &self.cfg);
+        let (out, idx) = match s {
             CpuStorage::F32(_) => {
-                CpuStorage::F32(pool_fwd(contiguous::<f32>(s, l, op)?, l, &self.0)?)
+                let (o, i) = pool_fwd(contiguous::<f32>(s, l, op)?, l, cfg)?;
+                (CpuStorage::F32(o), i)
             }
             CpuStorage::F64(_) => {
-                CpuStorage::F64(pool_fwd(contiguous::<f64>(s, l, op)?, l, &self.0)?)
+                let (o, i) = pool_fwd(contiguous::<f64>(s, l, op)?, l, cfg)?;
+                (CpuStorage::F64(o), i)
             }
-            CpuStorage::F16(_) => CpuStorage::F16(pool_fwd(contiguous(s, l, op)?, l, &self.0)?),
-            CpuStorage::BF16(_) => CpuStorage::BF16(pool_fwd(contiguous(s, l, op)?, l, &self.0)?),
+            CpuStorage::F16(_) => {
+                let (o, i) = pool_fwd(contiguous(s, l, op)?, l, cfg)?;
+                (CpuStorage::F16(o), i)
+            }
+            CpuStorage::BF16(_) => {
+                let (o, i) = pool_fwd(contiguous(s, l, op)?, l, cfg)?;
+                (CpuStorage::BF16(o), i)
+            }
             _ => candle_core::bail!("{op}: unsupported dtype {:?}", s.dtype()),
         };
+        *self.argmax.lock().expect("max-pool argmax lock") = Some(Arc::new(idx));
         Ok((out, Shape::from((b, c, oh, ow))))
     }
 
     // Off the CPU the forward is the backend's own kernel: candle's max_pool2d forward is
     // right, only its backward is not.
     fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
-        let (b, c, _, _, oh, ow) = out_shape(l, &self.0)?;
-        let k = (self.0.size, self.0.size);
+        let (b, c, _, _, oh, ow) = out_shape(l, &self.cfg)?;
+        let k = (self.cfg.size, self.cfg.size);
         Ok((
-            s.max_pool2d(l, k, (self.0.stride, self.0.stride))?,
+            s.max_pool2d(l, k, (self.cfg.stride, self.cfg.stride))?,
             Shape::from((b, c, oh, ow)),
         ))
     }
 
     fn metal_fwd(&self, s: &MetalStorage, l: &Layout) -> Result<(MetalStorage, Shape)> {
-        let (b, c, _, _, oh, ow) = out_shape(l, &self.0)?;
-        let k = (self.0.size, self.0.size);
+        let (b, c, _, _, oh, ow) = out_shape(l, &self.cfg)?;
+        let k = (self.cfg.size, self.cfg.size);
         Ok((
-            s.max_pool2d(l, k, (self.0.stride, self.0.stride))?,
+            s.max_pool2d(l, k, (self.cfg.stride, self.cfg.stride))?,
             Shape::from((b, c, oh, ow)),
         ))
     }
@@ -173,7 +280,55 @@ impl CustomOp1 for MaxPool {
             .into());
         }
         let g = grad_res.contiguous()?;
-        Ok(Some(arg.apply_op2_no_bwd(&g, &MaxPoolBackward(self.0))?))
+        let recorded = self.argmax.lock().expect("max-pool argmax lock").clone();
+        match recorded {
+            Some(argmax) => {
+                let in_dims = arg.dims4()?;
+                Ok(Some(
+                    g.apply_op1_no_bwd(&MaxPoolScatter { argmax, in_dims })?,
+                ))
+            }
+            None => Ok(Some(arg.apply_op2_no_bwd(&g, &MaxPoolBackward(self.cfg))?)),
+        }
+    }
+}
+
+impl CustomOp1 for MaxPoolScatter {
+    fn name(&self) -> &'static str {
+        "max-pool2d-scatter"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (b, c, h, w) = self.in_dims;
+        let out_plane = match l.dims() {
+            &[gb, gc, oh, ow] if gb == b && gc == c => oh * ow,
+            d => candle_core::bail!("max-pool2d-scatter: grad {d:?} vs input {:?}", self.in_dims),
+        };
+        if self.argmax.len() != b * c * out_plane {
+            candle_core::bail!(
+                "max-pool2d-scatter: {} indices for grad {:?}",
+                self.argmax.len(),
+                l.dims()
+            )
+        }
+        let op = "max-pool2d-scatter";
+        let idx = &self.argmax[..];
+        let out = match s {
+            CpuStorage::F32(_) => {
+                CpuStorage::F32(scatter(contiguous::<f32>(s, l, op)?, idx, h * w, out_plane))
+            }
+            CpuStorage::F64(_) => {
+                CpuStorage::F64(scatter(contiguous::<f64>(s, l, op)?, idx, h * w, out_plane))
+            }
+            CpuStorage::F16(_) => {
+                CpuStorage::F16(scatter(contiguous(s, l, op)?, idx, h * w, out_plane))
+            }
+            CpuStorage::BF16(_) => {
+                CpuStorage::BF16(scatter(contiguous(s, l, op)?, idx, h * w, out_plane))
+            }
+            _ => candle_core::bail!("{op}: unsupported dtype {:?}", s.dtype()),
+        };
+        Ok((out, Shape::from(self.in_dims)))
     }
 }
 
@@ -303,6 +458,7 @@ mod tests {
                     .unwrap()
             };
             let hstep = 1e-6;
+            let mut worst = 0f64;
             for i in 0..n {
                 let (mut p, mut m) = (base.clone(), base.clone());
                 p[i] += hstep;
@@ -310,12 +466,14 @@ mod tests {
                 let numeric = (f(&p) - f(&m)) / (2.0 * hstep);
                 let err =
                     (numeric - analytic[i]).abs() / (1e-3 + numeric.abs().max(analytic[i].abs()));
+                worst = worst.max(err);
                 assert!(
                     err < 1e-6,
                     "{cfg:?} {h}x{w} element {i}: fd {numeric} vs {}",
                     analytic[i]
                 );
             }
+            println!("max-pool {cfg:?} {h}x{w}: worst relative error {worst:.1e}");
         }
         Ok(())
     }
@@ -363,6 +521,40 @@ mod tests {
         Ok(())
     }
 
+    /// The recorded-argmax backward (scatter) equals the recomputing one, on data full
+    /// of ties (small integers) and with a NaN, which wins its windows like in PyTorch.
+    #[test]
+    fn scatter_equals_recompute_and_nan_wins() -> Result<()> {
+        let mut v: Vec<f64> = rand_vec(2 * 3 * 9 * 8, 4)
+            .iter()
+            .map(|x| (x * 3.0).round())
+            .collect();
+        v[17] = f64::NAN;
+        let x = Var::from_tensor(&Tensor::from_vec(v, (2, 3, 9, 8), &Device::Cpu)?)?;
+        let y = max_pool2d(x.as_tensor(), paper())?;
+        let g = Tensor::from_vec(rand_vec(2 * 3 * 4 * 3, 5), (2, 3, 4, 3), &Device::Cpu)?;
+        let scatter = (&y * &g)?.sum_all()?.backward()?;
+        let scatter = scatter
+            .get(x.as_tensor())
+            .unwrap()
+            .flatten_all()?
+            .to_vec1::<f64>()?;
+        let recompute = x
+            .as_tensor()
+            .apply_op2_no_bwd(&g, &MaxPoolBackward(paper()))?;
+        assert_eq!(scatter, recompute.flatten_all()?.to_vec1::<f64>()?);
+        // Element 17 = plane 0, row 2, col 1: in the windows at rows 0 and 2, col 0.
+        let yv = y.flatten_all()?.to_vec1::<f64>()?;
+        assert!(
+            yv[0].is_nan() && yv[3].is_nan() && !yv[1].is_nan(),
+            "{:?}",
+            &yv[..6]
+        );
+        let gv = g.flatten_all()?.to_vec1::<f64>()?;
+        assert_eq!(scatter[17], gv[0] + gv[3]);
+        Ok(())
+    }
+
     /// Pins candle 0.11's max_pool2d backward behaviour that this module exists to avoid.
     /// If this fails after a candle upgrade, candle may have fixed it: re-evaluate.
     #[test]
@@ -396,6 +588,49 @@ mod tests {
             .sum_all()?
             .to_scalar::<f64>()?;
         assert_eq!(total, 9.0);
+        Ok(())
+    }
+
+    /// Timing at conv1's size (batch 128, 96x55x55, f32): ours vs candle's forward.
+    /// Report only: `cargo test --release pool_speed -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn pool_speed() -> Result<()> {
+        let shape = (128usize, 96usize, 55usize, 55usize);
+        let n = shape.0 * shape.1 * shape.2 * shape.3;
+        let x = Tensor::from_vec(rand_vec(n, 1), shape, &Device::Cpu)?.to_dtype(DType::F32)?;
+        let g = Tensor::from_vec(
+            rand_vec(128 * 96 * 27 * 27, 2),
+            (128, 96, 27, 27),
+            &Device::Cpu,
+        )?
+        .to_dtype(DType::F32)?;
+        let best = |f: &dyn Fn() -> Result<Tensor>| -> Result<f64> {
+            let mut b = f64::MAX;
+            for _ in 0..3 {
+                let t = std::time::Instant::now();
+                f()?;
+                b = b.min(t.elapsed().as_secs_f64());
+            }
+            Ok(b)
+        };
+        let ours = best(&|| x.apply_op1_no_bwd(&MaxPool::new(paper())))?;
+        let theirs = best(&|| x.max_pool2d_with_stride(3, 2))?;
+        let recompute = best(&|| x.apply_op2_no_bwd(&g, &MaxPoolBackward(paper())))?;
+        let op = MaxPool::new(paper());
+        x.apply_op1_no_bwd(&op)?;
+        let argmax = op.argmax.lock().unwrap().clone().unwrap();
+        let in_dims = x.dims4()?;
+        let scatter = best(&|| {
+            g.apply_op1_no_bwd(&MaxPoolScatter {
+                argmax: argmax.clone(),
+                in_dims,
+            })
+        })?;
+        println!(
+            "max-pool 3/2: forward ours {ours:.3}s candle {theirs:.3}s; backward: scatter {scatter:.3}s, \
+             recompute {recompute:.3}s"
+        );
         Ok(())
     }
 }

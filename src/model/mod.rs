@@ -8,6 +8,7 @@ mod config;
 pub mod conv;
 mod dropout;
 mod init;
+pub mod linear;
 pub mod lrn;
 pub mod max_pool;
 
@@ -19,8 +20,10 @@ pub use dropout::{DropoutRng, DropoutState};
 pub use init::{PARAM_ORDER_DOC, init_paper};
 
 /// What can go wrong building or running the model, naming the key or tensor at fault.
-/// Returned inside `candle_core::Error::Wrapped` by the candle-style APIs; get it back
-/// with `err.downcast_ref::<ModelError>()`-style matching on the wrapped error.
+/// [`ModelConfig::validate`], [`param_specs`] and [`parameter_count`] return it as is;
+/// the candle-style APIs (`alexnet`, `forward`, `init_paper`) return a
+/// `candle_core::Error::Wrapped` carrying its message (candle 0.11's wrapper keeps only
+/// `Display`, so check a recipe with `param_specs` first when the variant matters).
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     /// A `[model]` recipe value is out of range.
