@@ -83,11 +83,15 @@ impl CentreCropper {
         // Source pixels per resized pixel, per axis (exactly Pillow's scale).
         let sx = f64::from(image.width) / f64::from(plan.resized_width);
         let sy = f64::from(image.height) / f64::from(plan.resized_height);
+        // Rounding can push left + width a hair past the source edge (e.g.
+        // 333·(100/333)·…); clamp to the image so the box is always valid.
+        let (width, height) = (f64::from(image.width), f64::from(image.height));
+        let (left, top) = ((f64::from(plan.left) * sx).min(width), (f64::from(plan.top) * sy).min(height));
         let options = self.options.crop(
-            f64::from(plan.left) * sx,
-            f64::from(plan.top) * sy,
-            f64::from(s) * sx,
-            f64::from(s) * sy,
+            left,
+            top,
+            (f64::from(s) * sx).min(width - left),
+            (f64::from(s) * sy).min(height - top),
         );
         let pixel_type = if image.channels == 1 { PixelType::U8 } else { PixelType::U8x3 };
         let src = ImageRef::new(image.width, image.height, &image.pixels, pixel_type)
@@ -118,6 +122,18 @@ mod tests {
         let out = CentreCropper::new(16, ResizeFilter::Bilinear).crop(&image);
         assert_eq!(out.len(), 16 * 16 * 3);
         assert!(out.iter().all(|&v| v == 77));
+    }
+
+    #[test]
+    fn every_size_and_aspect_gives_a_valid_crop_box() {
+        // Sizes where floating-point rounding once overshot the source edge.
+        for size in [64, 72, 96, 100, 104, 108, 110, 112, 224, 256] {
+            let mut cropper = CentreCropper::new(size, ResizeFilter::Bilinear);
+            for (w, h) in [(333, 256), (256, 333), (500, 375), (375, 500), (301, 257), (257, 301), (499, 499)] {
+                let image = DecodedImage { width: w, height: h, channels: 1, pixels: vec![9; (w * h) as usize] };
+                assert_eq!(cropper.crop(&image).len(), size * size * 3, "{w}x{h} → {size}");
+            }
+        }
     }
 
     #[test]
