@@ -11,9 +11,12 @@ use pipeline::dataset::Split;
 use pipeline::sample::{self, SampleLayout, SampleOptions};
 use pipeline::stream::report::{self as stream_report, StreamRun};
 use pipeline::stream::{DataSource, EpochOptions, MeanMode, StreamPosition, ViewMode};
+use pipeline::train::{self, EvalOptions, Finish, Start, TrainOptions, WhichCheckpoint};
 
 /// Where `ingest` writes and `train`/`export-features` read when not told otherwise.
-const DEFAULT_DATASET: &str = "dataset";
+const DEFAULT_DATASET: &str = train::DEFAULT_DATASET;
+/// The recipe bare `train` uses when it exists (else the built-in paper defaults).
+const PAPER_RECIPE: &str = "pipeline/paper.toml";
 
 #[derive(Parser)]
 #[command(name = "pipeline", version, about = "The AlexNet paper's data and training pipeline")]
@@ -128,6 +131,56 @@ enum Command {
         rows: usize,
         #[arg(long)]
         seed: Option<u64>,
+    },
+    /// Train AlexNet on a dataset (paper §5), writing a run directory; or resume one.
+    Train {
+        /// Recipe (default: pipeline/paper.toml when it exists, else the built-in paper).
+        #[arg(long, conflicts_with = "resume")]
+        recipe: Option<PathBuf>,
+        /// Dataset directory (default: `dataset`; on --resume, the run's own).
+        #[arg(long)]
+        dataset: Option<PathBuf>,
+        /// Run directory to create (default: the next runs/run-NNNN).
+        #[arg(long, conflicts_with = "resume")]
+        out: Option<PathBuf>,
+        /// Continue this run from its newest checkpoint, with its recipe.toml.
+        #[arg(long, value_name = "RUN")]
+        resume: Option<PathBuf>,
+        /// cpu, cuda or cuda:N (overrides train.device).
+        #[arg(long)]
+        device: Option<String>,
+        /// Total epochs (overrides train.epochs; with --resume, extends a finished run).
+        #[arg(long)]
+        epochs: Option<usize>,
+        /// Save a checkpoint and stop once N steps are done in total (tests, profiling).
+        #[arg(long, value_name = "N")]
+        stop_after_steps: Option<u64>,
+        /// No progress bars.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Top-1/top-5 error of a run's checkpoint on a dataset's validation split.
+    Eval {
+        /// The run directory.
+        #[arg(long)]
+        run: PathBuf,
+        /// Dataset directory (default: the one the run was trained on).
+        #[arg(long)]
+        dataset: Option<PathBuf>,
+        /// The paper's ten-crop test: average the softmax of 4 corners + centre and mirrors.
+        #[arg(long)]
+        ten_crop: bool,
+        #[arg(long, value_enum, default_value_t = WhichCheckpoint::Best)]
+        checkpoint: WhichCheckpoint,
+        /// cpu, cuda or cuda:N (default: the run's train.device).
+        #[arg(long)]
+        device: Option<String>,
+        /// Images per batch (default: the run's train.batch_size; ÷10 with --ten-crop).
+        #[arg(long)]
+        batch_size: Option<usize>,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
     },
 }
 
@@ -272,6 +325,34 @@ fn main() -> Result<()> {
             let grid = pipeline::stream::preview::grid(&batch, source.mean(), columns, rows);
             pipeline::stream::preview::save(&out, &grid).with_context(|| format!("writing {}", out.display()))?;
             println!("wrote {} ({} augmented samples)", out.display(), batch.len());
+        }
+        Command::Train { recipe, dataset, out, resume, device, epochs, stop_after_steps, quiet } => {
+            let start = match resume {
+                Some(run) => Start::Resume { run },
+                None => {
+                    let default = PathBuf::from(PAPER_RECIPE);
+                    let path = recipe.or_else(|| default.exists().then_some(default));
+                    Start::New { recipe: Box::new(load_recipe(path.as_ref())?), out }
+                }
+            };
+            let options =
+                TrainOptions { start, dataset, device, epochs, stop_after_steps, progress: !quiet, handle_ctrl_c: true };
+            let summary = train::train(&options)?;
+            for line in summary.lines() {
+                println!("{line}");
+            }
+            println!("{}", serde_json::to_string(&summary)?);
+            if summary.finish == Finish::Interrupted {
+                std::process::exit(train::interrupt::EXIT_INTERRUPTED);
+            }
+        }
+        Command::Eval { run, dataset, ten_crop, checkpoint, device, batch_size, quiet } => {
+            let options = EvalOptions { run, dataset, ten_crop, checkpoint, device, batch_size, progress: !quiet };
+            let report = train::run_eval(&options)?;
+            for line in report.lines() {
+                println!("{line}");
+            }
+            println!("{}", serde_json::to_string(&report)?);
         }
     }
     Ok(())

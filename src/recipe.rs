@@ -9,7 +9,9 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::ingest::IngestConfig;
+use crate::model::ModelConfig;
 use crate::stream::StreamConfig;
+use crate::train::TrainConfig;
 
 /// `[data]`: the geometry shared by ingest (what is stored) and training (what is fed).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -34,6 +36,10 @@ pub struct Recipe {
     pub data: DataConfig,
     pub ingest: IngestConfig,
     pub stream: StreamConfig,
+    /// The network (AlexNet's architecture and initialisation).
+    pub model: ModelConfig,
+    /// The optimiser, schedule, device and checkpoints.
+    pub train: TrainConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +75,9 @@ impl Recipe {
         if self.data.image_size == 0 {
             return Err("data.image_size must be positive".into());
         }
-        self.ingest.validate()
+        self.ingest.validate()?;
+        self.model.validate().map_err(|e| e.to_string())?;
+        self.train.validate()
     }
 
     /// Loads `path`, or the built-in paper recipe when no path is given.
@@ -93,5 +101,39 @@ impl Recipe {
     /// The resolved recipe as TOML, saved into every run and dataset.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("a recipe always serialises")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shipped recipes parse, validate and round-trip through `to_toml`.
+    #[test]
+    fn shipped_recipes_load_and_round_trip() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipeline");
+        let paper = Recipe::load(&root.join("paper.toml")).unwrap();
+        assert_eq!(paper, Recipe::default(), "paper.toml must be the paper (the defaults)");
+        let sample = Recipe::load(&root.join("sample.toml")).unwrap();
+        assert_eq!(sample.train.device, "cpu");
+        for recipe in [paper, sample] {
+            let back: Recipe = toml::from_str(&recipe.to_toml()).unwrap();
+            assert_eq!(back, recipe);
+        }
+    }
+
+    #[test]
+    fn unknown_and_invalid_train_keys_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.toml");
+        std::fs::write(&path, "[train]\nepoch = 3\n").unwrap();
+        let err = Recipe::load(&path).unwrap_err().to_string();
+        assert!(err.contains("epoch") && err.contains("r.toml"), "{err}");
+        std::fs::write(&path, "[train]\nlr = -1.0\n").unwrap();
+        let err = Recipe::load(&path).unwrap_err().to_string();
+        assert!(err.contains("train.lr"), "{err}");
+        std::fs::write(&path, "[model]\nwidth = 0.0\n").unwrap();
+        let err = Recipe::load(&path).unwrap_err().to_string();
+        assert!(err.contains("model.width"), "{err}");
     }
 }

@@ -1,0 +1,59 @@
+//! `train.device` / `--device`: "cpu", "cuda" or "cuda:N" → a candle `Device`.
+//!
+//! No `cfg` here: candle always has `Device::new_cuda`, which fails at run time in a
+//! build without the `cuda` feature; we check first so the message says how to fix it.
+
+use candle_core::Device;
+
+use super::TrainError;
+
+/// A parsed device name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceSpec {
+    Cpu,
+    /// CUDA device with this ordinal.
+    Cuda(usize),
+}
+
+/// Parses "cpu", "cuda" or "cuda:N".
+pub fn parse_device_name(name: &str) -> Result<DeviceSpec, String> {
+    match name {
+        "cpu" => Ok(DeviceSpec::Cpu),
+        "cuda" => Ok(DeviceSpec::Cuda(0)),
+        _ => name
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse().ok())
+            .map(DeviceSpec::Cuda)
+            .ok_or_else(|| format!("unknown device {name:?}: use \"cpu\", \"cuda\" or \"cuda:N\"")),
+    }
+}
+
+/// Opens the device named `name` (`what` names where the name came from, for errors).
+pub fn open(name: &str) -> Result<Device, TrainError> {
+    let spec = parse_device_name(name).map_err(|message| TrainError::Device { device: name.into(), message })?;
+    match spec {
+        DeviceSpec::Cpu => Ok(Device::Cpu),
+        DeviceSpec::Cuda(_) if !candle_core::utils::cuda_is_available() => Err(TrainError::Device {
+            device: name.into(),
+            message: "this binary was built without the `cuda` feature; rebuild with \
+                      `cargo build --release --features cuda`, or use --device cpu"
+                .into(),
+        }),
+        DeviceSpec::Cuda(ordinal) => Device::new_cuda(ordinal)
+            .map_err(|e| TrainError::Device { device: name.into(), message: e.to_string() }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(parse_device_name("cpu"), Ok(DeviceSpec::Cpu));
+        assert_eq!(parse_device_name("cuda"), Ok(DeviceSpec::Cuda(0)));
+        assert_eq!(parse_device_name("cuda:3"), Ok(DeviceSpec::Cuda(3)));
+        assert!(parse_device_name("cuda:x").is_err());
+        assert!(parse_device_name("metal").is_err());
+    }
+}

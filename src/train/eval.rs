@@ -1,0 +1,239 @@
+//! Top-1 / top-5 error on the validation split: the centre crop (every epoch of
+//! training) or the paper's ten-crop (§4.1: four corners + centre and their mirrors,
+//! the ten softmax outputs averaged), and `pipeline eval` on a finished run.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use indicatif::ProgressBar;
+use serde::Serialize;
+
+use super::checkpoint::{self, CheckpointMeta};
+use super::net::{self, Net};
+use super::run_dir::RunDir;
+use super::schedule::ValCounts;
+use super::{TrainError, device, error::candle};
+use crate::dataset::Split;
+use crate::model::AlexNet;
+use crate::stream::{DataSource, EpochOptions, StreamPosition, ViewMode};
+
+/// Runs the model over the whole split of `source` in eval mode (no dropout).
+/// `batch_size` counts images (a ten-crop batch has ten times as many rows).
+/// Returns `None` when `interrupt` was raised before the end.
+pub fn evaluate(
+    model: &AlexNet,
+    source: &DataSource,
+    mode: ViewMode,
+    crop: usize,
+    batch_size: usize,
+    device: &Device,
+    bar: &ProgressBar,
+    interrupt: Option<&AtomicBool>,
+) -> Result<Option<ValCounts>, TrainError> {
+    let mut stream = source.epoch(EpochOptions {
+        mode,
+        crop,
+        batch_size,
+        position: StreamPosition::default(),
+        rank: 0,
+        world_size: 1,
+        with_keys: false,
+    })?;
+    let mut counts = ValCounts::default();
+    while let Some(batch) = stream.next_batch() {
+        let batch = batch?;
+        let x = Tensor::from_slice(&batch.images, batch.shape().as_slice(), device).map_err(candle("validation input"))?;
+        let logits = model.forward(&x, None).map_err(candle("validation forward"))?; // (n·views, classes)
+        let scores = if batch.views > 1 {
+            // Average the softmax of each image's views (rows i·views .. i·views+views).
+            let classes = logits.dim(1).map_err(candle("validation logits"))?;
+            candle_nn::ops::softmax_last_dim(&logits)
+                .and_then(|p| p.reshape((batch.len(), batch.views, classes)))
+                .and_then(|p| p.mean(1))
+                .map_err(candle("ten-crop averaging"))?
+        } else {
+            logits
+        };
+        let scores = scores.to_vec2::<f32>().map_err(candle("validation scores"))?; // sync point
+        let (top1, top5) = count_errors(&scores, &batch.labels);
+        counts.top1_errors += top1;
+        counts.top5_errors += top5;
+        counts.images += batch.len();
+        bar.inc(batch.len() as u64);
+        if interrupt.is_some_and(|f| f.load(Ordering::SeqCst)) {
+            return Ok(None);
+        }
+    }
+    Ok(Some(counts))
+}
+
+/// (top-1 errors, top-5 errors) of `scores` (one row per image) against `labels`.
+/// A class outranks the true one if its score is higher, or equal with a lower index
+/// (the order a stable descending sort gives), so ties cannot flatter the model.
+pub fn count_errors(scores: &[Vec<f32>], labels: &[i64]) -> (usize, usize) {
+    let mut errors = (0, 0);
+    for (row, &label) in scores.iter().zip(labels) {
+        let label = label as usize;
+        let own = row[label];
+        let rank = row
+            .iter()
+            .enumerate()
+            .filter(|&(c, &s)| s > own || (s == own && c < label) || s.is_nan())
+            .count();
+        errors.0 += usize::from(rank >= 1);
+        errors.1 += usize::from(rank >= 5);
+    }
+    errors
+}
+
+/// Which checkpoint of a run to evaluate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum WhichCheckpoint {
+    /// The lowest validation top-1 error seen during training.
+    Best,
+    /// The newest.
+    Last,
+}
+
+/// `pipeline eval`.
+#[derive(Clone, Debug)]
+pub struct EvalOptions {
+    pub run: PathBuf,
+    /// None: the dataset the run was trained on (`RUN/run.json`).
+    pub dataset: Option<PathBuf>,
+    pub ten_crop: bool,
+    pub checkpoint: WhichCheckpoint,
+    /// None: the run's `train.device`.
+    pub device: Option<String>,
+    /// Images per batch (None: the run's `train.batch_size`, divided by 10 for ten-crop).
+    pub batch_size: Option<usize>,
+    pub progress: bool,
+}
+
+/// What `pipeline eval` found; the last line it prints is this as JSON.
+#[derive(Clone, Debug, Serialize)]
+pub struct EvalReport {
+    pub run: PathBuf,
+    pub checkpoint: PathBuf,
+    /// Finished epochs and steps of that checkpoint.
+    pub epoch: u64,
+    pub step: u64,
+    pub dataset: PathBuf,
+    /// "centre" or "ten-crop".
+    pub views: &'static str,
+    pub images: usize,
+    pub top1_err: f64,
+    pub top5_err: f64,
+    pub seconds: f64,
+}
+
+impl EvalReport {
+    pub fn lines(&self) -> Vec<String> {
+        vec![
+            format!(
+                "{} ({}, epoch {}, step {})",
+                self.run.display(),
+                self.checkpoint.file_name().and_then(|n| n.to_str()).unwrap_or("?"),
+                self.epoch,
+                self.step
+            ),
+            format!("dataset  {} (val, {} images, {} view{})", self.dataset.display(), self.images, self.views, if self.views == "centre" { "" } else { "s" }),
+            format!("top-1 error  {:6.2} %   (accuracy {:.2} %)", 100.0 * self.top1_err, 100.0 * (1.0 - self.top1_err)),
+            format!("top-5 error  {:6.2} %", 100.0 * self.top5_err),
+            format!("time         {:.1} s ({:.0} images/s)", self.seconds, self.images as f64 / self.seconds.max(1e-9)),
+        ]
+    }
+}
+
+/// Evaluates a run's checkpoint on the validation split of a dataset.
+pub fn run_eval(options: &EvalOptions) -> Result<EvalReport, TrainError> {
+    let run = RunDir::open(&options.run)?;
+    let recipe = run.load_recipe()?;
+    let path = match options.checkpoint {
+        WhichCheckpoint::Best => run.best(),
+        WhichCheckpoint::Last => run.last_checkpoint()?.unwrap_or_else(|| run.checkpoints().join("step-*.safetensors")),
+    };
+    if !path.exists() {
+        return Err(TrainError::Run {
+            path: run.path.display().to_string(),
+            message: format!("has no checkpoint {} yet (has it finished an epoch?)", path.display()),
+        });
+    }
+    let dataset = match &options.dataset {
+        Some(d) => d.clone(),
+        None => run.load_info()?.dataset,
+    };
+    let device = device::open(options.device.as_deref().unwrap_or(&recipe.train.device))?;
+    let source = DataSource::open(&dataset, Split::Val, recipe.stream.clone())?;
+    recipe.check_dataset(&dataset, source.image_size()).map_err(|message| TrainError::Dataset {
+        dataset: dataset.display().to_string(),
+        message,
+    })?;
+    let (tensors, meta) = checkpoint::load(&path, &device)?;
+    check_classes(&dataset, &source, &meta, &path)?;
+    let Net { model, .. } = net::from_checkpoint(&meta.model, meta.input_size, meta.classes.len(), &tensors, &path, &device)?;
+    drop(tensors);
+
+    let mode = if options.ten_crop { ViewMode::TenCrop } else { ViewMode::Centre };
+    let batch_size = options.batch_size.unwrap_or((recipe.train.batch_size / mode.views()).max(1));
+    let images = source.manifest.split(Split::Val).map_or(0, |s| s.rows);
+    let bar = if options.progress { crate::progress::bar(images as u64, "img") } else { ProgressBar::hidden() };
+    bar.set_prefix(if options.ten_crop { "eval ten-crop" } else { "eval centre" });
+    let started = Instant::now();
+    let counts = evaluate(&model, &source, mode, meta.input_size, batch_size, &device, &bar, None)?
+        .expect("no interrupt flag");
+    bar.finish_and_clear();
+    Ok(EvalReport {
+        run: run.path.clone(),
+        checkpoint: path,
+        epoch: meta.position.epoch,
+        step: meta.step,
+        dataset,
+        views: if options.ten_crop { "ten-crop" } else { "centre" },
+        images: counts.images,
+        top1_err: counts.top1_err(),
+        top5_err: counts.top5_err(),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Refuses a dataset whose classes are not those the checkpoint was trained on.
+pub fn check_classes(dataset: &Path, source: &DataSource, meta: &CheckpointMeta, checkpoint: &Path) -> Result<(), TrainError> {
+    let wnids: Vec<&str> = source.manifest.classes.iter().map(|c| c.wnid.as_str()).collect();
+    if wnids != meta.classes.iter().map(String::as_str).collect::<Vec<_>>() {
+        let differ = wnids
+            .iter()
+            .zip(&meta.classes)
+            .position(|(a, b)| *a != b.as_str())
+            .map_or(String::new(), |i| format!("; class {i} is {} there but {} here", meta.classes[i], wnids[i]));
+        return Err(TrainError::Dataset {
+            dataset: dataset.display().to_string(),
+            message: format!(
+                "has {} classes but the run was trained on {} (the classes recorded in {}){differ}; \
+                 use the dataset the run was trained on",
+                wnids.len(),
+                meta.classes.len(),
+                checkpoint.display()
+            ),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_counting_with_ties() {
+        let scores = vec![
+            vec![0.9, 0.05, 0.05, 0.0, 0.0, 0.0, 0.0],  // label 0: right
+            vec![0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7],    // label 2: rank 4 → top-5 right
+            vec![0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7],    // label 1: rank 5 → both wrong
+            vec![0.5, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0],    // label 1, tied with class 0: wrong
+        ];
+        assert_eq!(count_errors(&scores, &[0, 2, 1, 1]), (3, 1));
+    }
+}
