@@ -1,0 +1,141 @@
+//! Dataset images by key: the pictures behind feature rows, for the raw-pixel baseline
+//! and the contact sheet.
+//!
+//! Reading a whole split to find a few images would cost its full size (≈ 240 GB for
+//! ImageNet's training set), so each shard is first read for its `key` column only, and
+//! pixels are then read from just the row groups that hold a wanted key.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use arrow::array::{Array, FixedSizeBinaryArray, Int32Array, StringArray};
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use super::FeaturesError;
+use crate::augment::{Geometry, centre_view};
+use crate::dataset::reader::{check_schema, shard_paths};
+use crate::dataset::writer::ShardRow;
+use crate::dataset::{Manifest, Split};
+
+/// The stored rows (S×S×3 pixels, label) of `keys`, in the order asked (a key asked
+/// twice comes back twice). Fails naming the dataset and the first key not found.
+pub fn rows_by_key(dataset: &Path, keys: &[String]) -> Result<Vec<ShardRow>, FeaturesError> {
+    let mut found: Vec<Option<ShardRow>> = vec![None; keys.len()];
+    for_each_row_by_key(dataset, keys, |position, row| found[position] = Some(row.clone()))?;
+    Ok(found.into_iter().map(|r| r.expect("every key was found")).collect())
+}
+
+/// Calls `visit(position, row)` for every position of `keys` with the stored row of that
+/// key, in shard order (not the order asked), holding one row group at a time — so a
+/// caller can keep just what it needs of each image. Looks in the split the first key
+/// names first (`train/…`, `val/…`), then in the other. Fails naming the dataset and
+/// the first key not found (after visiting the others).
+pub fn for_each_row_by_key(
+    dataset: &Path,
+    keys: &[String],
+    mut visit: impl FnMut(usize, &ShardRow),
+) -> Result<(), FeaturesError> {
+    let manifest = Manifest::load(dataset)?;
+    let mut wanted: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, key) in keys.iter().enumerate() {
+        wanted.entry(key.as_str()).or_default().push(i);
+    }
+    let val_first = keys.first().is_some_and(|k| k.starts_with("val/"));
+    let splits = if val_first { [Split::Val, Split::Train] } else { [Split::Train, Split::Val] };
+    for split in splits {
+        let Some(info) = manifest.split(split) else { continue };
+        for path in shard_paths(dataset, split, info.shards) {
+            if wanted.is_empty() {
+                break;
+            }
+            read_matching(&path, manifest.image_size, &mut wanted, &mut visit)?;
+        }
+    }
+    if let Some(position) = wanted.values().flatten().min() {
+        return Err(FeaturesError::KeyNotFound {
+            dataset: dataset.display().to_string(),
+            key: keys[*position].clone(),
+            splits: manifest.splits.keys().map(|s| s.name()).collect::<Vec<_>>().join(" and "),
+        });
+    }
+    Ok(())
+}
+
+/// Finds the wanted keys of one shard; removes them from `wanted` as they are found.
+fn read_matching(
+    path: &Path,
+    image_size: usize,
+    wanted: &mut HashMap<&str, Vec<usize>>,
+    visit: &mut impl FnMut(usize, &ShardRow),
+) -> Result<(), FeaturesError> {
+    let open = || -> Result<ParquetRecordBatchReaderBuilder<std::fs::File>, FeaturesError> {
+        let file = std::fs::File::open(path).map_err(|e| FeaturesError::io(path, e))?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| FeaturesError::parquet(path, e))?;
+        check_schema(path, builder.schema(), image_size)?;
+        Ok(builder)
+    };
+    // Pass 1: keys only.
+    let builder = open()?;
+    let group_rows: Vec<usize> = builder.metadata().row_groups().iter().map(|g| g.num_rows() as usize).collect();
+    let mask = ProjectionMask::roots(builder.parquet_schema(), [0]);
+    let mut hits: Vec<usize> = Vec::new();
+    let mut row = 0;
+    for batch in builder.with_projection(mask).build().map_err(|e| FeaturesError::parquet(path, e))? {
+        let batch = batch.map_err(|e| FeaturesError::arrow(path, e))?;
+        let keys = batch.column(0).as_any().downcast_ref::<StringArray>().expect("schema checked: key is utf8");
+        for i in 0..keys.len() {
+            if wanted.contains_key(keys.value(i)) {
+                hits.push(row + i);
+            }
+        }
+        row += keys.len();
+    }
+    if hits.is_empty() {
+        return Ok(());
+    }
+    // Pass 2: only the row groups holding hits, every column.
+    let mut starts = Vec::with_capacity(group_rows.len());
+    let mut start = 0;
+    for rows in &group_rows {
+        starts.push(start);
+        start += rows;
+    }
+    let group_of = |r: usize| starts.partition_point(|&s| s <= r) - 1;
+    let mut groups: Vec<usize> = hits.iter().map(|&r| group_of(r)).collect();
+    groups.dedup();
+    let reader = open()?.with_row_groups(groups).build().map_err(|e| FeaturesError::parquet(path, e))?;
+    for batch in reader {
+        let batch = batch.map_err(|e| FeaturesError::arrow(path, e))?;
+        let keys = batch.column(0).as_any().downcast_ref::<StringArray>().expect("schema checked");
+        let labels = batch.column(1).as_any().downcast_ref::<Int32Array>().expect("schema checked");
+        let pixels = batch.column(2).as_any().downcast_ref::<FixedSizeBinaryArray>().expect("schema checked");
+        for i in 0..keys.len() {
+            if let Some(positions) = wanted.remove(keys.value(i)) {
+                let stored = ShardRow {
+                    key: keys.value(i).to_string(),
+                    label: labels.value(i),
+                    pixels: pixels.value(i).to_vec(),
+                };
+                for p in positions {
+                    visit(p, &stored);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The centred `crop × crop` window of an S×S×3 HWC image — the same window the
+/// stream's centre view takes (offset `(S − crop) / 2`, rounded down), as HWC bytes.
+pub fn centre_crop(pixels: &[u8], side: usize, crop: usize) -> Result<Vec<u8>, FeaturesError> {
+    let geometry =
+        Geometry::new(side, crop).map_err(|e| FeaturesError::InvalidOption { key: "crop", reason: e.to_string() })?;
+    let view = centre_view(geometry);
+    let mut out = Vec::with_capacity(crop * crop * 3);
+    for y in view.y..view.y + crop {
+        let row = (y * side + view.x) * 3;
+        out.extend_from_slice(&pixels[row..row + crop * 3]);
+    }
+    Ok(out)
+}
