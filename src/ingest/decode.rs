@@ -47,11 +47,18 @@ const EOI_SEARCH_WINDOW: usize = 4096;
 
 /// Decodes a file's bytes by sniffing its format (never trusting the extension).
 pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<DecodedImage, DecodeError> {
+    decode_reusing(bytes, max_pixels, Vec::new())
+}
+
+/// [`decode`], with a JPEG's pixels written into `buffer` (a previous image's
+/// `pixels`, say), so a worker does not allocate and page-fault a fresh
+/// buffer for every image.
+pub fn decode_reusing(bytes: &[u8], max_pixels: u64, buffer: Vec<u8>) -> Result<DecodedImage, DecodeError> {
     if bytes.is_empty() {
         return Err(DecodeError::Empty);
     }
     if bytes.starts_with(JPEG_MAGIC) {
-        decode_jpeg(bytes, max_pixels)
+        decode_jpeg(bytes, max_pixels, buffer)
     } else if bytes.starts_with(PNG_MAGIC) {
         decode_png(bytes, max_pixels)
     } else {
@@ -74,26 +81,36 @@ fn has_end_of_image(bytes: &[u8]) -> bool {
     tail.windows(2).any(|w| w == [0xFF, 0xD9])
 }
 
-fn decode_jpeg(bytes: &[u8], max_pixels: u64) -> Result<DecodedImage, DecodeError> {
+fn decode_jpeg(bytes: &[u8], max_pixels: u64, mut pixels: Vec<u8>) -> Result<DecodedImage, DecodeError> {
     if !has_end_of_image(bytes) {
         return Err(DecodeError::TruncatedJpeg);
     }
     let corrupt = |e: zune_jpeg::errors::DecodeErrors| DecodeError::CorruptJpeg(e.to_string());
-    // Dimensions first: refuse a bomb before allocating for it.
-    let probe_options = DecoderOptions::default().set_max_width(usize::MAX).set_max_height(usize::MAX);
-    let mut probe = JpegDecoder::new_with_options(ZCursor::new(bytes), probe_options);
-    probe.decode_headers().map_err(corrupt)?;
-    let info = probe.info().ok_or_else(|| DecodeError::CorruptJpeg("no frame header".into()))?;
+    // One decoder per image: headers first (to refuse a bomb before allocating
+    // for it), then the output colour space that the input calls for, then the scan.
+    let options = DecoderOptions::default()
+        .set_max_width(usize::MAX)
+        .set_max_height(usize::MAX)
+        .set_strict_mode(true)
+        .jpeg_set_out_colorspace(ColorSpace::RGB);
+    let mut decoder = JpegDecoder::new_with_options(ZCursor::new(bytes), options);
+    decoder.decode_headers().map_err(corrupt)?;
+    let info = decoder.info().ok_or_else(|| DecodeError::CorruptJpeg("no frame header".into()))?;
     check_size(u64::from(info.width), u64::from(info.height), max_pixels)?;
-    let input = probe.input_colorspace().ok_or_else(|| DecodeError::CorruptJpeg("no colour space".into()))?;
-    let (out, channels) = match input {
-        ColorSpace::Luma => (ColorSpace::Luma, 1),
-        ColorSpace::YCbCr | ColorSpace::RGB | ColorSpace::CMYK | ColorSpace::YCCK => (ColorSpace::RGB, 3),
+    let input = decoder.input_colorspace().ok_or_else(|| DecodeError::CorruptJpeg("no colour space".into()))?;
+    let channels = match input {
+        ColorSpace::Luma => {
+            decoder.set_options(options.jpeg_set_out_colorspace(ColorSpace::Luma));
+            1
+        }
+        ColorSpace::YCbCr | ColorSpace::RGB | ColorSpace::CMYK | ColorSpace::YCCK => 3,
         other => return Err(DecodeError::UnsupportedColourSpace(format!("{other:?}"))),
     };
-    let options = probe_options.set_strict_mode(true).jpeg_set_out_colorspace(out);
-    let mut decoder = JpegDecoder::new_with_options(ZCursor::new(bytes), options);
-    let pixels = decoder.decode().map_err(corrupt)?;
+    let size = decoder.output_buffer_size().ok_or_else(|| DecodeError::CorruptJpeg("no output size".into()))?;
+    // Cleared first: every byte is zero or the decoder's, never a previous image's.
+    pixels.clear();
+    pixels.resize(size, 0);
+    decoder.decode_into(&mut pixels).map_err(corrupt)?;
     let (width, height) = (u32::from(info.width), u32::from(info.height));
     if pixels.len() != width as usize * height as usize * channels as usize {
         return Err(DecodeError::CorruptJpeg(format!("decoder returned {} bytes for {width}x{height}", pixels.len())));

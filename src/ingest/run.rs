@@ -113,10 +113,20 @@ fn training_order(images: &[SourceImage], seed: u64) -> Vec<SourceImage> {
 }
 
 /// Reads, decodes and centre-crops one image.
-fn load_image(root: &Path, image: &SourceImage, cropper: &mut CentreCropper, max_pixels: u64) -> Result<Vec<u8>, String> {
+/// `scratch` is the decode buffer, kept between images.
+fn load_image(
+    root: &Path,
+    image: &SourceImage,
+    cropper: &mut CentreCropper,
+    scratch: &mut Vec<u8>,
+    max_pixels: u64,
+) -> Result<Vec<u8>, String> {
     let bytes = std::fs::read(root.join(&image.key)).map_err(|e| format!("cannot read: {e}"))?;
-    let decoded = decode::decode(&bytes, max_pixels).map_err(|e: DecodeError| e.to_string())?;
-    Ok(cropper.crop(&decoded))
+    let decoded =
+        decode::decode_reusing(&bytes, max_pixels, std::mem::take(scratch)).map_err(|e: DecodeError| e.to_string())?;
+    let crop = cropper.crop(&decoded);
+    *scratch = decoded.pixels;
+    Ok(crop)
 }
 
 /// Everything the per-shard loop needs, shared by both splits.
@@ -127,58 +137,87 @@ struct Job<'a> {
     bar: indicatif::ProgressBar,
 }
 
+/// Shards handed from the decoding thread to the writer thread. Zero: a
+/// rendezvous, so at most two decoded shards are held at once (the one being
+/// written and the one waiting), each S·S·3 bytes per row.
+const WRITE_QUEUE: usize = 0;
+
+/// One decoded shard on its way to the writer thread.
+struct DecodedShard {
+    index: usize,
+    rows: Vec<ShardRow>,
+    skipped: Vec<SkippedImage>,
+    /// The shard's training sums (empty for `val`).
+    stats: StatsAccumulator,
+}
+
+/// What one decode worker holds between images.
+struct WorkerState {
+    cropper: CentreCropper,
+    /// The decode buffer, reused from image to image.
+    scratch: Vec<u8>,
+    results: Vec<(usize, Result<ShardRow, SkippedImage>)>,
+    stats: StatsAccumulator,
+}
+
 impl Job<'_> {
     /// Decodes one shard's images in parallel, in order; failures become skips.
-    fn decode_shard(&self, images: &[SourceImage]) -> (Vec<ShardRow>, Vec<SkippedImage>) {
+    /// With `with_stats`, each worker also adds its crops to its own
+    /// accumulator while they are hot in cache; the sums are exact integers, so
+    /// their merge does not depend on how the images were split among workers.
+    fn decode_shard(&self, index: usize, images: &[SourceImage], with_stats: bool) -> DecodedShard {
         let (size, filter, max_pixels) = (self.opts.image_size, self.opts.config.filter, self.opts.config.max_pixels);
-        let results: Vec<Result<ShardRow, SkippedImage>> = self.pool.install(|| {
+        let stats_size = if with_stats { size } else { 0 };
+        let parts: Vec<WorkerState> = self.pool.install(|| {
             images
                 .par_iter()
-                .map_init(
-                    || CentreCropper::new(size, filter),
-                    |cropper, image| {
-                        let result = load_image(&self.tree.root, image, cropper, max_pixels);
+                .enumerate()
+                .fold(
+                    || WorkerState {
+                        cropper: CentreCropper::new(size, filter),
+                        scratch: Vec::new(),
+                        results: Vec::new(),
+                        stats: StatsAccumulator::new(stats_size),
+                    },
+                    |mut worker, (i, image)| {
+                        let result = load_image(&self.tree.root, image, &mut worker.cropper, &mut worker.scratch, max_pixels);
                         self.bar.inc(1);
-                        result
+                        if let (true, Ok(pixels)) = (with_stats, &result) {
+                            worker.stats.add(pixels);
+                        }
+                        let result = result
                             .map(|pixels| ShardRow { key: image.key.clone(), label: image.label, pixels })
-                            .map_err(|reason| SkippedImage { path: image.key.clone(), reason })
+                            .map_err(|reason| SkippedImage { path: image.key.clone(), reason });
+                        worker.results.push((i, result));
+                        worker
                     },
                 )
                 .collect()
         });
+        let mut stats = StatsAccumulator::new(stats_size);
+        let mut results = Vec::with_capacity(images.len());
+        for part in parts {
+            stats.merge(&part.stats);
+            results.extend(part.results);
+        }
+        // Planned order, whatever order the workers' pieces came back in.
+        results.sort_unstable_by_key(|(i, _)| *i);
         let mut rows = Vec::with_capacity(results.len());
         let mut skipped = Vec::new();
-        for result in results {
+        for (_, result) in results {
             match result {
                 Ok(row) => rows.push(row),
                 Err(skip) => skipped.push(skip),
             }
         }
-        (rows, skipped)
-    }
-
-    fn shard_stats(&self, rows: &[ShardRow]) -> StatsAccumulator {
-        let size = self.opts.image_size;
-        self.pool.install(|| {
-            rows.par_iter()
-                .fold(
-                    || StatsAccumulator::new(size),
-                    |mut acc, row| {
-                        acc.add(&row.pixels);
-                        acc
-                    },
-                )
-                .reduce(
-                    || StatsAccumulator::new(size),
-                    |mut a, b| {
-                        a.merge(&b);
-                        a
-                    },
-                )
-        })
+        DecodedShard { index, rows, skipped, stats }
     }
 
     /// Writes every unfinished shard of `split`; returns images decoded.
+    ///
+    /// The pool decodes shard k+1 while a writer thread writes shard k and
+    /// records it (shard renamed into place, then `state.json` saved, in shard
+    /// order), so the resume rules of `state.rs` are unchanged.
     fn run_split(
         &self,
         split: Split,
@@ -191,23 +230,40 @@ impl Job<'_> {
         std::fs::create_dir_all(&dir).map_err(|source| IngestError::Io { path: dir.display().to_string(), source })?;
         let chunks: Vec<&[SourceImage]> = images.chunks(self.opts.config.rows_per_shard).collect();
         let done = progress_of(state, split).shards_done;
-        let mut decoded = 0;
-        for (index, chunk) in chunks.iter().enumerate().skip(done) {
-            let (rows, skipped) = self.decode_shard(chunk);
-            decoded += chunk.len();
-            write_shard(&dir.join(shard_file_name(index)), self.opts.image_size, self.opts.config.rows_per_row_group, &rows)?;
-            let progress = progress_of(state, split);
-            progress.shards_done = index + 1;
-            progress.rows_done += rows.len();
-            progress.skipped.extend(skipped);
-            if split == Split::Train {
-                sums.merge(&self.shard_stats(&rows));
-                state.save_with_sums(out, sums)?;
-            } else {
-                state.save(out)?;
+        let (size, rows_per_group) = (self.opts.image_size, self.opts.config.rows_per_row_group);
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<DecodedShard>(WRITE_QUEUE);
+        std::thread::scope(|scope| {
+            let dir = &dir;
+            let writer = scope.spawn(move || -> Result<(), IngestError> {
+                for shard in receiver {
+                    write_shard(&dir.join(shard_file_name(shard.index)), size, rows_per_group, &shard.rows)?;
+                    let progress = progress_of(state, split);
+                    progress.shards_done = shard.index + 1;
+                    progress.rows_done += shard.rows.len();
+                    progress.skipped.extend(shard.skipped);
+                    if split == Split::Train {
+                        sums.merge(&shard.stats);
+                        state.save_with_sums(out, sums)?;
+                    } else {
+                        state.save(out)?;
+                    }
+                }
+                Ok(())
+            });
+            let mut decoded = 0;
+            for (index, chunk) in chunks.iter().enumerate().skip(done) {
+                let shard = self.decode_shard(index, chunk, split == Split::Train);
+                decoded += chunk.len();
+                if sender.send(shard).is_err() {
+                    break; // the writer stopped on an error, returned below
+                }
             }
-        }
-        Ok(decoded)
+            drop(sender);
+            match writer.join() {
+                Ok(result) => result.map(|()| decoded),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        })
     }
 }
 
