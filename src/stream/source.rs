@@ -1,15 +1,25 @@
-//! Source stage: the split's shards, checked up front, and async reads of one
-//! row group at a time with column projection.
+//! Source stage: the split's shards, checked up front, and reads of one row
+//! group at a time with column projection.
+//!
+//! A read is one positioned read of the projected columns' byte range into a
+//! recycled buffer (on tokio's blocking pool), decoded in place: the shards are
+//! uncompressed and PLAIN-encoded, so each row's pixels are a slice of that
+//! buffer; no intermediate copy, and no fresh memory per row group once warm.
 
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use arrow::array::{Array, FixedSizeBinaryArray, Int32Array, StringArray};
-use parquet::arrow::ProjectionMask;
+use bytes::Bytes;
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
-use futures::TryStreamExt;
-use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
+use parquet::column::reader::{get_column_reader, get_typed_column_reader};
+use parquet::data_type::{ByteArrayType, DataType, FixedLenByteArray, FixedLenByteArrayType, Int32Type};
+use parquet::file::reader::{ChunkReader, Length};
+use parquet::file::serialized_reader::SerializedPageReader;
 
 use super::StreamError;
+use super::batch::BufferPool;
 use super::plan::RowGroupRef;
 use crate::dataset::reader::{check_schema, shard_paths};
 use crate::dataset::{Manifest, Split};
@@ -24,14 +34,16 @@ pub struct Shard {
 pub struct ShardIndex {
     pub shards: Vec<Shard>,
     pub image_size: usize,
+    /// Read buffers, recycled when a row group's last row has been taken.
+    buffers: BufferPool<u8>,
 }
 
-/// The columns of one row group that the stream needs; the pixel buffer is the
-/// Arrow buffer itself (no copy until the shuffle buffer takes a row).
+/// The columns of one row group that the stream needs; each row's pixels are a
+/// slice of the read buffer itself (no copy until the shuffle buffer takes a row).
 pub struct RowGroupData {
-    pub labels: Int32Array,
-    pub pixels: FixedSizeBinaryArray,
-    pub keys: Option<StringArray>,
+    labels: Vec<i32>,
+    pixels: Vec<FixedLenByteArray>,
+    keys: Option<Vec<String>>,
 }
 
 impl RowGroupData {
@@ -41,6 +53,72 @@ impl RowGroupData {
 
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
+    }
+
+    pub fn label(&self, row: usize) -> i32 {
+        self.labels[row]
+    }
+
+    /// Row `row`'s pixels, HWC RGB.
+    pub fn pixels(&self, row: usize) -> &[u8] {
+        self.pixels[row].data()
+    }
+
+    /// Row `row`'s source key, when the read asked for keys.
+    pub fn key(&self, row: usize) -> Option<&str> {
+        self.keys.as_ref().map(|keys| keys[row].as_str())
+    }
+}
+
+/// A read buffer that returns to its pool when the last slice of it is dropped.
+struct PooledBuffer {
+    buffer: Vec<u8>,
+    pool: BufferPool<u8>,
+}
+
+impl AsRef<[u8]> for PooledBuffer {
+    fn as_ref(&self) -> &[u8] {
+        &self.buffer
+    }
+}
+
+impl Drop for PooledBuffer {
+    fn drop(&mut self) {
+        self.pool.give(std::mem::take(&mut self.buffer));
+    }
+}
+
+/// Bytes `base..base + bytes.len()` of a file, addressed by file offset.
+struct FileRange {
+    base: u64,
+    bytes: Bytes,
+}
+
+impl FileRange {
+    fn local(&self, start: u64) -> parquet::errors::Result<usize> {
+        start
+            .checked_sub(self.base)
+            .map(|at| at as usize)
+            .filter(|&at| at <= self.bytes.len())
+            .ok_or_else(|| parquet::errors::ParquetError::EOF(format!("offset {start} is outside the bytes read")))
+    }
+}
+
+impl Length for FileRange {
+    fn len(&self) -> u64 {
+        self.base + self.bytes.len() as u64
+    }
+}
+
+impl ChunkReader for FileRange {
+    type T = <Bytes as ChunkReader>::T;
+
+    fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
+        self.bytes.get_read(self.local(start)? as u64)
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
+        self.bytes.get_bytes(self.local(start)? as u64, length)
     }
 }
 
@@ -69,7 +147,7 @@ impl ShardIndex {
         if rows != info.rows {
             return Err(StreamError::RowCount { dataset: dataset.display().to_string(), split: split.name(), expected: info.rows, found: rows });
         }
-        Ok(Self { shards, image_size: manifest.image_size })
+        Ok(Self { shards, image_size: manifest.image_size, buffers: BufferPool::new() })
     }
 
     /// Every row group of the split, in file order.
@@ -88,35 +166,69 @@ impl ShardIndex {
     }
 
     /// Reads one row group: `label` and `pixels`, plus `key` when asked.
-    pub async fn read(&self, group: RowGroupRef, with_keys: bool) -> Result<RowGroupData, StreamError> {
-        let shard = &self.shards[group.shard];
-        let path = &shard.path;
-        let file = tokio::fs::File::open(path).await.map_err(|e| shard_error(path, format!("cannot open: {e}")))?;
-        let columns: &[usize] = if with_keys { &[0, 1, 2] } else { &[1, 2] };
-        let mask = ProjectionMask::roots(shard.metadata.parquet_schema(), columns.iter().copied());
-        let stream = ParquetRecordBatchStreamBuilder::new_with_metadata(file, shard.metadata.clone())
-            .with_row_groups(vec![group.row_group])
-            .with_projection(mask)
-            .with_batch_size(group.rows.max(1))
-            .build()
-            .map_err(|e| shard_error(path, e))?;
-        let batches: Vec<_> = stream
-            .try_collect()
-            .await
-            .map_err(|e| shard_error(path, format!("row group {}: {e}", group.row_group)))?;
-        // One batch per row group (batch size = its rows); concat covers any split.
-        let batch = match batches.as_slice() {
-            [one] => one.clone(),
-            [first, ..] => arrow::compute::concat_batches(&first.schema(), &batches).map_err(|e| shard_error(path, e))?,
-            [] => return Err(shard_error(path, format!("row group {} is empty", group.row_group))),
-        };
-        let column = |name: &str| batch.column_by_name(name).cloned();
-        let labels = column("label").and_then(|c| c.as_any().downcast_ref::<Int32Array>().cloned());
-        let pixels = column("pixels").and_then(|c| c.as_any().downcast_ref::<FixedSizeBinaryArray>().cloned());
-        let keys = column("key").and_then(|c| c.as_any().downcast_ref::<StringArray>().cloned());
-        match (labels, pixels) {
-            (Some(labels), Some(pixels)) if labels.len() == group.rows => Ok(RowGroupData { labels, pixels, keys }),
-            _ => Err(shard_error(path, format!("row group {} is missing rows or columns", group.row_group))),
+    pub async fn read(self: &Arc<Self>, group: RowGroupRef, with_keys: bool) -> Result<RowGroupData, StreamError> {
+        let index = self.clone();
+        match tokio::task::spawn_blocking(move || index.read_blocking(group, with_keys)).await {
+            Ok(result) => result,
+            Err(e) => Err(shard_error(&self.shards[group.shard].path, format!("row group {}: read task failed: {e}", group.row_group))),
         }
     }
+
+    fn read_blocking(&self, group: RowGroupRef, with_keys: bool) -> Result<RowGroupData, StreamError> {
+        let shard = &self.shards[group.shard];
+        let path = &shard.path;
+        let failed = |e: &dyn std::fmt::Display| shard_error(path, format!("row group {}: {e}", group.row_group));
+        let metadata = shard.metadata.metadata();
+        let row_group = metadata.row_groups().get(group.row_group).ok_or_else(|| failed(&"not in the footer"))?;
+        // Columns: key, label, pixels (checked by `open`).
+        let columns: &[usize] = if with_keys { &[0, 1, 2] } else { &[1, 2] };
+        let ranges: Vec<(u64, u64)> = columns.iter().map(|&c| row_group.column(c).byte_range()).collect();
+        let start = ranges.iter().map(|r| r.0).min().unwrap_or(0);
+        let end = ranges.iter().map(|r| r.0 + r.1).max().unwrap_or(0);
+        let len = usize::try_from(end - start).map_err(|e| failed(&e))?;
+
+        let file = File::open(path).map_err(|e| shard_error(path, format!("cannot open: {e}")))?;
+        // Buffers come back with their contents, so `take` of the same size writes nothing.
+        let mut buffer = self.buffers.take(len);
+        file.read_exact_at(&mut buffer, start).map_err(|e| failed(&e))?;
+        let bytes = Bytes::from_owner(PooledBuffer { buffer, pool: self.buffers.clone() });
+        let range = Arc::new(FileRange { base: start, bytes });
+
+        let rows = group.rows;
+        let labels: Vec<i32> = read_column::<Int32Type>(&range, row_group, 1, rows).map_err(|e| failed(&e))?;
+        let pixels = read_column::<FixedLenByteArrayType>(&range, row_group, 2, rows).map_err(|e| failed(&e))?;
+        let keys = if with_keys {
+            let keys = read_column::<ByteArrayType>(&range, row_group, 0, rows).map_err(|e| failed(&e))?;
+            let keys: Result<Vec<String>, _> = keys.iter().map(|k| k.as_utf8().map(str::to_owned)).collect();
+            Some(keys.map_err(|e| failed(&e))?)
+        } else {
+            None
+        };
+        let pixel_bytes = self.image_size * self.image_size * 3;
+        if labels.len() != rows || pixels.len() != rows || pixels.iter().any(|p| p.len() != pixel_bytes) {
+            return Err(failed(&"is missing rows or columns"));
+        }
+        Ok(RowGroupData { labels, pixels, keys })
+    }
+}
+
+/// Every value of one required, flat column chunk (`rows` of them).
+fn read_column<T: DataType>(
+    range: &Arc<FileRange>,
+    row_group: &parquet::file::metadata::RowGroupMetaData,
+    column: usize,
+    rows: usize,
+) -> parquet::errors::Result<Vec<T::T>> {
+    let chunk = row_group.column(column);
+    let pages = SerializedPageReader::new(range.clone(), chunk, rows, None)?;
+    let mut reader = get_typed_column_reader::<T>(get_column_reader(chunk.column_descr_ptr(), Box::new(pages)));
+    let mut values = Vec::with_capacity(rows);
+    while values.len() < rows {
+        let before = values.len();
+        reader.read_records(rows - before, None, None, &mut values)?;
+        if values.len() == before {
+            break;
+        }
+    }
+    Ok(values)
 }

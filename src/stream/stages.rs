@@ -20,7 +20,7 @@ use super::{StreamError, ViewMode};
 use crate::augment::{Augmenter, centre_view, ten_crop_views};
 
 /// One row taken out of its row group (the shuffle buffer owns copies, so a
-/// row group's memory is released as soon as it has been read through).
+/// row group's read buffer is recycled as soon as it has been read through).
 pub struct Row {
     pub label: i32,
     pub key: Option<String>,
@@ -97,8 +97,8 @@ impl ShuffleTask {
             let mut ready = Vec::new();
             for i in 0..group.len() {
                 let mut pixels = self.rows_pool.take(0);
-                pixels.extend_from_slice(group.pixels.value(i));
-                let row = Row { label: group.labels.value(i), key: group.keys.as_ref().map(|k| k.value(i).to_string()), pixels };
+                pixels.extend_from_slice(group.pixels(i));
+                let row = Row { label: group.label(i), key: group.key(i).map(str::to_owned), pixels };
                 if let Some(out) = self.buffer.push(row) {
                     ready.push(out);
                 }
