@@ -1,6 +1,6 @@
 //! The `pipeline` command line: parse, load the recipe, call one stage.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -8,6 +8,8 @@ use clap::{Parser, Subcommand};
 use pipeline::ingest::{self, IngestOptions, ResizeFilter};
 use pipeline::recipe::Recipe;
 use pipeline::dataset::Split;
+use pipeline::features::FeatureTable;
+use pipeline::features::commands;
 use pipeline::sample::{self, SampleLayout, SampleOptions};
 use pipeline::stream::report::{self as stream_report, StreamRun};
 use pipeline::stream::{DataSource, EpochOptions, MeanMode, StreamPosition, ViewMode};
@@ -182,6 +184,77 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+
+    /// Write each image's fc7 (or fc6/fc8) features to Parquet (paper §6.1).
+    ExportFeatures {
+        /// The run (default: the newest under runs/).
+        #[arg(long)]
+        run: Option<PathBuf>,
+        /// Dataset directory (default: the one the run was trained on).
+        #[arg(long)]
+        dataset: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = Split::Val)]
+        split: Split,
+        /// fc6, fc7 (the paper's last hidden layer) or fc8.
+        #[arg(long, default_value = "fc7")]
+        layer: String,
+        /// Also write binary codes from this `train-codes` model.
+        #[arg(long)]
+        codes: Option<PathBuf>,
+        #[arg(long, default_value = "features.parquet")]
+        out: PathBuf,
+        #[arg(long)]
+        device: Option<String>,
+        #[arg(long, default_value_t = 128)]
+        batch_size: usize,
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// The k nearest neighbours of an image by feature distance.
+    Neighbors {
+        #[arg(long)]
+        features: PathBuf,
+        /// A row of the features file.
+        #[arg(long, conflicts_with = "image")]
+        key: Option<String>,
+        /// A new JPEG/PNG, run through the same preprocessing and the run's network.
+        #[arg(long)]
+        image: Option<PathBuf>,
+        /// The run whose network embeds --image (default: the newest under runs/).
+        #[arg(long)]
+        run: Option<PathBuf>,
+        #[arg(short, long, default_value_t = 8)]
+        k: usize,
+        /// Search the binary codes by Hamming distance instead of fc7 by Euclidean.
+        #[arg(long)]
+        hamming: bool,
+        /// Draw the query and its neighbours as one PNG (like the paper's Figure 4).
+        #[arg(long)]
+        sheet: Option<PathBuf>,
+        /// Dataset holding the images for --sheet (default: the one the features came from).
+        #[arg(long)]
+        dataset: Option<PathBuf>,
+    },
+    /// Train the binary-code auto-encoder on exported features.
+    TrainCodes {
+        #[arg(long)]
+        features: PathBuf,
+        #[arg(long, default_value_t = 256)]
+        bits: usize,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Precision@k of retrieval by raw pixels, features and binary codes.
+    RetrievalEval {
+        #[arg(long)]
+        features: PathBuf,
+        /// A `train-codes` model to evaluate Hamming retrieval with.
+        #[arg(long)]
+        codes: Option<PathBuf>,
+        /// Evaluate only the first N rows (the pixel baseline holds every crop in memory).
+        #[arg(long)]
+        max_rows: Option<usize>,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -353,6 +426,45 @@ fn main() -> Result<()> {
                 println!("{line}");
             }
             println!("{}", serde_json::to_string(&report)?);
+        }
+        Command::ExportFeatures { run, dataset, split, layer, codes, out, device, batch_size, quiet } => {
+            let run = match run {
+                Some(run) => run,
+                None => commands::newest_run(Path::new(pipeline::train::run_dir::RUNS_ROOT))?,
+            };
+            let loaded = commands::load_run(&run, dataset.as_deref(), split, device.as_deref())?;
+            let summary = commands::export(&loaded, &layer, codes.as_deref(), &out, batch_size, !quiet)?;
+            println!("{summary}");
+        }
+        Command::Neighbors { features, key, image, run, k, hamming, sheet, dataset } => {
+            let table = FeatureTable::read(&features)?;
+            let found = match (key, image) {
+                (Some(key), _) => commands::neighbours_of_key(&table, &key, k, hamming, dataset.as_deref(), sheet.as_deref())?,
+                (None, Some(image)) => {
+                    let run = match run {
+                        Some(run) => run,
+                        None => commands::newest_run(Path::new(pipeline::train::run_dir::RUNS_ROOT))?,
+                    };
+                    let loaded = commands::load_run(&run, dataset.as_deref(), Split::Val, None)?;
+                    commands::neighbours_of_image(&table, &loaded, &image, k)?
+                }
+                (None, None) => anyhow::bail!("give --key KEY or --image PATH"),
+            };
+            for (rank, f) in found.iter().enumerate() {
+                println!("{:>3}  {:>10.3}  label {:>4}  {}", rank + 1, f.distance, f.label, f.key);
+            }
+            if let Some(sheet) = sheet {
+                println!("wrote {}", sheet.display());
+            }
+        }
+        Command::TrainCodes { features, bits, out } => {
+            commands::train_codes_command(&features, bits, &out)?;
+            println!("wrote {bits}-bit code model to {}", out.display());
+        }
+        Command::RetrievalEval { features, codes, max_rows } => {
+            let report = commands::retrieval_eval_command(&features, codes.as_deref(), max_rows)?;
+            println!("{}", report.table());
+            println!("{}", report.to_json());
         }
     }
     Ok(())

@@ -17,6 +17,7 @@
 //! dataset rows by key, `eval.rs` the evaluation, `sheet.rs` the picture.
 
 pub mod codes;
+pub mod commands;
 mod error;
 pub mod eval;
 pub mod export;
