@@ -6,6 +6,7 @@
 
 pub mod augment;
 pub mod dataset;
+pub mod demo;
 pub mod features;
 pub mod ingest;
 pub mod model;

@@ -29,6 +29,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the whole pipeline on the bundled sample: sample → ingest → train → eval →
+    /// features → binary codes → neighbours → retrieval precision (run from the repo root).
+    Demo {
+        /// Directory for everything the demo writes.
+        #[arg(long, default_value = "demo")]
+        dir: PathBuf,
+    },
     /// Render the bundled Fashion-MNIST subset as an ImageNet-style JPEG tree.
     Sample {
         /// Directory to create the tree in.
@@ -288,6 +295,22 @@ fn open_source(dataset: &PathBuf, split: Split, recipe: &Recipe) -> Result<DataS
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Demo { dir } => {
+            anyhow::ensure!(Path::new("pipeline/sample.toml").exists(), "run the demo from the repository root (it uses pipeline/sample.toml)");
+            anyhow::ensure!(!dir.join("run").exists(), "{} already holds a demo run; remove it or pass --dir", dir.display());
+            let exe = std::env::current_exe()?;
+            let mut ran = 0;
+            loop {
+                // The query key exists once the sample is rendered (after step 1).
+                let key = pipeline::demo::query_key(&dir).unwrap_or_default();
+                let steps = pipeline::demo::steps(&dir, &key);
+                let Some(step) = steps.get(ran) else { break };
+                println!("\n$ pipeline {}", step.join(" "));
+                let status = std::process::Command::new(&exe).args(step).status()?;
+                anyhow::ensure!(status.success(), "`pipeline {}` failed", step.join(" "));
+                ran += 1;
+            }
+        }
         Command::Sample { out, layout, seed, train_per_class, val_per_class, min_side, max_side } => {
             let options = SampleOptions {
                 out,
