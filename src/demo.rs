@@ -22,7 +22,7 @@ pub fn steps(dir: &Path, query_key: &str) -> Vec<Vec<String>> {
     let sheet = in_run("neighbours.png");
     let retrieval: Vec<Vec<&str>> = vec![
         vec!["export-features", "--run", &run, "--split", "train", "--out", &train_features, "--quiet"],
-        vec!["train-codes", "--features", &train_features, "--bits", "64", "--out", &codes],
+        vec!["train-codes", "--features", &train_features, "--bits", "64", "--epochs", "10", "--out", &codes],
         vec!["export-features", "--run", &run, "--codes", &codes, "--out", &val_features, "--quiet"],
         vec!["neighbors", "--features", &val_features, "--key", query_key, "-k", "8", "--sheet", &sheet],
         vec!["retrieval-eval", "--features", &val_features, "--codes", &codes],

@@ -248,6 +248,9 @@ enum Command {
         features: PathBuf,
         #[arg(long, default_value_t = 256)]
         bits: usize,
+        /// Passes over the features.
+        #[arg(long, default_value_t = 50)]
+        epochs: usize,
         #[arg(long)]
         out: PathBuf,
     },
@@ -480,8 +483,8 @@ fn main() -> Result<()> {
                 println!("wrote {}", sheet.display());
             }
         }
-        Command::TrainCodes { features, bits, out } => {
-            commands::train_codes_command(&features, bits, &out)?;
+        Command::TrainCodes { features, bits, epochs, out } => {
+            commands::train_codes_command(&features, bits, epochs, &out)?;
             println!("wrote {bits}-bit code model to {}", out.display());
         }
         Command::RetrievalEval { features, codes, max_rows } => {

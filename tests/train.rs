@@ -345,11 +345,11 @@ fn bare_train_reads_dataset_and_pipeline_paper_toml_and_numbers_its_runs() {
 }
 
 /// `pipeline/sample.toml` on the full sample (600 train / 100 val images per class)
-/// reaches ≥ 75 % validation top-1 accuracy (measured: 76.7 %; the target is
-/// 80 %, not reached yet). Takes ~7 minutes on 2 busy cores (render + ingest ~1.5 min,
-/// the recipe's 15 epochs ~5 min); `--nocapture` prints the run and its times.
+/// reaches ≥ 80 % validation top-1 accuracy at its last epoch (measured: 80.4 %, best
+/// 80.7 %). Takes ~5–9 minutes on 2 cores (render + ingest under a minute, the recipe's
+/// 30 epochs 4–7 min); `--nocapture` prints the run and its times.
 #[test]
-fn sample_recipe_reaches_75_percent_on_the_full_sample() {
+fn sample_recipe_reaches_80_percent_on_the_full_sample() {
     let tmp = tempfile::tempdir().unwrap();
     let recipe = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipeline/sample.toml");
     let started = Instant::now();
@@ -364,7 +364,7 @@ fn sample_recipe_reaches_75_percent_on_the_full_sample() {
     eprintln!("{}", stdout(&output));
     eprintln!("sample + ingest {prepared:.0} s, train {trained:.0} s");
     let last = summary["last_top1_err"].as_f64().unwrap();
-    assert!(last <= 0.25, "sample.toml reached only {:.1} % val top-1 accuracy", 100.0 * (1.0 - last));
+    assert!(last <= 0.20, "sample.toml reached only {:.1} % val top-1 accuracy", 100.0 * (1.0 - last));
     let centre = last_json(&run_ok(&["eval", "--run", s(&run), "--checkpoint", "last", "--quiet"]));
     assert_eq!(centre["images"], 1000);
     assert_eq!(centre["top1_err"].as_f64().unwrap(), last, "eval recomputes the recorded error");

@@ -92,9 +92,9 @@ pub fn export(
 }
 
 /// `pipeline train-codes`: trains the binary-code auto-encoder on a features file.
-pub fn train_codes_command(features: &Path, bits: usize, out: &Path) -> Result<CodeModel, CommandError> {
+pub fn train_codes_command(features: &Path, bits: usize, epochs: usize, out: &Path) -> Result<CodeModel, CommandError> {
     let table = FeatureTable::read(features)?;
-    let options = CodeOptions { progress: true, ..CodeOptions::default() };
+    let options = CodeOptions { epochs, progress: true, ..CodeOptions::default() };
     let mut model = train_codes(&table.features, table.len(), table.dim, bits, &options, &features.display().to_string())?;
     model.save(out)?;
     Ok(model)
