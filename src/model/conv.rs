@@ -571,26 +571,7 @@ mod tests {
     use super::*;
     use candle_core::{Device, Var};
 
-    fn rand_tensor(shape: &[usize], seed: u64) -> Tensor {
-        use rand::{RngExt, SeedableRng};
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let n: usize = shape.iter().product();
-        let v: Vec<f64> = (0..n).map(|_| rng.random::<f64>() * 2.0 - 1.0).collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
-    }
+    use super::super::test_util::{max_abs_diff, rand_tensor};
 
     const CASES: [(ConvParams, [usize; 4], [usize; 4]); 4] = [
         // conv1-like: stride 4, pad 2, a side that leaves a remainder

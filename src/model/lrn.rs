@@ -291,34 +291,7 @@ mod tests {
     use super::*;
     use candle_core::{Device, Var};
 
-    /// Deterministic pseudo-random values in [-scale, scale) (no candle RNG).
-    fn rand_tensor(shape: &[usize], seed: u64, scale: f64, dtype: DType) -> Tensor {
-        use rand::{RngExt, SeedableRng};
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let n: usize = shape.iter().product();
-        let v: Vec<f64> = (0..n)
-            .map(|_| (rng.random::<f64>() * 2.0 - 1.0) * scale)
-            .collect();
-        Tensor::from_vec(v, shape, &Device::Cpu)
-            .unwrap()
-            .to_dtype(dtype)
-            .unwrap()
-    }
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
-    }
+    use super::super::test_util::{max_abs_diff, scaled_tensor as rand_tensor};
 
     // A large alpha makes the normalisation (not just the identity-like a/k^beta) matter
     // in the gradient; the paper's config is tested too.

@@ -11,6 +11,8 @@ mod init;
 pub mod linear;
 pub mod lrn;
 pub mod max_pool;
+#[cfg(test)]
+mod test_util;
 
 pub use alexnet::{
     AlexNet, FeatureLayer, ParamInit, ParamSpec, alexnet, param_specs, parameter_count,
