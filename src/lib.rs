@@ -5,6 +5,7 @@
 //! stream → the trainer → run directories and exported features.
 
 pub mod augment;
+pub mod buffer_pool;
 pub mod dataset;
 pub mod demo;
 pub mod features;

@@ -1,15 +1,25 @@
-//! Shard writer: one Parquet file per shard, written whole to a temporary
-//! sibling and renamed into place, so a shard either exists complete or not at all.
+//! Shard writer: one Parquet file per shard, written to a temporary sibling and
+//! renamed into place, so a shard either exists complete or not at all.
+//!
+//! Row groups are written one at a time from one contiguous pixel buffer that
+//! the caller hands over as `Bytes` (a recycled buffer comes back to its owner
+//! when the group is written). The file is built with parquet's column writers
+//! directly, one data page per image, so each row is copied once into its page
+//! and written; going through Arrow arrays copied every 196 KB row three more
+//! times. The Arrow schema is stored in the footer as `ArrowWriter` stores it,
+//! so readers see exactly [`schema::shard_schema`].
 
-use std::path::Path;
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, FixedSizeBinaryArray, Int32Array, StringArray};
-use arrow::buffer::Buffer;
-use arrow::record_batch::RecordBatch;
-use parquet::arrow::ArrowWriter;
+use bytes::Bytes;
+use parquet::arrow::{ArrowSchemaConverter, add_encoded_arrow_schema_to_metadata};
 use parquet::basic::Compression;
+use parquet::data_type::{ByteArray, ByteArrayType, FixedLenByteArray, FixedLenByteArrayType, Int32Type};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::ColumnPath;
 
 use super::{atomic, schema};
@@ -31,54 +41,115 @@ pub enum WriteError {
     Parquet { path: String, source: parquet::errors::ParquetError },
     #[error("{path}: row {key} has {found} pixel bytes, expected {expected}")]
     PixelSize { path: String, key: String, found: usize, expected: usize },
+    #[error("{path}: a row group of {keys} keys, {labels} labels and {pixel_bytes} pixel bytes (expected {expected} per row)")]
+    RowGroupShape { path: String, keys: usize, labels: usize, pixel_bytes: usize, expected: usize },
 }
 
 /// Writer settings: pixels are incompressible JPEG-born noise as far as
 /// general-purpose codecs go, so they are stored plain (fast to stream).
-fn properties(rows_per_group: usize) -> WriterProperties {
+fn properties(image_size: usize) -> WriterProperties {
     let pixels = ColumnPath::from(schema::PIXELS);
-    WriterProperties::builder()
+    let mut properties = WriterProperties::builder()
         .set_compression(Compression::UNCOMPRESSED)
         .set_dictionary_enabled(false)
-        .set_max_row_group_row_count(Some(rows_per_group))
         // Min/max of 196 KB blobs is meaningless and costly.
-        .set_column_statistics_enabled(pixels, EnabledStatistics::None)
-        .build()
+        .set_column_statistics_enabled(pixels.clone(), EnabledStatistics::None)
+        // One page per image: a page sized for many 196 KB values would grow
+        // (and re-copy) its buffer several times before it is written.
+        .set_column_data_page_size_limit(pixels, 1)
+        .build();
+    add_encoded_arrow_schema_to_metadata(&schema::shard_schema(image_size), &mut properties);
+    properties
+}
+
+/// One shard being written: open with [`ShardWriter::create`], add row groups,
+/// then [`ShardWriter::finish`] renames it into place. Dropped unfinished, it
+/// leaves only its temporary file (which a rerun overwrites).
+pub struct ShardWriter {
+    path: PathBuf,
+    row_bytes: usize,
+    writer: SerializedFileWriter<BufWriter<File>>,
+}
+
+impl ShardWriter {
+    pub fn create(path: &Path, image_size: usize) -> Result<Self, WriteError> {
+        let shown = path.display().to_string();
+        let temp = atomic::temp_path(path);
+        let file = File::create(&temp).map_err(|source| WriteError::Io { path: shown.clone(), source })?;
+        let parquet_schema = ArrowSchemaConverter::new()
+            .convert(&schema::shard_schema(image_size))
+            .map_err(|source| WriteError::Parquet { path: shown.clone(), source })?;
+        // Pages are written whole; the buffer only gathers the small headers.
+        let sink = BufWriter::with_capacity(1 << 16, file);
+        let writer = SerializedFileWriter::new(sink, parquet_schema.root_schema_ptr(), Arc::new(properties(image_size)))
+            .map_err(|source| WriteError::Parquet { path: shown, source })?;
+        Ok(Self { path: path.to_path_buf(), row_bytes: schema::pixel_bytes(image_size), writer })
+    }
+
+    /// Appends one row group: row i is `keys[i]`, `labels[i]` and bytes
+    /// `i·S²·3 .. (i+1)·S²·3` of `pixels` (not copied: each value is a slice).
+    pub fn write_row_group<K: AsRef<str>>(&mut self, keys: &[K], labels: &[i32], pixels: Bytes) -> Result<(), WriteError> {
+        let rows = labels.len();
+        if keys.len() != rows || pixels.len() != rows * self.row_bytes {
+            return Err(WriteError::RowGroupShape {
+                path: self.path.display().to_string(),
+                keys: keys.len(),
+                labels: rows,
+                pixel_bytes: pixels.len(),
+                expected: self.row_bytes,
+            });
+        }
+        let keys: Vec<ByteArray> = keys.iter().map(|k| ByteArray::from(k.as_ref())).collect();
+        let values: Vec<FixedLenByteArray> =
+            (0..rows).map(|i| FixedLenByteArray::from(ByteArray::from(pixels.slice(i * self.row_bytes..(i + 1) * self.row_bytes)))).collect();
+        drop(pixels);
+
+        let path = &self.path;
+        let parquet_error = |source| WriteError::Parquet { path: path.display().to_string(), source };
+        let mut group = self.writer.next_row_group().map_err(parquet_error)?;
+        let mut written = 0;
+        while let Some(mut column) = group.next_column().map_err(parquet_error)? {
+            let result = match written {
+                0 => column.typed::<ByteArrayType>().write_batch(&keys, None, None).map(drop),
+                1 => column.typed::<Int32Type>().write_batch(labels, None, None).map(drop),
+                _ => {
+                    let writer = column.typed::<FixedLenByteArrayType>();
+                    // A value per call: with the page limit above, a page per value.
+                    values.chunks(1).try_for_each(|value| writer.write_batch(value, None, None).map(drop))
+                }
+            };
+            result.map_err(parquet_error)?;
+            column.close().map_err(parquet_error)?;
+            written += 1;
+        }
+        group.close().map_err(parquet_error)?;
+        Ok(())
+    }
+
+    /// Writes the footer, syncs, and renames the file into place.
+    pub fn finish(self) -> Result<(), WriteError> {
+        let shown = || self.path.display().to_string();
+        let sink = self.writer.into_inner().map_err(|source| WriteError::Parquet { path: shown(), source })?;
+        let file = sink.into_inner().map_err(|e| WriteError::Io { path: shown(), source: e.into_error() })?;
+        file.sync_all().map_err(|source| WriteError::Io { path: shown(), source })?;
+        drop(file);
+        atomic::commit(&atomic::temp_path(&self.path), &self.path).map_err(|source| WriteError::Io { path: shown(), source })
+    }
 }
 
 /// Writes `rows` as one shard at `path` atomically, `rows_per_group` rows per row group.
-pub fn write_shard(
-    path: &Path,
-    image_size: usize,
-    rows_per_group: usize,
-    rows: &[ShardRow],
-) -> Result<(), WriteError> {
-    let shown = || path.display().to_string();
+pub fn write_shard(path: &Path, image_size: usize, rows_per_group: usize, rows: &[ShardRow]) -> Result<(), WriteError> {
     let expected = schema::pixel_bytes(image_size);
     if let Some(bad) = rows.iter().find(|r| r.pixels.len() != expected) {
-        return Err(WriteError::PixelSize { path: shown(), key: bad.key.clone(), found: bad.pixels.len(), expected });
+        let path = path.display().to_string();
+        return Err(WriteError::PixelSize { path, key: bad.key.clone(), found: bad.pixels.len(), expected });
     }
-    let temp = atomic::temp_path(path);
-    let file = std::fs::File::create(&temp).map_err(|source| WriteError::Io { path: shown(), source })?;
-    let parquet_err = |source| WriteError::Parquet { path: shown(), source };
-    let schema = schema::shard_schema(image_size);
-    let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(properties(rows_per_group))).map_err(parquet_err)?;
+    let mut writer = ShardWriter::create(path, image_size)?;
     for group in rows.chunks(rows_per_group.max(1)) {
-        let keys = StringArray::from_iter_values(group.iter().map(|r| r.key.as_str()));
-        let labels = Int32Array::from_iter_values(group.iter().map(|r| r.label));
-        let mut pixels = Vec::with_capacity(expected * group.len());
-        for row in group {
-            pixels.extend_from_slice(&row.pixels);
-        }
-        let pixels = FixedSizeBinaryArray::new(expected as i32, Buffer::from_vec(pixels), None);
-        let columns: Vec<ArrayRef> = vec![Arc::new(keys), Arc::new(labels), Arc::new(pixels)];
-        let batch = RecordBatch::try_new(schema.clone(), columns).expect("columns match the schema");
-        writer.write(&batch).map_err(parquet_err)?;
-        // One row group per chunk, whatever the writer's buffering heuristics.
-        writer.flush().map_err(parquet_err)?;
+        let keys: Vec<&str> = group.iter().map(|r| r.key.as_str()).collect();
+        let labels: Vec<i32> = group.iter().map(|r| r.label).collect();
+        let pixels: Vec<u8> = group.iter().flat_map(|r| r.pixels.iter().copied()).collect();
+        writer.write_row_group(&keys, &labels, Bytes::from(pixels))?;
     }
-    let file = writer.into_inner().map_err(parquet_err)?;
-    file.sync_all().map_err(|source| WriteError::Io { path: shown(), source })?;
-    drop(file);
-    atomic::commit(&temp, path).map_err(|source| WriteError::Io { path: shown(), source })
+    writer.finish()
 }

@@ -65,6 +65,8 @@ pub struct CentreCropper {
     size: u32,
     options: ResizeOptions,
     resizer: Resizer,
+    /// The resized gray plane of a grayscale source, reused.
+    gray: Vec<u8>,
 }
 
 impl CentreCropper {
@@ -73,12 +75,23 @@ impl CentreCropper {
             size: size as u32,
             options: ResizeOptions::new().resize_alg(filter.algorithm()),
             resizer: Resizer::new(),
+            gray: Vec::new(),
         }
     }
 
     /// The S×S×3 RGB centre crop of `image`, row-major HWC.
     pub fn crop(&mut self, image: &DecodedImage) -> Vec<u8> {
+        let s = self.size as usize;
+        let mut out = vec![0; s * s * 3];
+        self.crop_into(image, &mut out);
+        out
+    }
+
+    /// Writes the S×S×3 RGB centre crop of `image` into `out` (S·S·3 bytes),
+    /// straight into the caller's buffer (a slot of a shard's row group).
+    pub fn crop_into(&mut self, image: &DecodedImage, out: &mut [u8]) {
         let s = self.size;
+        assert_eq!(out.len(), (s * s * 3) as usize, "output must hold S·S·3 bytes");
         let plan = plan(image.width, image.height, s);
         // Source pixels per resized pixel, per axis (exactly Pillow's scale).
         let sx = f64::from(image.width) / f64::from(plan.resized_width);
@@ -96,10 +109,19 @@ impl CentreCropper {
         let pixel_type = if image.channels == 1 { PixelType::U8 } else { PixelType::U8x3 };
         let src = ImageRef::new(image.width, image.height, &image.pixels, pixel_type)
             .expect("decoded buffer matches its dimensions");
-        let mut dst = Image::new(s, s, pixel_type);
-        self.resizer.resize(&src, &mut dst, &options).expect("same pixel type, non-empty crop");
-        let out = dst.into_vec();
-        if image.channels == 1 { out.iter().flat_map(|&g| [g, g, g]).collect() } else { out }
+        if image.channels == 1 {
+            // Resize the one gray plane (a third of the work), then spread it to RGB.
+            let gray = &mut self.gray;
+            gray.resize((s * s) as usize, 0);
+            let mut dst = Image::from_slice_u8(s, s, gray, PixelType::U8).expect("sized above");
+            self.resizer.resize(&src, &mut dst, &options).expect("same pixel type, non-empty crop");
+            for (rgb, &g) in out.as_chunks_mut::<3>().0.iter_mut().zip(gray.iter()) {
+                *rgb = [g, g, g];
+            }
+        } else {
+            let mut dst = Image::from_slice_u8(s, s, out, PixelType::U8x3).expect("sized above");
+            self.resizer.resize(&src, &mut dst, &options).expect("same pixel type, non-empty crop");
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use bytes::Bytes;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rayon::prelude::*;
@@ -18,7 +19,8 @@ use super::resize::CentreCropper;
 use super::state::{IngestState, SplitProgress, StateError};
 use super::stats::StatsAccumulator;
 use crate::dataset::manifest::{FORMAT_VERSION, ManifestError};
-use crate::dataset::writer::{ShardRow, WriteError, write_shard};
+use crate::buffer_pool::BufferPool;
+use crate::dataset::writer::{ShardWriter, WriteError};
 use crate::dataset::{MEAN_FILE, Manifest, PcaStats, SkippedImage, Split, SplitInfo, Stats, npy, shard_file_name};
 
 /// What to ingest, where, and how.
@@ -112,7 +114,7 @@ fn training_order(images: &[SourceImage], seed: u64) -> Vec<SourceImage> {
     order
 }
 
-/// Reads, decodes and centre-crops one image.
+/// Reads, decodes and centre-crops one image into `out` (its row's slot).
 /// `scratch` is the decode buffer, kept between images.
 fn load_image(
     root: &Path,
@@ -120,13 +122,14 @@ fn load_image(
     cropper: &mut CentreCropper,
     scratch: &mut Vec<u8>,
     max_pixels: u64,
-) -> Result<Vec<u8>, String> {
+    out: &mut [u8],
+) -> Result<(), String> {
     let bytes = std::fs::read(root.join(&image.key)).map_err(|e| format!("cannot read: {e}"))?;
     let decoded =
         decode::decode_reusing(&bytes, max_pixels, std::mem::take(scratch)).map_err(|e: DecodeError| e.to_string())?;
-    let crop = cropper.crop(&decoded);
+    cropper.crop_into(&decoded, out);
     *scratch = decoded.pixels;
-    Ok(crop)
+    Ok(())
 }
 
 /// Everything the per-shard loop needs, shared by both splits.
@@ -135,89 +138,146 @@ struct Job<'a> {
     tree: &'a SourceTree,
     pool: rayon::ThreadPool,
     bar: indicatif::ProgressBar,
+    /// Pixel buffers of decode units, recycled once their row groups are written.
+    buffers: BufferPool<u8>,
 }
 
-/// Shards handed from the decoding thread to the writer thread. Zero: a
-/// rendezvous, so at most two decoded shards are held at once (the one being
-/// written and the one waiting), each S·S·3 bytes per row.
-const WRITE_QUEUE: usize = 0;
+/// Decoded units queued between the decode pool and the writer thread. With the
+/// unit being decoded and the one being written, at most `WRITE_QUEUE + 2`
+/// units' pixels are held at once: memory does not grow with shard or dataset size.
+const WRITE_QUEUE: usize = 2;
 
-/// One decoded shard on its way to the writer thread.
-struct DecodedShard {
-    index: usize,
-    rows: Vec<ShardRow>,
+/// Images each decode thread gets per unit at least, so that the wait for the
+/// slowest image at the end of a unit stays small next to the unit.
+const IMAGES_PER_WORKER: usize = 8;
+
+/// One row group, decoded: rows in planned order, failed images left out.
+struct DecodedGroup {
+    keys: Vec<String>,
+    labels: Vec<i32>,
+    /// `labels.len()` rows of S·S·3 bytes, a slice of the unit's pooled buffer.
+    pixels: Bytes,
+}
+
+/// A few consecutive row groups of one shard, on their way to the writer thread.
+struct DecodedUnit {
+    shard: usize,
+    /// The shard's last unit: the writer commits the shard after it.
+    closes_shard: bool,
+    groups: Vec<DecodedGroup>,
     skipped: Vec<SkippedImage>,
-    /// The shard's training sums (empty for `val`).
+    /// The unit's training sums (empty for `val`).
     stats: StatsAccumulator,
 }
 
-/// What one decode worker holds between images.
+/// What one decode worker holds between images of a unit.
 struct WorkerState {
     cropper: CentreCropper,
     /// The decode buffer, reused from image to image.
     scratch: Vec<u8>,
-    results: Vec<(usize, Result<ShardRow, SkippedImage>)>,
+    failures: Vec<(usize, String)>,
+    stats: StatsAccumulator,
+}
+
+/// The shard being written and what it has gathered so far.
+struct OpenShard {
+    index: usize,
+    writer: ShardWriter,
+    rows: usize,
+    skipped: Vec<SkippedImage>,
     stats: StatsAccumulator,
 }
 
 impl Job<'_> {
-    /// Decodes one shard's images in parallel, in order; failures become skips.
+    /// Decodes `images` (whole planned row groups of one shard) in parallel,
+    /// each straight into its slot of one pooled buffer; failures become skips.
     /// With `with_stats`, each worker also adds its crops to its own
     /// accumulator while they are hot in cache; the sums are exact integers, so
     /// their merge does not depend on how the images were split among workers.
-    fn decode_shard(&self, index: usize, images: &[SourceImage], with_stats: bool) -> DecodedShard {
+    fn decode_unit(&self, shard: usize, closes_shard: bool, images: &[SourceImage], with_stats: bool) -> DecodedUnit {
         let (size, filter, max_pixels) = (self.opts.image_size, self.opts.config.filter, self.opts.config.max_pixels);
+        let row_bytes = crate::dataset::schema::pixel_bytes(size);
         let stats_size = if with_stats { size } else { 0 };
+        let mut buffer = self.buffers.take(images.len() * row_bytes);
         let parts: Vec<WorkerState> = self.pool.install(|| {
-            images
-                .par_iter()
+            buffer
+                .par_chunks_mut(row_bytes)
+                .zip(images.par_iter())
                 .enumerate()
                 .fold(
                     || WorkerState {
                         cropper: CentreCropper::new(size, filter),
                         scratch: Vec::new(),
-                        results: Vec::new(),
+                        failures: Vec::new(),
                         stats: StatsAccumulator::new(stats_size),
                     },
-                    |mut worker, (i, image)| {
-                        let result = load_image(&self.tree.root, image, &mut worker.cropper, &mut worker.scratch, max_pixels);
-                        self.bar.inc(1);
-                        if let (true, Ok(pixels)) = (with_stats, &result) {
-                            worker.stats.add(pixels);
+                    |mut worker, (i, (slot, image))| {
+                        match load_image(&self.tree.root, image, &mut worker.cropper, &mut worker.scratch, max_pixels, slot) {
+                            Ok(()) if with_stats => worker.stats.add(slot),
+                            Ok(()) => {}
+                            Err(reason) => worker.failures.push((i, reason)),
                         }
-                        let result = result
-                            .map(|pixels| ShardRow { key: image.key.clone(), label: image.label, pixels })
-                            .map_err(|reason| SkippedImage { path: image.key.clone(), reason });
-                        worker.results.push((i, result));
+                        self.bar.inc(1);
                         worker
                     },
                 )
                 .collect()
         });
         let mut stats = StatsAccumulator::new(stats_size);
-        let mut results = Vec::with_capacity(images.len());
+        let mut failures = Vec::new();
         for part in parts {
             stats.merge(&part.stats);
-            results.extend(part.results);
+            failures.extend(part.failures);
         }
-        // Planned order, whatever order the workers' pieces came back in.
-        results.sort_unstable_by_key(|(i, _)| *i);
-        let mut rows = Vec::with_capacity(results.len());
-        let mut skipped = Vec::new();
-        for (_, result) in results {
-            match result {
-                Ok(row) => rows.push(row),
-                Err(skip) => skipped.push(skip),
+        failures.sort_unstable_by_key(|(i, _)| *i);
+
+        // Close the gaps failed images left, within each row group, so every
+        // group's rows are contiguous; then share the buffer among the groups.
+        let rows_per_group = self.opts.config.rows_per_row_group.max(1);
+        let mut kept = vec![true; images.len()];
+        for (i, _) in &failures {
+            kept[*i] = false;
+        }
+        let mut ranges = Vec::new();
+        for start in (0..images.len()).step_by(rows_per_group) {
+            let end = (start + rows_per_group).min(images.len());
+            let mut next = start;
+            for i in start..end {
+                if kept[i] {
+                    if i != next {
+                        buffer.copy_within(i * row_bytes..(i + 1) * row_bytes, next * row_bytes);
+                    }
+                    next += 1;
+                }
             }
+            ranges.push((start, end, next));
         }
-        DecodedShard { index, rows, skipped, stats }
+        let shared = self.buffers.share(buffer);
+        let groups = ranges
+            .into_iter()
+            .map(|(start, end, next)| DecodedGroup {
+                keys: (start..end).filter(|&i| kept[i]).map(|i| images[i].key.clone()).collect(),
+                labels: (start..end).filter(|&i| kept[i]).map(|i| images[i].label).collect(),
+                pixels: shared.slice(start * row_bytes..next * row_bytes),
+            })
+            .collect();
+        let skipped = failures.into_iter().map(|(i, reason)| SkippedImage { path: images[i].key.clone(), reason }).collect();
+        DecodedUnit { shard, closes_shard, groups, skipped, stats }
+    }
+
+    /// Planned images per decode unit: whole row groups, enough for every worker.
+    fn unit_len(&self) -> usize {
+        let rows_per_group = self.opts.config.rows_per_row_group.max(1);
+        let wanted = self.pool.current_num_threads() * IMAGES_PER_WORKER;
+        wanted.div_ceil(rows_per_group) * rows_per_group
     }
 
     /// Writes every unfinished shard of `split`; returns images decoded.
     ///
-    /// The pool decodes shard k+1 while a writer thread writes shard k and
-    /// records it (shard renamed into place, then `state.json` saved, in shard
-    /// order), so the resume rules of `state.rs` are unchanged.
+    /// The pool decodes the next unit while a writer thread appends the last
+    /// one's row groups to its shard; after a shard's last unit the writer
+    /// renames the shard into place, then saves `state.json` (shards in order),
+    /// so the resume rules of `state.rs` are unchanged.
     fn run_split(
         &self,
         split: Split,
@@ -228,20 +288,44 @@ impl Job<'_> {
         let out = &self.opts.out;
         let dir = out.join(split.name());
         std::fs::create_dir_all(&dir).map_err(|source| IngestError::Io { path: dir.display().to_string(), source })?;
-        let chunks: Vec<&[SourceImage]> = images.chunks(self.opts.config.rows_per_shard).collect();
+        let shards: Vec<&[SourceImage]> = images.chunks(self.opts.config.rows_per_shard.max(1)).collect();
         let done = progress_of(state, split).shards_done;
-        let (size, rows_per_group) = (self.opts.image_size, self.opts.config.rows_per_row_group);
-        let (sender, receiver) = std::sync::mpsc::sync_channel::<DecodedShard>(WRITE_QUEUE);
+        let size = self.opts.image_size;
+        let with_stats = split == Split::Train;
+        let stats_size = if with_stats { size } else { 0 };
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<DecodedUnit>(WRITE_QUEUE);
         std::thread::scope(|scope| {
             let dir = &dir;
             let writer = scope.spawn(move || -> Result<(), IngestError> {
-                for shard in receiver {
-                    write_shard(&dir.join(shard_file_name(shard.index)), size, rows_per_group, &shard.rows)?;
+                let mut open: Option<OpenShard> = None;
+                for unit in receiver {
+                    let shard = match &mut open {
+                        Some(shard) => shard,
+                        None => open.insert(OpenShard {
+                            index: unit.shard,
+                            writer: ShardWriter::create(&dir.join(shard_file_name(unit.shard)), size)?,
+                            rows: 0,
+                            skipped: Vec::new(),
+                            stats: StatsAccumulator::new(stats_size),
+                        }),
+                    };
+                    debug_assert_eq!(shard.index, unit.shard, "units arrive shard by shard");
+                    for group in unit.groups {
+                        shard.rows += group.labels.len();
+                        shard.writer.write_row_group(&group.keys, &group.labels, group.pixels)?;
+                    }
+                    shard.skipped.extend(unit.skipped);
+                    shard.stats.merge(&unit.stats);
+                    if !unit.closes_shard {
+                        continue;
+                    }
+                    let shard = open.take().expect("opened above");
+                    shard.writer.finish()?;
                     let progress = progress_of(state, split);
                     progress.shards_done = shard.index + 1;
-                    progress.rows_done += shard.rows.len();
+                    progress.rows_done += shard.rows;
                     progress.skipped.extend(shard.skipped);
-                    if split == Split::Train {
+                    if with_stats {
                         sums.merge(&shard.stats);
                         state.save_with_sums(out, sums)?;
                     } else {
@@ -251,11 +335,16 @@ impl Job<'_> {
                 Ok(())
             });
             let mut decoded = 0;
-            for (index, chunk) in chunks.iter().enumerate().skip(done) {
-                let shard = self.decode_shard(index, chunk, split == Split::Train);
-                decoded += chunk.len();
-                if sender.send(shard).is_err() {
-                    break; // the writer stopped on an error, returned below
+            let unit_len = self.unit_len();
+            'shards: for (index, shard) in shards.iter().enumerate().skip(done) {
+                let units = shard.chunks(unit_len);
+                let last = units.len() - 1;
+                for (u, unit) in units.enumerate() {
+                    let unit = self.decode_unit(index, u == last, unit, with_stats);
+                    decoded += unit.groups.iter().map(|g| g.labels.len()).sum::<usize>() + unit.skipped.len();
+                    if sender.send(unit).is_err() {
+                        break 'shards; // the writer stopped on an error, returned below
+                    }
                 }
             }
             drop(sender);
@@ -308,7 +397,7 @@ pub fn ingest(opts: &IngestOptions) -> Result<IngestSummary, IngestError> {
         + tree.val.len().saturating_sub(state.val.shards_done * per_shard);
     let bar = if opts.progress { crate::progress::bar(remaining as u64, "img") } else { indicatif::ProgressBar::hidden() };
     bar.set_prefix("ingest");
-    let job = Job { opts, tree: &tree, pool, bar };
+    let job = Job { opts, tree: &tree, pool, bar, buffers: BufferPool::new() };
 
     let train_order = training_order(&tree.train, opts.config.seed);
     let mut decoded = job.run_split(Split::Train, &train_order, &mut state, &mut sums)?;

@@ -116,7 +116,8 @@ impl IngestState {
 
     /// Records the training sums after `self.train.shards_done` shards and saves
     /// the state; the previous sums file is removed only after the new state is in place.
-    pub fn save_with_sums(&mut self, dataset: &Path, sums: &StatsAccumulator) -> Result<(), StateError> {
+    pub fn save_with_sums(&mut self, dataset: &Path, sums: &mut StatsAccumulator) -> Result<(), StateError> {
+        sums.settle();
         let dir = Self::dir(dataset);
         std::fs::create_dir_all(&dir).map_err(|source| StateError::Io { path: dir.display().to_string(), source })?;
         let path = dir.join(sums_file(self.train.shards_done));

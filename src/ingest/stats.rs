@@ -17,33 +17,67 @@ pub struct StatsAccumulator {
     pub channel_sums: [u64; 3],
     /// Σrr, Σrg, Σrb, Σgg, Σgb, Σbb.
     pub product_sums: [u64; 6],
+    /// Per-position sums of the images added since the last [`Self::settle`], in
+    /// u16 (a quarter of the memory traffic of adding into u64 per image).
+    #[serde(skip)]
+    recent: Vec<u16>,
+    #[serde(skip)]
+    recent_images: u32,
 }
+
+/// Images whose per-position sums fit u16 lanes: 255 · 257 = 65535.
+const RECENT_IMAGES: u32 = 257;
 
 impl StatsAccumulator {
     pub fn new(image_size: usize) -> Self {
-        Self { images: 0, pixel_sums: vec![0; image_size * image_size * 3], channel_sums: [0; 3], product_sums: [0; 6] }
+        let len = image_size * image_size * 3;
+        Self { images: 0, pixel_sums: vec![0; len], channel_sums: [0; 3], product_sums: [0; 6], recent: Vec::new(), recent_images: 0 }
+    }
+
+    /// Moves the recent u16 sums into `pixel_sums` (done by `merge`, and
+    /// whenever the u16 lanes are full).
+    pub fn settle(&mut self) {
+        if self.recent_images > 0 {
+            for (sum, &v) in self.pixel_sums.iter_mut().zip(&self.recent) {
+                *sum += u64::from(v);
+            }
+            self.recent.fill(0);
+            self.recent_images = 0;
+        }
     }
 
     /// Adds one S×S×3 crop.
     pub fn add(&mut self, pixels: &[u8]) {
         assert_eq!(pixels.len(), self.pixel_sums.len(), "crop size does not match the accumulator");
+        if self.recent_images == RECENT_IMAGES {
+            self.settle();
+        }
+        self.recent.resize(self.pixel_sums.len(), 0);
+        self.recent_images += 1;
         self.images += 1;
         // The same exact integer loop, compiled for AVX2 where the CPU has it
         // (measured 2–2.5× faster than the SSE2 baseline build).
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2, checked just above.
-            unsafe { add_sums_avx2(&mut self.pixel_sums, &mut self.channel_sums, &mut self.product_sums, pixels) };
+            unsafe { add_sums_avx2(&mut self.recent, &mut self.channel_sums, &mut self.product_sums, pixels) };
             return;
         }
-        add_sums(&mut self.pixel_sums, &mut self.channel_sums, &mut self.product_sums, pixels);
+        add_sums(&mut self.recent, &mut self.channel_sums, &mut self.product_sums, pixels);
     }
 
-    /// Adds another accumulator's sums (from another worker or shard).
+    /// Adds another accumulator's sums (from another worker or shard); leaves
+    /// every sum of `self` in `pixel_sums`.
     pub fn merge(&mut self, other: &StatsAccumulator) {
+        self.settle();
         self.images += other.images;
         for (a, b) in self.pixel_sums.iter_mut().zip(&other.pixel_sums) {
             *a += b;
+        }
+        if other.recent_images > 0 {
+            for (a, &b) in self.pixel_sums.iter_mut().zip(&other.recent) {
+                *a += u64::from(b);
+            }
         }
         for i in 0..3 {
             self.channel_sums[i] += other.channel_sums[i];
@@ -56,7 +90,8 @@ impl StatsAccumulator {
     /// The mean image, HWC f32 in 0–255.
     pub fn mean_image(&self) -> Vec<f32> {
         let n = self.images.max(1) as f64;
-        self.pixel_sums.iter().map(|&s| (s as f64 / n) as f32).collect()
+        let recent = self.recent.iter().copied().chain(std::iter::repeat(0));
+        self.pixel_sums.iter().zip(recent).map(|(&s, r)| ((s + u64::from(r)) as f64 / n) as f32).collect()
     }
 
     fn pixel_count(&self) -> f64 {
@@ -106,9 +141,9 @@ const PRODUCT_BLOCK: usize = 16384;
 /// The body of [`StatsAccumulator::add`]: per-position sums, channel sums and
 /// channel products, all exact.
 #[inline(always)]
-fn add_sums(pixel_sums: &mut [u64], channel_sums: &mut [u64; 3], product_sums: &mut [u64; 6], pixels: &[u8]) {
+fn add_sums(pixel_sums: &mut [u16], channel_sums: &mut [u64; 3], product_sums: &mut [u64; 6], pixels: &[u8]) {
     for (sum, &v) in pixel_sums.iter_mut().zip(pixels) {
-        *sum += u64::from(v);
+        *sum += u16::from(v);
     }
     for block in pixels.chunks(PRODUCT_BLOCK * 3) {
         let (mut c, mut p) = ([0u32; 3], [0u32; 6]);
@@ -139,7 +174,7 @@ fn add_sums(pixel_sums: &mut [u64], channel_sums: &mut [u64; 3], product_sums: &
 /// The CPU must support AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn add_sums_avx2(pixel_sums: &mut [u64], channel_sums: &mut [u64; 3], product_sums: &mut [u64; 6], pixels: &[u8]) {
+unsafe fn add_sums_avx2(pixel_sums: &mut [u16], channel_sums: &mut [u64; 3], product_sums: &mut [u64; 6], pixels: &[u8]) {
     add_sums(pixel_sums, channel_sums, product_sums, pixels);
 }
 
@@ -234,6 +269,7 @@ mod tests {
         let mut acc = StatsAccumulator::new(size);
         acc.add(&pixels);
         acc.add(&pixels);
+        acc.settle();
         let (mut c, mut p) = ([0u64; 3], [0u64; 6]);
         for px in pixels.chunks_exact(3) {
             let [r, g, b] = [px[0], px[1], px[2]].map(u64::from);
@@ -247,6 +283,21 @@ mod tests {
         assert_eq!(acc.channel_sums, c);
         assert_eq!(acc.product_sums, p);
         assert!(acc.pixel_sums.iter().zip(&pixels).all(|(&s, &v)| s == 2 * u64::from(v)));
+    }
+
+    #[test]
+    fn white_images_past_the_u16_lanes_stay_exact() {
+        // 600 white images: each u16 lane would overflow after 257 of them.
+        let mut acc = StatsAccumulator::new(2);
+        for _ in 0..600 {
+            acc.add(&[255; 12]);
+        }
+        assert!(acc.mean_image().iter().all(|&m| m == 255.0), "before settling");
+        let mut merged = StatsAccumulator::new(2);
+        merged.merge(&acc);
+        assert!(merged.pixel_sums.iter().all(|&s| s == 600 * 255));
+        acc.settle();
+        assert_eq!(acc.pixel_sums, merged.pixel_sums);
     }
 
     #[test]

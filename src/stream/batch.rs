@@ -1,36 +1,7 @@
 //! Batches as the consumer receives them, in buffers that are recycled: after
 //! warm-up the stream allocates nothing per image or per batch.
 
-use std::sync::{Arc, Mutex};
-
-/// A free list of buffers, shared by the producer and every live batch.
-#[derive(Clone)]
-pub struct BufferPool<T> {
-    free: Arc<Mutex<Vec<Vec<T>>>>,
-}
-
-impl<T: Default + Clone> BufferPool<T> {
-    pub fn new() -> Self {
-        Self { free: Arc::new(Mutex::new(Vec::new())) }
-    }
-
-    /// A buffer of exactly `len` elements (contents unspecified).
-    pub fn take(&self, len: usize) -> Vec<T> {
-        let mut buffer = self.free.lock().expect("pool lock").pop().unwrap_or_default();
-        buffer.resize(len, T::default());
-        buffer
-    }
-
-    pub fn give(&self, buffer: Vec<T>) {
-        self.free.lock().expect("pool lock").push(buffer);
-    }
-}
-
-impl<T: Default + Clone> Default for BufferPool<T> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+pub use crate::buffer_pool::BufferPool;
 
 /// One batch: `images` is NCHW f32 `[len·views, 3, crop, crop]`, raw RGB minus the
 /// mean in 0–255 units; for ten-crop evaluation image i's views are rows

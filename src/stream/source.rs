@@ -70,24 +70,6 @@ impl RowGroupData {
     }
 }
 
-/// A read buffer that returns to its pool when the last slice of it is dropped.
-struct PooledBuffer {
-    buffer: Vec<u8>,
-    pool: BufferPool<u8>,
-}
-
-impl AsRef<[u8]> for PooledBuffer {
-    fn as_ref(&self) -> &[u8] {
-        &self.buffer
-    }
-}
-
-impl Drop for PooledBuffer {
-    fn drop(&mut self) {
-        self.pool.give(std::mem::take(&mut self.buffer));
-    }
-}
-
 /// Bytes `base..base + bytes.len()` of a file, addressed by file offset.
 struct FileRange {
     base: u64,
@@ -191,7 +173,7 @@ impl ShardIndex {
         // Buffers come back with their contents, so `take` of the same size writes nothing.
         let mut buffer = self.buffers.take(len);
         file.read_exact_at(&mut buffer, start).map_err(|e| failed(&e))?;
-        let bytes = Bytes::from_owner(PooledBuffer { buffer, pool: self.buffers.clone() });
+        let bytes = self.buffers.share(buffer);
         let range = Arc::new(FileRange { base: start, bytes });
 
         let rows = group.rows;
