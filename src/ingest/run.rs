@@ -140,6 +140,8 @@ struct Job<'a> {
     bar: indicatif::ProgressBar,
     /// Pixel buffers of decode units, recycled once their row groups are written.
     buffers: BufferPool<u8>,
+    /// One per decode thread, indexed by rayon's thread index.
+    workers: Vec<std::sync::Mutex<WorkerState>>,
 }
 
 /// Decoded units queued between the decode pool and the writer thread. With the
@@ -166,14 +168,15 @@ struct DecodedUnit {
     closes_shard: bool,
     groups: Vec<DecodedGroup>,
     skipped: Vec<SkippedImage>,
-    /// The unit's training sums (empty for `val`).
+    /// Training sums over the whole shard, on its last unit (else empty).
     stats: StatsAccumulator,
 }
 
-/// What one decode worker holds between images of a unit.
+/// What one decode thread keeps from image to image and unit to unit (so
+/// nothing is allocated per unit): its resizer, its decode buffer, its
+/// failures in the current unit, and its sums over the current shard.
 struct WorkerState {
     cropper: CentreCropper,
-    /// The decode buffer, reused from image to image.
     scratch: Vec<u8>,
     failures: Vec<(usize, String)>,
     stats: StatsAccumulator,
@@ -191,43 +194,36 @@ struct OpenShard {
 impl Job<'_> {
     /// Decodes `images` (whole planned row groups of one shard) in parallel,
     /// each straight into its slot of one pooled buffer; failures become skips.
-    /// With `with_stats`, each worker also adds its crops to its own
+    /// With `with_stats`, each thread also adds its crops to its own
     /// accumulator while they are hot in cache; the sums are exact integers, so
-    /// their merge does not depend on how the images were split among workers.
+    /// their merge (at the shard's last unit) does not depend on which thread
+    /// decoded which image.
     fn decode_unit(&self, shard: usize, closes_shard: bool, images: &[SourceImage], with_stats: bool) -> DecodedUnit {
-        let (size, filter, max_pixels) = (self.opts.image_size, self.opts.config.filter, self.opts.config.max_pixels);
-        let row_bytes = crate::dataset::schema::pixel_bytes(size);
-        let stats_size = if with_stats { size } else { 0 };
+        let max_pixels = self.opts.config.max_pixels;
+        let row_bytes = crate::dataset::schema::pixel_bytes(self.opts.image_size);
         let mut buffer = self.buffers.take(images.len() * row_bytes);
-        let parts: Vec<WorkerState> = self.pool.install(|| {
-            buffer
-                .par_chunks_mut(row_bytes)
-                .zip(images.par_iter())
-                .enumerate()
-                .fold(
-                    || WorkerState {
-                        cropper: CentreCropper::new(size, filter),
-                        scratch: Vec::new(),
-                        failures: Vec::new(),
-                        stats: StatsAccumulator::new(stats_size),
-                    },
-                    |mut worker, (i, (slot, image))| {
-                        match load_image(&self.tree.root, image, &mut worker.cropper, &mut worker.scratch, max_pixels, slot) {
-                            Ok(()) if with_stats => worker.stats.add(slot),
-                            Ok(()) => {}
-                            Err(reason) => worker.failures.push((i, reason)),
-                        }
-                        self.bar.inc(1);
-                        worker
-                    },
-                )
-                .collect()
+        self.pool.install(|| {
+            buffer.par_chunks_mut(row_bytes).zip(images.par_iter()).enumerate().for_each(|(i, (slot, image))| {
+                let thread = rayon::current_thread_index().expect("runs on the decode pool");
+                let mut worker = self.workers[thread].lock().expect("worker state lock");
+                let worker = &mut *worker;
+                match load_image(&self.tree.root, image, &mut worker.cropper, &mut worker.scratch, max_pixels, slot) {
+                    Ok(()) if with_stats => worker.stats.add(slot),
+                    Ok(()) => {}
+                    Err(reason) => worker.failures.push((i, reason)),
+                }
+                self.bar.inc(1);
+            })
         });
-        let mut stats = StatsAccumulator::new(stats_size);
+        let mut stats = StatsAccumulator::new(if with_stats { self.opts.image_size } else { 0 });
         let mut failures = Vec::new();
-        for part in parts {
-            stats.merge(&part.stats);
-            failures.extend(part.failures);
+        for worker in &self.workers {
+            let mut worker = worker.lock().expect("worker state lock");
+            failures.append(&mut worker.failures);
+            if closes_shard && with_stats {
+                stats.merge(&worker.stats);
+                worker.stats = StatsAccumulator::new(self.opts.image_size);
+            }
         }
         failures.sort_unstable_by_key(|(i, _)| *i);
 
@@ -397,7 +393,14 @@ pub fn ingest(opts: &IngestOptions) -> Result<IngestSummary, IngestError> {
         + tree.val.len().saturating_sub(state.val.shards_done * per_shard);
     let bar = if opts.progress { crate::progress::bar(remaining as u64, "img") } else { indicatif::ProgressBar::hidden() };
     bar.set_prefix("ingest");
-    let job = Job { opts, tree: &tree, pool, bar, buffers: BufferPool::new() };
+    let worker = || WorkerState {
+        cropper: CentreCropper::new(opts.image_size, opts.config.filter),
+        scratch: Vec::new(),
+        failures: Vec::new(),
+        stats: StatsAccumulator::new(opts.image_size),
+    };
+    let worker_states = (0..workers).map(|_| std::sync::Mutex::new(worker())).collect();
+    let job = Job { opts, tree: &tree, pool, bar, buffers: BufferPool::new(), workers: worker_states };
 
     let train_order = training_order(&tree.train, opts.config.seed);
     let mut decoded = job.run_split(Split::Train, &train_order, &mut state, &mut sums)?;
