@@ -102,11 +102,14 @@ enum Command {
         /// Views: train (random crop, flip, lighting), centre or ten-crop.
         #[arg(long, value_enum, default_value_t = Views::Train)]
         views: Views,
-        /// Stop after N batches (default: one epoch).
+        /// Stop each epoch after N batches (default: the whole epoch).
         #[arg(long)]
         batches: Option<usize>,
         #[arg(long, default_value_t = 128)]
         batch_size: usize,
+        /// Epochs to run back to back in this process, from --epoch.
+        #[arg(long, default_value_t = 1)]
+        epochs: usize,
         /// Augmentation threads (overrides the recipe; 0 = all cores).
         #[arg(long)]
         workers: Option<usize>,
@@ -375,6 +378,7 @@ fn main() -> Result<()> {
             views,
             batches,
             batch_size,
+            epochs,
             workers,
             seed,
             epoch,
@@ -394,6 +398,7 @@ fn main() -> Result<()> {
                 batch_size,
                 batches,
                 epoch,
+                epochs,
                 rank,
                 world_size,
                 dump,

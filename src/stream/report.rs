@@ -15,9 +15,12 @@ pub struct StreamRun {
     pub mode: ViewMode,
     pub crop: usize,
     pub batch_size: usize,
-    /// Stop after this many batches (None = the whole epoch).
+    /// Stop each epoch after this many batches (None = the whole epoch).
     pub batches: Option<usize>,
+    /// The first epoch, and how many to run back to back in this process (as
+    /// training does: buffers warmed by the first epoch are reused by the rest).
     pub epoch: u64,
+    pub epochs: usize,
     pub rank: usize,
     pub world_size: usize,
     /// Write the first `dump_batches` batches here.
@@ -31,8 +34,13 @@ pub struct StreamReport {
     pub batches: usize,
     pub seconds: f64,
     pub images_per_s: f64,
+    pub epochs: usize,
+    /// Images/s of each epoch: the first one also fills the shuffle buffer and
+    /// warms every recycled buffer.
+    pub epoch_images_per_s: Vec<f64>,
     pub workers: usize,
     pub peak_rss_mb: Option<f64>,
+    /// Summed over epochs.
     pub stages: TimingReport,
 }
 
@@ -46,39 +54,49 @@ pub enum StreamRunError {
 
 /// Pulls batches as fast as the pipeline delivers them (the consumer does no work).
 pub fn run(source: &DataSource, run: &StreamRun) -> Result<StreamReport, StreamRunError> {
-    let options = EpochOptions {
-        mode: run.mode,
-        crop: run.crop,
-        batch_size: run.batch_size,
-        position: StreamPosition { epoch: run.epoch, batch: 0 },
-        rank: run.rank,
-        world_size: run.world_size,
-        with_keys: run.dump.is_some(),
-    };
     let started = Instant::now();
-    let mut stream = source.epoch(options)?;
     let (mut images, mut batches) = (0, 0);
-    while let Some(batch) = stream.next_batch() {
-        let batch = batch?;
-        if let Some(dir) = &run.dump {
-            if batches < run.dump_batches {
-                dump::write_batch(dir, batches, &batch)?;
+    let mut epoch_images_per_s = Vec::new();
+    let mut stages = TimingReport::default();
+    for epoch in run.epoch..run.epoch + run.epochs.max(1) as u64 {
+        let options = EpochOptions {
+            mode: run.mode,
+            crop: run.crop,
+            batch_size: run.batch_size,
+            position: StreamPosition { epoch, batch: 0 },
+            rank: run.rank,
+            world_size: run.world_size,
+            with_keys: run.dump.is_some(),
+        };
+        let epoch_started = Instant::now();
+        let mut stream = source.epoch(options)?;
+        let (mut epoch_images, mut epoch_batches) = (0, 0);
+        while let Some(batch) = stream.next_batch() {
+            let batch = batch?;
+            if let Some(dir) = &run.dump {
+                if batches < run.dump_batches {
+                    dump::write_batch(dir, batches, &batch)?;
+                }
+            }
+            epoch_images += batch.len();
+            epoch_batches += 1;
+            batches += 1;
+            if run.batches.is_some_and(|n| epoch_batches >= n) {
+                break;
             }
         }
-        images += batch.len();
-        batches += 1;
-        if run.batches.is_some_and(|n| batches >= n) {
-            break;
-        }
+        images += epoch_images;
+        epoch_images_per_s.push(epoch_images as f64 / epoch_started.elapsed().as_secs_f64().max(1e-9));
+        stages += stream.timing();
     }
     let seconds = started.elapsed().as_secs_f64();
-    let stages = stream.timing();
-    drop(stream);
     Ok(StreamReport {
         images,
         batches,
         seconds,
         images_per_s: images as f64 / seconds.max(1e-9),
+        epochs: epoch_images_per_s.len(),
+        epoch_images_per_s,
         workers: source.workers(),
         peak_rss_mb: peak_rss_bytes().map(|b| b as f64 / 1e6),
         stages,
@@ -90,7 +108,14 @@ impl StreamReport {
     pub fn lines(&self) -> Vec<String> {
         let busy = |s: f64| format!("{s:7.2} s busy, {:5.1} % of wall", 100.0 * s / self.seconds.max(1e-9));
         vec![
-            format!("{} images in {} batches, {:.2} s: {:.0} images/s ({} augment workers)", self.images, self.batches, self.seconds, self.images_per_s, self.workers),
+            format!(
+                "{} images in {} batches over {} epoch(s), {:.2} s: {:.0} images/s ({} augment workers)",
+                self.images, self.batches, self.epochs, self.seconds, self.images_per_s, self.workers
+            ),
+            format!(
+                "per epoch {} images/s",
+                self.epoch_images_per_s.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(", ")
+            ),
             format!("read      {}", busy(self.stages.read_busy_s)),
             format!("shuffle   {}", busy(self.stages.shuffle_busy_s)),
             format!("augment   {} (summed over workers)", busy(self.stages.augment_busy_s)),

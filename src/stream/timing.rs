@@ -26,7 +26,7 @@ impl StageTimes {
 }
 
 /// A snapshot for reports.
-#[derive(Clone, Copy, Debug, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
 pub struct TimingReport {
     pub read_busy_s: f64,
     pub shuffle_busy_s: f64,
@@ -42,6 +42,15 @@ impl From<&StageTimes> for TimingReport {
             augment_busy_s: StageTimes::get(&t.augment_ns).as_secs_f64(),
             consumer_stall_s: StageTimes::get(&t.stall_ns).as_secs_f64(),
         }
+    }
+}
+
+impl std::ops::AddAssign for TimingReport {
+    fn add_assign(&mut self, other: Self) {
+        self.read_busy_s += other.read_busy_s;
+        self.shuffle_busy_s += other.shuffle_busy_s;
+        self.augment_busy_s += other.augment_busy_s;
+        self.consumer_stall_s += other.consumer_stall_s;
     }
 }
 
