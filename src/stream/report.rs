@@ -35,7 +35,7 @@ pub struct StreamReport {
     pub seconds: f64,
     pub images_per_s: f64,
     pub epochs: usize,
-    /// Images/s of each epoch: the first one also fills the shuffle buffer and
+    /// Images/s of each epoch: the first one also fills the shuffle and
     /// warms every recycled buffer.
     pub epoch_images_per_s: Vec<f64>,
     pub workers: usize,

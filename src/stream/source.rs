@@ -4,10 +4,11 @@
 //! A read maps the projected columns' byte range of the shard (on tokio's
 //! blocking pool, page tables filled in the same call) and decodes it in place:
 //! the shards are uncompressed and PLAIN-encoded, so each row's pixels are a
-//! slice of the page cache itself; no copy until the shuffle buffer takes the
-//! row (a positioned read into a buffer cost one more copy of every row in the
-//! kernel, ~15 % of the stream's CPU). The mapping is dropped with the row
-//! group's last row, so memory stays bounded by the row groups in flight.
+//! slice of the page cache itself, and stays one until augmentation reads it (a
+//! positioned read into a buffer cost a copy of every row in the kernel, and
+//! the shuffle buffer another: together ~35 % of the stream's CPU). The mapping
+//! is dropped with the row group's last row, so memory stays bounded by the row
+//! groups the shuffle holds and the batches in flight.
 //!
 //! Shards are immutable once written (ingest renames finished files into
 //! place); a shard truncated *while* it is being streamed would fault.
@@ -42,11 +43,13 @@ pub struct ShardIndex {
 }
 
 /// The columns of one row group that the stream needs; each row's pixels are a
-/// slice of the mapped file itself (no copy until the shuffle buffer takes a row).
+/// slice of the mapped file itself.
 pub struct RowGroupData {
     labels: Vec<i32>,
     pixels: Vec<FixedLenByteArray>,
     keys: Option<Vec<String>>,
+    /// The mapped byte range the values point into.
+    mapped: Bytes,
 }
 
 impl RowGroupData {
@@ -71,6 +74,34 @@ impl RowGroupData {
     pub fn key(&self, row: usize) -> Option<&str> {
         self.keys.as_ref().map(|keys| keys[row].as_str())
     }
+
+    /// The rows, each holding its pixels as a slice of the mapping (no copy;
+    /// the mapping goes when the last row holding it is dropped).
+    pub fn into_rows(self) -> Vec<Row> {
+        let RowGroupData { labels, pixels, keys, mapped } = self;
+        let mut keys = keys.map(Vec::into_iter);
+        let range = mapped.as_ptr_range();
+        labels
+            .into_iter()
+            .zip(pixels)
+            .map(|(label, value)| {
+                let data = value.data();
+                let inside = range.contains(&data.as_ptr()) && data.as_ptr_range().end <= range.end;
+                // Always inside for the plain, uncompressed pages ingest writes;
+                // a shard written otherwise still works, at the cost of a copy.
+                let pixels = if inside { mapped.slice_ref(data) } else { Bytes::copy_from_slice(data) };
+                Row { label, key: keys.as_mut().and_then(Iterator::next), pixels }
+            })
+            .collect()
+    }
+}
+
+/// One row as the shuffle and augmentation see it.
+pub struct Row {
+    pub label: i32,
+    pub key: Option<String>,
+    /// S·S·3 bytes, HWC RGB.
+    pub pixels: Bytes,
 }
 
 /// Bytes `base..base + bytes.len()` of a file, addressed by file offset.
@@ -181,7 +212,8 @@ impl ShardIndex {
         // the range lies within the file, checked just above.
         let map = unsafe { memmap2::MmapOptions::new().offset(start).len(len).populate().map(&shard.file) }
             .map_err(|e| failed(&format!("cannot map: {e}")))?;
-        let range = Arc::new(FileRange { base: start, bytes: Bytes::from_owner(map) });
+        let mapped = Bytes::from_owner(map);
+        let range = Arc::new(FileRange { base: start, bytes: mapped.clone() });
 
         let rows = group.rows;
         let labels: Vec<i32> = read_column::<Int32Type>(&range, row_group, 1, rows).map_err(|e| failed(&e))?;
@@ -197,7 +229,7 @@ impl ShardIndex {
         if labels.len() != rows || pixels.len() != rows || pixels.iter().any(|p| p.len() != pixel_bytes) {
             return Err(failed(&"is missing rows or columns"));
         }
-        Ok(RowGroupData { labels, pixels, keys })
+        Ok(RowGroupData { labels, pixels, keys, mapped })
     }
 }
 

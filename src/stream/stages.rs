@@ -13,19 +13,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::batch::{Batch, BufferPool};
 use super::plan::{PURPOSE_SAMPLE, RowGroupRef, derive_seed};
-use super::shuffle::ShuffleBuffer;
-use super::source::{RowGroupData, ShardIndex};
+use super::shuffle::GroupShuffle;
+use super::source::{Row, RowGroupData, ShardIndex};
 use super::timing::StageTimes;
 use super::{StreamError, ViewMode};
 use crate::augment::{Augmenter, centre_view, ten_crop_views};
-
-/// One row taken out of its row group (the shuffle buffer owns copies, so a
-/// row group's read buffer is recycled as soon as it has been read through).
-pub struct Row {
-    pub label: i32,
-    pub key: Option<String>,
-    pub pixels: Vec<u8>,
-}
 
 /// The rows of one batch, in order, before augmentation.
 pub struct BatchPlan {
@@ -67,16 +59,15 @@ impl SourceTask {
     }
 }
 
-/// Draws rows through the shuffle buffer and cuts them into batch plans.
+/// Draws rows through the shuffle and cuts them into batch plans.
 pub struct ShuffleTask {
     pub input: mpsc::Receiver<Result<RowGroupData, StreamError>>,
-    pub buffer: ShuffleBuffer<Row>,
+    pub shuffle: GroupShuffle<Row>,
     pub batch_size: usize,
     /// Rows to emit this epoch (the plan's, after dropping the rank's surplus).
     pub rows: usize,
     /// Batches to skip (mid-epoch resume): drawn exactly as before, then discarded.
     pub start_batch: usize,
-    pub rows_pool: BufferPool<u8>,
     pub out: mpsc::Sender<Result<BatchPlan, StreamError>>,
     pub times: Arc<StageTimes>,
 }
@@ -85,64 +76,40 @@ impl ShuffleTask {
     pub async fn run(mut self) {
         let mut emitted = 0usize;
         let mut current = Vec::with_capacity(self.batch_size);
-        while let Some(group) = self.input.recv().await {
-            let group = match group {
-                Ok(group) => group,
-                Err(e) => {
-                    let _ = self.out.send(Err(e)).await;
-                    return;
+        let mut input_open = true;
+        while emitted < self.rows {
+            while input_open && self.shuffle.wants_group() {
+                match self.input.recv().await {
+                    Some(Ok(group)) => self.shuffle.add_group(group.into_rows()),
+                    Some(Err(e)) => {
+                        let _ = self.out.send(Err(e)).await;
+                        return;
+                    }
+                    None => input_open = false,
                 }
-            };
+            }
             let started = Instant::now();
-            let mut ready = Vec::new();
-            for i in 0..group.len() {
-                let mut pixels = self.rows_pool.take(0);
-                pixels.extend_from_slice(group.pixels(i));
-                let row = Row { label: group.label(i), key: group.key(i).map(str::to_owned), pixels };
-                if let Some(out) = self.buffer.push(row) {
-                    ready.push(out);
-                }
-            }
+            let Some(row) = self.shuffle.draw() else { break };
             StageTimes::add(&self.times.shuffle_ns, started);
-            for row in ready {
-                if !self.emit(row, &mut emitted, &mut current).await {
+            emitted += 1;
+            current.push(row);
+            if current.len() == self.batch_size {
+                let index = emitted / self.batch_size - 1;
+                let rows = std::mem::replace(&mut current, Vec::with_capacity(self.batch_size));
+                if !self.send(index, rows).await {
                     return;
                 }
             }
         }
-        let rest = std::mem::replace(&mut self.buffer, ShuffleBuffer::new(0, 0)).drain();
-        for row in rest {
-            if !self.emit(row, &mut emitted, &mut current).await {
-                return;
-            }
-        }
-        if !current.is_empty() && emitted <= self.rows {
+        if !current.is_empty() {
             let index = emitted.div_ceil(self.batch_size) - 1;
-            self.send(index, std::mem::take(&mut current)).await;
+            self.send(index, current).await;
         }
     }
 
-    /// Adds a row to the current batch; sends full batches. False = stop.
-    async fn emit(&mut self, row: Row, emitted: &mut usize, current: &mut Vec<Row>) -> bool {
-        if *emitted >= self.rows {
-            self.rows_pool.give(row.pixels);
-            return true;
-        }
-        *emitted += 1;
-        current.push(row);
-        if current.len() == self.batch_size {
-            let index = *emitted / self.batch_size - 1;
-            let rows = std::mem::replace(current, Vec::with_capacity(self.batch_size));
-            return self.send(index, rows).await;
-        }
-        true
-    }
-
+    /// Sends a batch plan (or drops it, when resuming before it). False = stop.
     async fn send(&mut self, index: usize, rows: Vec<Row>) -> bool {
         if index < self.start_batch {
-            for row in rows {
-                self.rows_pool.give(row.pixels);
-            }
             return true;
         }
         self.out.send(Ok(BatchPlan { index, rows })).await.is_ok()
@@ -159,7 +126,6 @@ pub struct AugmentContext {
     pub batch_size: usize,
     pub pool: Arc<rayon::ThreadPool>,
     pub images_pool: BufferPool<f32>,
-    pub rows_pool: BufferPool<u8>,
     pub times: Arc<StageTimes>,
 }
 
@@ -195,7 +161,6 @@ impl AugmentContext {
         let mut keys = Vec::new();
         for row in plan.rows {
             keys.extend(row.key);
-            self.rows_pool.give(row.pixels);
         }
         let crop = self.augmenter.geometry().crop;
         StageTimes::add(&self.times.augment_ns, started);
