@@ -189,7 +189,6 @@ struct OpenShard {
     writer: ShardWriter,
     rows: usize,
     skipped: Vec<SkippedImage>,
-    stats: StatsAccumulator,
 }
 
 impl Job<'_> {
@@ -216,12 +215,14 @@ impl Job<'_> {
                 self.bar.inc(1);
             })
         });
-        let mut stats = StatsAccumulator::new(if with_stats { self.opts.image_size } else { 0 });
+        // Sums travel only with a shard's last unit (an empty accumulator otherwise).
+        let shard_sums = closes_shard && with_stats;
+        let mut stats = StatsAccumulator::new(if shard_sums { self.opts.image_size } else { 0 });
         let mut failures = Vec::new();
         for worker in &self.workers {
             let mut worker = worker.lock().expect("worker state lock");
             failures.append(&mut worker.failures);
-            if closes_shard && with_stats {
+            if shard_sums {
                 stats.merge(&worker.stats);
                 worker.stats = StatsAccumulator::new(self.opts.image_size);
             }
@@ -289,7 +290,6 @@ impl Job<'_> {
         let done = progress_of(state, split).shards_done;
         let size = self.opts.image_size;
         let with_stats = split == Split::Train;
-        let stats_size = if with_stats { size } else { 0 };
         let (sender, receiver) = std::sync::mpsc::sync_channel::<DecodedUnit>(WRITE_QUEUE);
         std::thread::scope(|scope| {
             let dir = &dir;
@@ -303,7 +303,6 @@ impl Job<'_> {
                             writer: ShardWriter::create(&dir.join(shard_file_name(unit.shard)), size)?,
                             rows: 0,
                             skipped: Vec::new(),
-                            stats: StatsAccumulator::new(stats_size),
                         }),
                     };
                     debug_assert_eq!(shard.index, unit.shard, "units arrive shard by shard");
@@ -312,7 +311,6 @@ impl Job<'_> {
                         shard.writer.write_row_group(&group.keys, &group.labels, group.pixels)?;
                     }
                     shard.skipped.extend(unit.skipped);
-                    shard.stats.merge(&unit.stats);
                     if !unit.closes_shard {
                         continue;
                     }
@@ -323,7 +321,7 @@ impl Job<'_> {
                     progress.rows_done += shard.rows;
                     progress.skipped.extend(shard.skipped);
                     if with_stats {
-                        sums.merge(&shard.stats);
+                        sums.merge(&unit.stats);
                         state.save_with_sums(out, sums)?;
                     } else {
                         state.save(out)?;

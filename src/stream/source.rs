@@ -53,28 +53,6 @@ pub struct RowGroupData {
 }
 
 impl RowGroupData {
-    pub fn len(&self) -> usize {
-        self.labels.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.labels.is_empty()
-    }
-
-    pub fn label(&self, row: usize) -> i32 {
-        self.labels[row]
-    }
-
-    /// Row `row`'s pixels, HWC RGB.
-    pub fn pixels(&self, row: usize) -> &[u8] {
-        self.pixels[row].data()
-    }
-
-    /// Row `row`'s source key, when the read asked for keys.
-    pub fn key(&self, row: usize) -> Option<&str> {
-        self.keys.as_ref().map(|keys| keys[row].as_str())
-    }
-
     /// The rows, each holding its pixels as a slice of the mapping (no copy;
     /// the mapping goes when the last row holding it is dropped).
     pub fn into_rows(self) -> Vec<Row> {
