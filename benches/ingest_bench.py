@@ -9,6 +9,8 @@
        pillow-floor  benches/ingest_peer.py --decode-only (Image.open + convert), taskset -c 0
        ours w1       pipeline ingest --workers 1, taskset -c 0
        ours w2       pipeline ingest --workers 2, unpinned
+       2 x ours w1   two `--workers 1` ingests at once, pinned to cores 0 and 1: what two
+                     single-worker processes get from the machine, the ceiling for w2
      each under /usr/bin/time -v (wall, user+sys CPU, peak RSS), into a fresh --out;
   3. large sources (DCT-domain downscaling): renders a small tree with shorter side
      1500-2000 and runs peer, peer --draft 1 and --draft 2
@@ -50,17 +52,22 @@ def say(line=""):
     LOG.write(line + "\n")
 
 
-def timed(cmd, pin):
-    """Runs cmd under /usr/bin/time -v (and taskset -c 0 when pin); returns (stdout, metrics)."""
-    full = ["/usr/bin/time", "-v"] + (["taskset", "-c", "0"] if pin else []) + cmd
+def launch(cmd, core=None):
+    """Starts cmd under /usr/bin/time -v (and taskset -c CORE when given)."""
+    full = ["/usr/bin/time", "-v"] + (["taskset", "-c", str(core)] if core is not None else []) + cmd
     # One BLAS thread: the peer is one process on one core (idle OpenBLAS threads would
     # only compete with it for core 0).
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
-    p = subprocess.run(full, capture_output=True, text=True, env=env)
+    return full, subprocess.Popen(full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def collect(launched):
+    """Waits for a launched command; returns (stdout, metrics: wall, cpu, rss)."""
+    full, p = launched
+    stdout, err = p.communicate()
     if p.returncode != 0:
-        say(f"FAILED: {' '.join(full)}\n{p.stdout}\n{p.stderr}")
+        say(f"FAILED: {' '.join(full)}\n{stdout}\n{err}")
         sys.exit(1)
-    err = p.stderr
 
     def field(name):
         return re.search(re.escape(name) + r":\s*(.+)", err).group(1).strip()
@@ -70,7 +77,12 @@ def timed(cmd, pin):
     seconds = sum(v * 60 ** i for i, v in enumerate(reversed(parts)))
     cpu = float(field("User time (seconds)")) + float(field("System time (seconds)"))
     rss = int(field("Maximum resident set size (kbytes)")) / 1024
-    return p.stdout, {"wall": seconds, "cpu": cpu, "rss": rss}
+    return stdout, {"wall": seconds, "cpu": cpu, "rss": rss}
+
+
+def timed(cmd, pin):
+    """Runs cmd under /usr/bin/time -v (and taskset -c 0 when pin); returns (stdout, metrics)."""
+    return collect(launch(cmd, 0 if pin else None))
 
 
 def warm(tree):
@@ -91,14 +103,30 @@ def render(out, train, val, extra=()):
     return len(files), sum(p.stat().st_size for p in files)
 
 
-def ours(src, out, workers, pin):
+def ours_command(src, out, workers):
     if out.exists():
         shutil.rmtree(out)
-    stdout, m = timed([str(BIN), "ingest", str(src), "--out", str(out), "--workers", str(workers), "--quiet"], pin)
+    return [str(BIN), "ingest", str(src), "--out", str(out), "--workers", str(workers), "--quiet"]
+
+
+def ours_result(stdout, m):
     line = next(l for l in stdout.splitlines() if l.startswith("this run"))
     m["images"] = int(re.search(r"this run\s+(\d+) images", line).group(1))
     m["inner"] = line.strip()
     return m
+
+
+def ours(src, out, workers, pin):
+    return ours_result(*timed(ours_command(src, out, workers), pin))
+
+
+def ours_pair(src, work):
+    """Two independent `--workers 1` ingests at once, one pinned to each core: the most
+    two single-worker processes get out of this machine, the ceiling for --workers 2."""
+    launched = [launch(ours_command(src, work / f"out-pair{core}", 1), core) for core in (0, 1)]
+    a, b = (ours_result(*collect(l)) for l in launched)
+    return {"images": a["images"] + b["images"], "wall": max(a["wall"], b["wall"]), "cpu": a["cpu"] + b["cpu"],
+            "rss": a["rss"] + b["rss"], "inner": f"{a['inner']} | {b['inner']}"}
 
 
 def peer(src, out, pin, *flags):
@@ -173,14 +201,18 @@ def main():
         f = peer(src, work / "out-floor", True, "--decode-only")
         o1 = ours(src, work / "out-w1", 1, True)
         o2 = ours(src, work / "out-w2", 2, False)
+        pair = ours_pair(src, work)
         row("peer (Pillow) c0", p, 1)
         row("pillow decode floor c0", f, 1, p)
         row("ours --workers 1 c0", o1, 1, p)
         row("ours --workers 2", o2, 2, p)
-        say(f"   ours w1 vs Pillow's decode floor: {o1['images'] / o1['wall'] / (f['images'] / f['wall']):.2f}x wall, "
+        row("2 x ours w1, c0 + c1", pair, 2, p)
+        rate = lambda m: m["images"] / m["wall"]
+        say(f"   ours w1 vs Pillow's decode floor: {rate(o1) / rate(f):.2f}x wall, "
             f"{(o1['images'] / o1['cpu']) / (f['images'] / f['cpu']):.2f}x CPU; w2/w1 scaling "
-            f"{(o2['images'] / o2['wall']) / (o1['images'] / o1['wall']):.2f}x wall")
-        for name, m in [("peer", p), ("floor", f), ("ours w1", o1), ("ours w2", o2)]:
+            f"{rate(o2) / rate(o1):.2f}x wall; two independent w1 processes at once {rate(pair) / rate(o1):.2f}x "
+            f"(the machine's ceiling for two workers): w2 reaches {rate(o2) / rate(pair):.2f} of it")
+        for name, m in [("peer", p), ("floor", f), ("ours w1", o1), ("ours w2", o2), ("2 x ours w1", pair)]:
             say(f"   {name}: {m['inner']}")
         say()
 

@@ -13,6 +13,8 @@
                             process streaming the epochs back to back, as training does
        ours w1 (no light.)  the same with a recipe whose lighting_std = 0
        ours w2 (+lighting)  pipeline stream --workers 2, unpinned
+       2 x ours w1          two `--workers 1` streams at once, pinned to cores 0 and 1:
+                            what two single-worker processes get from the machine
        torch w0 / w2        benches/stream_torch_peer.py, DataLoader num_workers 0
                             (taskset -c 0) and 2 (unpinned); --torch-epochs epochs
   3. prints a table: images/s, images/s per core (wall / cores given), images per
@@ -58,28 +60,40 @@ def say(line=""):
     LOG.write(line + "\n")
 
 
-def run(cmd, pin):
-    """Runs cmd under /usr/bin/time -v (taskset -c 0 when pin): (stdout, cpu s, peak RSS MB)."""
-    full = ["/usr/bin/time", "-v"] + (["taskset", "-c", "0"] if pin else []) + [str(c) for c in cmd]
+def launch(cmd, core=None):
+    """Starts cmd under /usr/bin/time -v (taskset -c CORE when given)."""
+    full = ["/usr/bin/time", "-v"] + (["taskset", "-c", str(core)] if core is not None else []) + [str(c) for c in cmd]
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
-    p = subprocess.run(full, capture_output=True, text=True, env=env)
+    return full, subprocess.Popen(full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def collect(launched):
+    """Waits for a launched command: (stdout, cpu s, peak RSS MB)."""
+    full, p = launched
+    stdout, stderr = p.communicate()
     if p.returncode != 0:
-        say(f"FAILED: {' '.join(full)}\n{p.stdout}\n{p.stderr[-3000:]}")
+        say(f"FAILED: {' '.join(full)}\n{stdout}\n{stderr[-3000:]}")
         sys.exit(1)
 
     def field(name):
-        return re.search(re.escape(name) + r":\s*(.+)", p.stderr).group(1).strip()
+        return re.search(re.escape(name) + r":\s*(.+)", stderr).group(1).strip()
 
     cpu = float(field("User time (seconds)")) + float(field("System time (seconds)"))
     rss = int(field("Maximum resident set size (kbytes)")) / 1024
-    return p.stdout, cpu, rss
+    return stdout, cpu, rss
 
 
-def ours(dataset, workers, pin, epochs, recipe=None):
+def run(cmd, pin):
+    """Runs cmd under /usr/bin/time -v (taskset -c 0 when pin): (stdout, cpu s, peak RSS MB)."""
+    return collect(launch(cmd, 0 if pin else None))
+
+
+def ours_command(dataset, workers, epochs, recipe=None):
     cmd = [BIN, "stream", "--dataset", dataset, "--workers", workers, "--epochs", epochs]
-    if recipe is not None:
-        cmd += ["--recipe", recipe]
-    out, cpu, rss = run(cmd, pin)
+    return cmd + (["--recipe", recipe] if recipe is not None else [])
+
+
+def ours_result(out, cpu, rss):
     result = json.loads(out.strip().splitlines()[-1])
     per_epoch = result["epoch_images_per_s"]
     return {
@@ -87,6 +101,19 @@ def ours(dataset, workers, pin, epochs, recipe=None):
         "note": f"1 process; per epoch {', '.join(f'{r:.0f}' for r in per_epoch)} img/s",
         "epochs": per_epoch,
     }
+
+
+def ours(dataset, workers, pin, epochs, recipe=None):
+    return ours_result(*run(ours_command(dataset, workers, epochs, recipe), pin))
+
+
+def ours_pair(dataset, epochs):
+    """Two independent `--workers 1` streams at once, one pinned to each core: the most
+    two single-worker processes get out of this machine, the ceiling for --workers 2."""
+    launched = [launch(ours_command(dataset, 1, epochs), core) for core in (0, 1)]
+    a, b = (ours_result(*collect(l)) for l in launched)
+    return {"images": a["images"] + b["images"], "seconds": max(a["seconds"], b["seconds"]),
+            "cpu": a["cpu"] + b["cpu"], "rss": a["rss"] + b["rss"], "note": "2 processes"}
 
 
 def peer(cmd, pin):
@@ -200,6 +227,7 @@ def main():
         o1 = ours(dataset, 1, True, e)
         o1n = ours(dataset, 1, True, e, recipe)
         o2 = ours(dataset, 2, False, e)
+        pair = ours_pair(dataset, e)
         t0 = peer([TORCH_PYTHON, TORCH_PEER, "--dataset", dataset, "--export", export, "--epochs", te, "--workers", 0], True)
         t2 = peer([TORCH_PYTHON, TORCH_PEER, "--dataset", dataset, "--export", export, "--epochs", te, "--workers", 2], False)
         header()
@@ -210,12 +238,18 @@ def main():
         row("ours w1 +lighting c0", o1, 1, [("/numpy", np_l, 1), ("/torch w0", t0, 1)])
         row("ours w1 no lighting c0", o1n, 1, [("/numpy", np_n, 1)])
         row("ours w2 +lighting", o2, 2, [("/numpy", np_l, 1), ("/torch w2", t2, 2)])
+        row("2 x ours w1, c0 + c1", pair, 2, [("/numpy", np_l, 1)])
         if len(o1["epochs"]) > 1:
             later = o1["epochs"][1:]
             steady = len(later) / sum(1 / r for r in later)
             say(f"   ours w1 +lighting after the first epoch: {steady:.0f} img/s on one core = "
                 f"{steady / rate(np_l):.2f}x numpy")
-        say(f"   ours w2/w1 scaling: {rate(o2) / rate(o1):.2f}x wall")
+        say(f"   ours w2/w1 scaling: {rate(o2) / rate(o1):.2f}x wall; two independent w1 processes at once "
+            f"{rate(pair) / rate(o1):.2f}x (the machine's ceiling for two workers): w2 reaches "
+            f"{rate(o2) / rate(pair):.2f} of it")
+        if len(o2["epochs"]) > 1:
+            later = o2["epochs"][1:]
+            say(f"   ours w2 after the first epoch: {len(later) / sum(1 / r for r in later):.0f} img/s")
 
     if args.save:
         results = ROOT / "benches" / "results"

@@ -345,8 +345,8 @@ fn bare_train_reads_dataset_and_pipeline_paper_toml_and_numbers_its_runs() {
 }
 
 /// `pipeline/sample.toml` on the full sample (600 train / 100 val images per class)
-/// reaches ≥ 80 % validation top-1 accuracy at its last epoch (measured: 80.4 %, best
-/// 80.7 %). Takes ~5–9 minutes on 2 cores (render + ingest under a minute, the recipe's
+/// reaches ≥ 80 % validation top-1 accuracy at its last epoch (measured: 80.7 %, also
+/// its best). Takes ~5–9 minutes on 2 cores (render + ingest under a minute, the recipe's
 /// 30 epochs 4–7 min); `--nocapture` prints the run and its times.
 #[test]
 fn sample_recipe_reaches_80_percent_on_the_full_sample() {
