@@ -23,7 +23,7 @@ Ratios compare per-core rates measured in the same round. The machine may be sha
 builds): the CPU-second column is the steadier one; both are reported.
 
 usage: python3 benches/ingest_bench.py [--train-per-class 300] [--val-per-class 10]
-           [--rounds 2] [--large-per-class 10] [--work /tmp/ingest-bench] [--save]
+           [--rounds 3] [--large-per-class 10] [--work /tmp/ingest-bench] [--save]
   --save writes the output to benches/results/ingest-<date>.txt as well.
 Needs: target/release/pipeline (cargo build --release), python3 with pillow, numpy,
 pyarrow; taskset and /usr/bin/time (Debian: util-linux, time).
@@ -166,7 +166,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--train-per-class", type=int, default=300)
     ap.add_argument("--val-per-class", type=int, default=10)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--large-per-class", type=int, default=10, help="0 skips the large-source part")
     ap.add_argument("--work", type=pathlib.Path, default=pathlib.Path("/tmp/ingest-bench"))
     ap.add_argument("--save", action="store_true")
@@ -194,6 +194,9 @@ def main():
         f"(--train-per-class {args.train_per_class} --val-per-class {args.val_per_class}); S = 256, "
         f"1024 rows/shard, 64 rows/row group, uncompressed")
     say()
+    rate = lambda m: m["images"] / m["wall"]
+    per_cpu = lambda m: m["images"] / m["cpu"]
+    rounds = []
     for r in range(1, args.rounds + 1):
         say(f"## round {r}")
         header()
@@ -207,7 +210,8 @@ def main():
         row("ours --workers 1 c0", o1, 1, p)
         row("ours --workers 2", o2, 2, p)
         row("2 x ours w1, c0 + c1", pair, 2, p)
-        rate = lambda m: m["images"] / m["wall"]
+        rounds.append({"per core": rate(o1) / rate(p), "per CPU-s": per_cpu(o1) / per_cpu(p),
+                       "w2/w1": rate(o2) / rate(o1), "w2/ceiling": rate(o2) / rate(pair)})
         say(f"   ours w1 vs Pillow's decode floor: {rate(o1) / rate(f):.2f}x wall, "
             f"{(o1['images'] / o1['cpu']) / (f['images'] / f['cpu']):.2f}x CPU; w2/w1 scaling "
             f"{rate(o2) / rate(o1):.2f}x wall; two independent w1 processes at once {rate(pair) / rate(o1):.2f}x "
@@ -215,6 +219,15 @@ def main():
         for name, m in [("peer", p), ("floor", f), ("ours w1", o1), ("ours w2", o2), ("2 x ours w1", pair)]:
             say(f"   {name}: {m['inner']}")
         say()
+
+    # Single runs on a shared VM swing by ±20 %: the median over rounds is the figure.
+    median = lambda xs: sorted(xs)[len(xs) // 2]
+    say(f"median of {len(rounds)} rounds: ours w1 / peer "
+        + ", ".join(f"{k} {median([x[k] for x in rounds]):.2f}x" for k in ("per core", "per CPU-s"))
+        + f"; w2/w1 {median([x['w2/w1'] for x in rounds]):.2f}x; w2 / two w1 processes "
+        + f"{median([x['w2/ceiling'] for x in rounds]):.2f}"
+        + f" (range per core {min(x['per core'] for x in rounds):.2f}-{max(x['per core'] for x in rounds):.2f}x)")
+    say()
 
     # The same crops? Compare the two datasets' stats (a quick sanity check, not the test).
     ours_manifest = json.loads((work / "out-w1" / "dataset.json").read_text())

@@ -29,7 +29,7 @@ ours, user+sys of the process (/usr/bin/time). The machine may be shared with ot
 work: the CPU-second columns are the steadier ones.
 
 usage: python3 benches/stream_bench.py [--train-per-class 600] [--epochs 4]
-           [--torch-epochs 2] [--rounds 2] [--work /tmp/stream-bench] [--save]
+           [--torch-epochs 2] [--rounds 3] [--work /tmp/stream-bench] [--save]
   --save writes the output to benches/results/stream-<date>.txt as well.
 Needs: target/release/pipeline, python3 with numpy + pyarrow, /usr/bin/python3 with
 torch (python3-torch), taskset, /usr/bin/time.
@@ -170,7 +170,7 @@ def main():
     ap.add_argument("--train-per-class", type=int, default=600)
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--torch-epochs", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--work", type=pathlib.Path, default=pathlib.Path("/tmp/stream-bench"))
     ap.add_argument("--save", action="store_true")
     args = ap.parse_args()
@@ -219,6 +219,7 @@ def main():
     recipe.write_text(no_light)
 
     e, te = args.epochs, args.torch_epochs
+    rounds = []
     for r in range(1, args.rounds + 1):
         say()
         say(f"## round {r}")
@@ -239,6 +240,8 @@ def main():
         row("ours w1 no lighting c0", o1n, 1, [("/numpy", np_n, 1)])
         row("ours w2 +lighting", o2, 2, [("/numpy", np_l, 1), ("/torch w2", t2, 2)])
         row("2 x ours w1, c0 + c1", pair, 2, [("/numpy", np_l, 1)])
+        rounds.append({"per core": rate(o1) / rate(np_l), "per CPU-s": (o1["images"] / o1["cpu"]) / (np_l["images"] / np_l["cpu"]),
+                       "w2/w1": rate(o2) / rate(o1), "w2/ceiling": rate(o2) / rate(pair)})
         if len(o1["epochs"]) > 1:
             later = o1["epochs"][1:]
             steady = len(later) / sum(1 / r for r in later)
@@ -250,6 +253,15 @@ def main():
         if len(o2["epochs"]) > 1:
             later = o2["epochs"][1:]
             say(f"   ours w2 after the first epoch: {len(later) / sum(1 / r for r in later):.0f} img/s")
+
+    # Single runs on a shared VM swing by ±20 %: the median over rounds is the figure.
+    median = lambda xs: sorted(xs)[len(xs) // 2]
+    say()
+    say(f"median of {len(rounds)} rounds: ours w1 / numpy +lighting "
+        + ", ".join(f"{k} {median([x[k] for x in rounds]):.2f}x" for k in ("per core", "per CPU-s"))
+        + f"; w2/w1 {median([x['w2/w1'] for x in rounds]):.2f}x; w2 / two w1 processes "
+        + f"{median([x['w2/ceiling'] for x in rounds]):.2f}"
+        + f" (range per core {min(x['per core'] for x in rounds):.2f}-{max(x['per core'] for x in rounds):.2f}x)")
 
     if args.save:
         results = ROOT / "benches" / "results"
