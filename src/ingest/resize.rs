@@ -115,14 +115,56 @@ impl CentreCropper {
             gray.resize((s * s) as usize, 0);
             let mut dst = Image::from_slice_u8(s, s, gray, PixelType::U8).expect("sized above");
             self.resizer.resize(&src, &mut dst, &options).expect("same pixel type, non-empty crop");
-            for (rgb, &g) in out.as_chunks_mut::<3>().0.iter_mut().zip(gray.iter()) {
-                *rgb = [g, g, g];
-            }
+            gray_to_rgb(gray, out);
         } else {
             let mut dst = Image::from_slice_u8(s, s, out, PixelType::U8x3).expect("sized above");
             self.resizer.resize(&src, &mut dst, &options).expect("same pixel type, non-empty crop");
         }
     }
+}
+
+/// Spreads each gray byte to three RGB bytes (one pixel at a time this was
+/// scalar byte stores, ~2 % of the ingest; with SSSE3 it is three shuffles per
+/// sixteen pixels).
+fn gray_to_rgb(gray: &[u8], rgb: &mut [u8]) {
+    assert_eq!(rgb.len(), gray.len() * 3, "three RGB bytes per gray byte");
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("ssse3") {
+        // SAFETY: the CPU supports SSSE3, checked just above.
+        done = unsafe { gray_to_rgb_ssse3(gray, rgb) };
+    }
+    for (&g, o) in gray[done..].iter().zip(rgb[3 * done..].as_chunks_mut::<3>().0) {
+        *o = [g, g, g];
+    }
+}
+
+/// The whole 16-pixel blocks of [`gray_to_rgb`]; returns the pixels done.
+///
+/// # Safety
+/// The CPU must support SSSE3.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "ssse3")]
+unsafe fn gray_to_rgb_ssse3(gray: &[u8], rgb: &mut [u8]) -> usize {
+    use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_setr_epi8, _mm_shuffle_epi8, _mm_storeu_si128};
+    let masks = [
+        _mm_setr_epi8(0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4, 5),
+        _mm_setr_epi8(5, 5, 6, 6, 6, 7, 7, 7, 8, 8, 8, 9, 9, 9, 10, 10),
+        _mm_setr_epi8(10, 11, 11, 11, 12, 12, 12, 13, 13, 13, 14, 14, 14, 15, 15, 15),
+    ];
+    let (blocks, _) = gray.as_chunks::<16>();
+    let (out_blocks, _) = rgb.as_chunks_mut::<48>();
+    for (g, o) in blocks.iter().zip(out_blocks.iter_mut()) {
+        // SAFETY: `g` is 16 readable bytes and `o` 48 writable ones (unaligned
+        // loads and stores).
+        unsafe {
+            let g = _mm_loadu_si128(g.as_ptr().cast::<__m128i>());
+            for (k, mask) in masks.iter().enumerate() {
+                _mm_storeu_si128(o.as_mut_ptr().add(16 * k).cast::<__m128i>(), _mm_shuffle_epi8(g, *mask));
+            }
+        }
+    }
+    blocks.len().min(out_blocks.len()) * 16
 }
 
 #[cfg(test)]
@@ -144,6 +186,15 @@ mod tests {
         let out = CentreCropper::new(16, ResizeFilter::Bilinear).crop(&image);
         assert_eq!(out.len(), 16 * 16 * 3);
         assert!(out.iter().all(|&v| v == 77));
+    }
+
+    #[test]
+    fn gray_spreads_to_rgb_in_blocks_and_tail() {
+        let gray: Vec<u8> = (0..37).collect();
+        let mut rgb = vec![0; 37 * 3];
+        gray_to_rgb(&gray, &mut rgb);
+        let expected: Vec<u8> = gray.iter().flat_map(|&g| [g, g, g]).collect();
+        assert_eq!(rgb, expected);
     }
 
     #[test]

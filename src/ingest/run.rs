@@ -115,20 +115,22 @@ fn training_order(images: &[SourceImage], seed: u64) -> Vec<SourceImage> {
 }
 
 /// Reads, decodes and centre-crops one image into `out` (its row's slot).
-/// `scratch` is the decode buffer, kept between images.
+/// The worker's file and decode buffers are reused from image to image.
 fn load_image(
     root: &Path,
     image: &SourceImage,
-    cropper: &mut CentreCropper,
-    scratch: &mut Vec<u8>,
+    worker: &mut WorkerState,
     max_pixels: u64,
     out: &mut [u8],
 ) -> Result<(), String> {
-    let bytes = std::fs::read(root.join(&image.key)).map_err(|e| format!("cannot read: {e}"))?;
-    let decoded =
-        decode::decode_reusing(&bytes, max_pixels, std::mem::take(scratch)).map_err(|e: DecodeError| e.to_string())?;
-    cropper.crop_into(&decoded, out);
-    *scratch = decoded.pixels;
+    let cannot_read = |e: std::io::Error| format!("cannot read: {e}");
+    let mut file = std::fs::File::open(root.join(&image.key)).map_err(cannot_read)?;
+    worker.file.clear();
+    std::io::Read::read_to_end(&mut file, &mut worker.file).map_err(cannot_read)?;
+    let decoded = decode::decode_reusing(&worker.file, max_pixels, std::mem::take(&mut worker.scratch))
+        .map_err(|e: DecodeError| e.to_string())?;
+    worker.cropper.crop_into(&decoded, out);
+    worker.scratch = decoded.pixels;
     Ok(())
 }
 
@@ -174,10 +176,13 @@ struct DecodedUnit {
 }
 
 /// What one decode thread keeps from image to image and unit to unit (so
-/// nothing is allocated per unit): its resizer, its decode buffer, its
-/// failures in the current unit, and its sums over the current shard.
+/// nothing is allocated per image): its resizer, its file and decode buffers,
+/// its failures in the current unit, and its sums over the current shard.
 struct WorkerState {
     cropper: CentreCropper,
+    /// The source file's bytes.
+    file: Vec<u8>,
+    /// The decoded source.
     scratch: Vec<u8>,
     failures: Vec<(usize, String)>,
     stats: StatsAccumulator,
@@ -207,7 +212,7 @@ impl Job<'_> {
                 let thread = rayon::current_thread_index().expect("runs on the decode pool");
                 let mut worker = self.workers[thread].lock().expect("worker state lock");
                 let worker = &mut *worker;
-                match load_image(&self.tree.root, image, &mut worker.cropper, &mut worker.scratch, max_pixels, slot) {
+                match load_image(&self.tree.root, image, worker, max_pixels, slot) {
                     Ok(()) if with_stats => worker.stats.add(slot),
                     Ok(()) => {}
                     Err(reason) => worker.failures.push((i, reason)),
@@ -394,6 +399,7 @@ pub fn ingest(opts: &IngestOptions) -> Result<IngestSummary, IngestError> {
     bar.set_prefix("ingest");
     let worker = || WorkerState {
         cropper: CentreCropper::new(opts.image_size, opts.config.filter),
+        file: Vec::new(),
         scratch: Vec::new(),
         failures: Vec::new(),
         stats: StatsAccumulator::new(opts.image_size),
