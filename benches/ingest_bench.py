@@ -186,7 +186,7 @@ def main():
     say(f"# peer: Python {platform.python_version()}, Pillow {PIL.__version__} (libjpeg-turbo {features.version('jpg')}), "
         f"numpy {numpy.__version__}, pyarrow {pyarrow.__version__}")
     git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    say(f"# ours: {BIN} (commit {git.stdout.strip()}, working tree may differ)")
+    say(f"# ours: {BIN.relative_to(ROOT)} (commit {git.stdout.strip()}, working tree may differ)")
 
     src = work / "src"
     n, size = render(src, args.train_per_class, args.val_per_class)

@@ -191,7 +191,7 @@ def main():
     say(f"# numpy peer: Python {platform.python_version()}, numpy {numpy.__version__}, pyarrow {pyarrow.__version__}; "
         f"torch peer: {TORCH_PYTHON}, torch {torch_version or 'MISSING'}")
     git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    say(f"# ours: {BIN} (commit {git.stdout.strip()}, working tree may differ)")
+    say(f"# ours: {BIN.relative_to(ROOT)} (commit {git.stdout.strip()}, working tree may differ)")
 
     src, dataset, export = work / "src", work / "dataset", work / "torch-export"
     if not (dataset / "dataset.json").exists():
