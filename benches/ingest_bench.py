@@ -30,7 +30,6 @@ pyarrow; taskset and /usr/bin/time (Debian: util-linux, time).
 """
 import argparse
 import datetime
-import io
 import json
 import os
 import pathlib
@@ -40,50 +39,11 @@ import shutil
 import subprocess
 import sys
 
+from measure import collect, launch, say, say_medians, save, timed
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BIN = ROOT / "target" / "release" / "pipeline"
 PEER = ROOT / "benches" / "ingest_peer.py"
-
-LOG = io.StringIO()
-
-
-def say(line=""):
-    print(line, flush=True)
-    LOG.write(line + "\n")
-
-
-def launch(cmd, core=None):
-    """Starts cmd under /usr/bin/time -v (and taskset -c CORE when given)."""
-    full = ["/usr/bin/time", "-v"] + (["taskset", "-c", str(core)] if core is not None else []) + cmd
-    # One BLAS thread: the peer is one process on one core (idle OpenBLAS threads would
-    # only compete with it for core 0).
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
-    return full, subprocess.Popen(full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-
-
-def collect(launched):
-    """Waits for a launched command; returns (stdout, metrics: wall, cpu, rss)."""
-    full, p = launched
-    stdout, err = p.communicate()
-    if p.returncode != 0:
-        say(f"FAILED: {' '.join(full)}\n{stdout}\n{err}")
-        sys.exit(1)
-
-    def field(name):
-        return re.search(re.escape(name) + r":\s*(.+)", err).group(1).strip()
-
-    wall = field("Elapsed (wall clock) time (h:mm:ss or m:ss)")
-    parts = [float(x) for x in wall.split(":")]
-    seconds = sum(v * 60 ** i for i, v in enumerate(reversed(parts)))
-    cpu = float(field("User time (seconds)")) + float(field("System time (seconds)"))
-    rss = int(field("Maximum resident set size (kbytes)")) / 1024
-    return stdout, {"wall": seconds, "cpu": cpu, "rss": rss}
-
-
-def timed(cmd, pin):
-    """Runs cmd under /usr/bin/time -v (and taskset -c 0 when pin); returns (stdout, metrics)."""
-    return collect(launch(cmd, 0 if pin else None))
-
 
 def warm(tree):
     for path in tree.rglob("*"):
@@ -220,13 +180,7 @@ def main():
             say(f"   {name}: {m['inner']}")
         say()
 
-    # Single runs on a shared VM swing by ±20 %: the median over rounds is the figure.
-    median = lambda xs: sorted(xs)[len(xs) // 2]
-    say(f"median of {len(rounds)} rounds: ours w1 / peer "
-        + ", ".join(f"{k} {median([x[k] for x in rounds]):.2f}x" for k in ("per core", "per CPU-s"))
-        + f"; w2/w1 {median([x['w2/w1'] for x in rounds]):.2f}x; w2 / two w1 processes "
-        + f"{median([x['w2/ceiling'] for x in rounds]):.2f}"
-        + f" (range per core {min(x['per core'] for x in rounds):.2f}-{max(x['per core'] for x in rounds):.2f}x)")
+    say_medians("peer", rounds)
     say()
 
     # The same crops? Compare the two datasets' stats (a quick sanity check, not the test).
@@ -256,11 +210,7 @@ def main():
         say()
 
     if args.save:
-        results = ROOT / "benches" / "results"
-        results.mkdir(exist_ok=True)
-        path = results / f"ingest-{datetime.date.today().isoformat()}.txt"
-        path.write_text(LOG.getvalue())
-        print(f"saved {path}")
+        save(ROOT, "ingest")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,6 @@ torch (python3-torch), taskset, /usr/bin/time.
 """
 import argparse
 import datetime
-import io
 import json
 import os
 import pathlib
@@ -46,65 +45,31 @@ import shutil
 import subprocess
 import sys
 
+from measure import collect, launch, say, say_medians, save, timed
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BIN = ROOT / "target" / "release" / "pipeline"
 NUMPY_PEER = ROOT / "benches" / "stream_peer.py"
 TORCH_PEER = ROOT / "benches" / "stream_torch_peer.py"
 TORCH_PYTHON = "/usr/bin/python3"
 
-LOG = io.StringIO()
-
-
-def say(line=""):
-    print(line, flush=True)
-    LOG.write(line + "\n")
-
-
-def launch(cmd, core=None):
-    """Starts cmd under /usr/bin/time -v (taskset -c CORE when given)."""
-    full = ["/usr/bin/time", "-v"] + (["taskset", "-c", str(core)] if core is not None else []) + [str(c) for c in cmd]
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
-    return full, subprocess.Popen(full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-
-
-def collect(launched):
-    """Waits for a launched command: (stdout, cpu s, peak RSS MB)."""
-    full, p = launched
-    stdout, stderr = p.communicate()
-    if p.returncode != 0:
-        say(f"FAILED: {' '.join(full)}\n{stdout}\n{stderr[-3000:]}")
-        sys.exit(1)
-
-    def field(name):
-        return re.search(re.escape(name) + r":\s*(.+)", stderr).group(1).strip()
-
-    cpu = float(field("User time (seconds)")) + float(field("System time (seconds)"))
-    rss = int(field("Maximum resident set size (kbytes)")) / 1024
-    return stdout, cpu, rss
-
-
-def run(cmd, pin):
-    """Runs cmd under /usr/bin/time -v (taskset -c 0 when pin): (stdout, cpu s, peak RSS MB)."""
-    return collect(launch(cmd, 0 if pin else None))
-
-
 def ours_command(dataset, workers, epochs, recipe=None):
     cmd = [BIN, "stream", "--dataset", dataset, "--workers", workers, "--epochs", epochs]
     return cmd + (["--recipe", recipe] if recipe is not None else [])
 
 
-def ours_result(out, cpu, rss):
+def ours_result(out, m):
     result = json.loads(out.strip().splitlines()[-1])
     per_epoch = result["epoch_images_per_s"]
     return {
-        "images": result["images"], "seconds": result["seconds"], "cpu": cpu, "rss": rss,
+        "images": result["images"], "seconds": result["seconds"], "cpu": m["cpu"], "rss": m["rss"],
         "note": f"1 process; per epoch {', '.join(f'{r:.0f}' for r in per_epoch)} img/s",
         "epochs": per_epoch,
     }
 
 
 def ours(dataset, workers, pin, epochs, recipe=None):
-    return ours_result(*run(ours_command(dataset, workers, epochs, recipe), pin))
+    return ours_result(*timed(ours_command(dataset, workers, epochs, recipe), pin))
 
 
 def ours_pair(dataset, epochs):
@@ -117,10 +82,10 @@ def ours_pair(dataset, epochs):
 
 
 def peer(cmd, pin):
-    out, _cpu, rss = run(cmd, pin)
+    out, m = timed(cmd, pin)
     result = json.loads(out.strip().splitlines()[-1])
     return {
-        "images": result["images"], "seconds": result["seconds"], "cpu": result["loop_cpu_seconds"], "rss": rss,
+        "images": result["images"], "seconds": result["seconds"], "cpu": result["loop_cpu_seconds"], "rss": m["rss"],
         "note": f"load {result['load_seconds']:.1f} s excluded",
     }
 
@@ -254,21 +219,11 @@ def main():
             later = o2["epochs"][1:]
             say(f"   ours w2 after the first epoch: {len(later) / sum(1 / r for r in later):.0f} img/s")
 
-    # Single runs on a shared VM swing by ±20 %: the median over rounds is the figure.
-    median = lambda xs: sorted(xs)[len(xs) // 2]
     say()
-    say(f"median of {len(rounds)} rounds: ours w1 / numpy +lighting "
-        + ", ".join(f"{k} {median([x[k] for x in rounds]):.2f}x" for k in ("per core", "per CPU-s"))
-        + f"; w2/w1 {median([x['w2/w1'] for x in rounds]):.2f}x; w2 / two w1 processes "
-        + f"{median([x['w2/ceiling'] for x in rounds]):.2f}"
-        + f" (range per core {min(x['per core'] for x in rounds):.2f}-{max(x['per core'] for x in rounds):.2f}x)")
+    say_medians("numpy +lighting", rounds)
 
     if args.save:
-        results = ROOT / "benches" / "results"
-        results.mkdir(exist_ok=True)
-        path = results / f"stream-{datetime.date.today().isoformat()}.txt"
-        path.write_text(LOG.getvalue())
-        print(f"saved {path}")
+        save(ROOT, "stream")
 
 
 if __name__ == "__main__":
