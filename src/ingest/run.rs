@@ -339,10 +339,9 @@ impl Job<'_> {
             'shards: for (index, shard) in shards.iter().enumerate().skip(done) {
                 let units = shard.chunks(unit_len);
                 let last = units.len() - 1;
-                for (u, unit) in units.enumerate() {
-                    let unit = self.decode_unit(index, u == last, unit, with_stats);
-                    decoded += unit.groups.iter().map(|g| g.labels.len()).sum::<usize>() + unit.skipped.len();
-                    if sender.send(unit).is_err() {
+                for (u, images) in units.enumerate() {
+                    decoded += images.len();
+                    if sender.send(self.decode_unit(index, u == last, images, with_stats)).is_err() {
                         break 'shards; // the writer stopped on an error, returned below
                     }
                 }
