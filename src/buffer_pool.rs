@@ -14,13 +14,20 @@ pub struct BufferPool<T> {
 
 impl<T: Default + Clone> BufferPool<T> {
     pub fn new() -> Self {
-        Self { free: Arc::new(Mutex::new(Vec::new())) }
+        Self {
+            free: Arc::new(Mutex::new(Vec::new())),
+        }
     }
 
     /// A buffer of exactly `len` elements (contents unspecified). A recycled
     /// buffer of the same length comes back without a single write.
     pub fn take(&self, len: usize) -> Vec<T> {
-        let mut buffer = self.free.lock().expect("pool lock").pop().unwrap_or_default();
+        let mut buffer = self
+            .free
+            .lock()
+            .expect("pool lock")
+            .pop()
+            .unwrap_or_default();
         buffer.resize(len, T::default());
         buffer
     }
@@ -40,7 +47,10 @@ impl BufferPool<u8> {
     /// Hands `buffer` out as `Bytes` (slices of it shared freely); it returns
     /// to this pool when the last slice is dropped.
     pub fn share(&self, buffer: Vec<u8>) -> Bytes {
-        Bytes::from_owner(PooledBuffer { buffer, pool: self.clone() })
+        Bytes::from_owner(PooledBuffer {
+            buffer,
+            pool: self.clone(),
+        })
     }
 }
 
@@ -74,7 +84,10 @@ mod tests {
         let bytes = pool.share(buffer);
         let tail = bytes.slice(4..);
         drop(bytes);
-        assert!(pool.free.lock().unwrap().is_empty(), "a slice is still alive");
+        assert!(
+            pool.free.lock().unwrap().is_empty(),
+            "a slice is still alive"
+        );
         assert_eq!(&tail[..], &[5, 6, 7, 8]);
         drop(tail);
         // Same length: the recycled buffer keeps its contents (nothing rewritten).

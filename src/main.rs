@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use pipeline::ingest::{self, IngestOptions, ResizeFilter};
-use pipeline::recipe::Recipe;
 use pipeline::dataset::Split;
 use pipeline::features::FeatureTable;
 use pipeline::features::commands;
+use pipeline::ingest::{self, IngestOptions, ResizeFilter};
+use pipeline::recipe::Recipe;
 use pipeline::sample::{self, SampleLayout, SampleOptions};
 use pipeline::stream::report::{self as stream_report, StreamRun};
 use pipeline::stream::{DataSource, EpochOptions, MeanMode, StreamPosition, ViewMode};
@@ -21,7 +21,11 @@ const DEFAULT_DATASET: &str = train::DEFAULT_DATASET;
 const PAPER_RECIPE: &str = "pipeline/paper.toml";
 
 #[derive(Parser)]
-#[command(name = "pipeline", version, about = "The AlexNet paper's data and training pipeline")]
+#[command(
+    name = "pipeline",
+    version,
+    about = "The AlexNet paper's data and training pipeline"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -294,7 +298,9 @@ fn load_recipe(path: Option<&PathBuf>) -> Result<Recipe> {
 /// Opens a dataset split for streaming, refusing one that does not fit the recipe.
 fn open_source(dataset: &PathBuf, split: Split, recipe: &Recipe) -> Result<DataSource> {
     let source = DataSource::open(dataset, split, recipe.stream.clone())?;
-    recipe.check_dataset(dataset, source.image_size()).map_err(anyhow::Error::msg)?;
+    recipe
+        .check_dataset(dataset, source.image_size())
+        .map_err(anyhow::Error::msg)?;
     Ok(source)
 }
 
@@ -302,8 +308,15 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Demo { dir } => {
-            anyhow::ensure!(Path::new("pipeline/sample.toml").exists(), "run the demo from the repository root (it uses pipeline/sample.toml)");
-            anyhow::ensure!(!dir.join("run").exists(), "{} already holds a demo run; remove it or pass --dir", dir.display());
+            anyhow::ensure!(
+                Path::new("pipeline/sample.toml").exists(),
+                "run the demo from the repository root (it uses pipeline/sample.toml)"
+            );
+            anyhow::ensure!(
+                !dir.join("run").exists(),
+                "{} already holds a demo run; remove it or pass --dir",
+                dir.display()
+            );
             let exe = std::env::current_exe()?;
             let mut ran = 0;
             loop {
@@ -317,7 +330,15 @@ fn main() -> Result<()> {
                 ran += 1;
             }
         }
-        Command::Sample { out, layout, seed, train_per_class, val_per_class, min_side, max_side } => {
+        Command::Sample {
+            out,
+            layout,
+            seed,
+            train_per_class,
+            val_per_class,
+            min_side,
+            max_side,
+        } => {
             let options = SampleOptions {
                 out,
                 layout,
@@ -356,7 +377,11 @@ fn main() -> Result<()> {
             // Only what ingest uses is checked here: an --image-size override may
             // leave the recipe's crop for another size, which train checks.
             anyhow::ensure!(recipe.data.image_size > 0, "--image-size must be positive");
-            recipe.ingest.validate().map_err(anyhow::Error::msg).context("invalid ingest settings")?;
+            recipe
+                .ingest
+                .validate()
+                .map_err(anyhow::Error::msg)
+                .context("invalid ingest settings")?;
             let options = IngestOptions {
                 source,
                 out,
@@ -390,7 +415,10 @@ fn main() -> Result<()> {
             let mut recipe = load_recipe(recipe.as_ref())?;
             recipe.stream.workers = workers.unwrap_or(recipe.stream.workers);
             recipe.stream.seed = seed.unwrap_or(recipe.stream.seed);
-            anyhow::ensure!(rank < world_size, "--rank {rank} must be below --world-size {world_size}");
+            anyhow::ensure!(
+                rank < world_size,
+                "--rank {rank} must be below --world-size {world_size}"
+            );
             let source = open_source(&dataset, split, &recipe)?;
             let run = StreamRun {
                 mode: views.into(),
@@ -410,7 +438,14 @@ fn main() -> Result<()> {
             }
             println!("{}", serde_json::to_string(&report)?);
         }
-        Command::Preview { dataset, recipe, out, columns, rows, seed } => {
+        Command::Preview {
+            dataset,
+            recipe,
+            out,
+            columns,
+            rows,
+            seed,
+        } => {
             let mut recipe = load_recipe(recipe.as_ref())?;
             recipe.stream.seed = seed.unwrap_or(recipe.stream.seed);
             // Channel mean: the exact inverse is then known per pixel (see preview::grid).
@@ -425,22 +460,48 @@ fn main() -> Result<()> {
                 world_size: 1,
                 with_keys: false,
             })?;
-            let batch = stream.next_batch().context("the training split holds fewer images than one grid")??;
+            let batch = stream
+                .next_batch()
+                .context("the training split holds fewer images than one grid")??;
             let grid = pipeline::stream::preview::grid(&batch, source.mean(), columns, rows);
-            pipeline::stream::preview::save(&out, &grid).with_context(|| format!("writing {}", out.display()))?;
-            println!("wrote {} ({} augmented samples)", out.display(), batch.len());
+            pipeline::stream::preview::save(&out, &grid)
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!(
+                "wrote {} ({} augmented samples)",
+                out.display(),
+                batch.len()
+            );
         }
-        Command::Train { recipe, dataset, out, resume, device, epochs, stop_after_steps, quiet } => {
+        Command::Train {
+            recipe,
+            dataset,
+            out,
+            resume,
+            device,
+            epochs,
+            stop_after_steps,
+            quiet,
+        } => {
             let start = match resume {
                 Some(run) => Start::Resume { run },
                 None => {
                     let default = PathBuf::from(PAPER_RECIPE);
                     let path = recipe.or_else(|| default.exists().then_some(default));
-                    Start::New { recipe: Box::new(load_recipe(path.as_ref())?), out }
+                    Start::New {
+                        recipe: Box::new(load_recipe(path.as_ref())?),
+                        out,
+                    }
                 }
             };
-            let options =
-                TrainOptions { start, dataset, device, epochs, stop_after_steps, progress: !quiet, handle_ctrl_c: true };
+            let options = TrainOptions {
+                start,
+                dataset,
+                device,
+                epochs,
+                stop_after_steps,
+                progress: !quiet,
+                handle_ctrl_c: true,
+            };
             let summary = train::train(&options)?;
             for line in summary.lines() {
                 println!("{line}");
@@ -450,31 +511,76 @@ fn main() -> Result<()> {
                 std::process::exit(train::interrupt::EXIT_INTERRUPTED);
             }
         }
-        Command::Eval { run, dataset, ten_crop, checkpoint, device, batch_size, quiet } => {
-            let options = EvalOptions { run, dataset, ten_crop, checkpoint, device, batch_size, progress: !quiet };
+        Command::Eval {
+            run,
+            dataset,
+            ten_crop,
+            checkpoint,
+            device,
+            batch_size,
+            quiet,
+        } => {
+            let options = EvalOptions {
+                run,
+                dataset,
+                ten_crop,
+                checkpoint,
+                device,
+                batch_size,
+                progress: !quiet,
+            };
             let report = train::run_eval(&options)?;
             for line in report.lines() {
                 println!("{line}");
             }
             println!("{}", serde_json::to_string(&report)?);
         }
-        Command::ExportFeatures { run, dataset, split, layer, codes, out, device, batch_size, quiet } => {
+        Command::ExportFeatures {
+            run,
+            dataset,
+            split,
+            layer,
+            codes,
+            out,
+            device,
+            batch_size,
+            quiet,
+        } => {
             let run = match run {
                 Some(run) => run,
                 None => commands::newest_run(Path::new(pipeline::train::run_dir::RUNS_ROOT))?,
             };
             let loaded = commands::load_run(&run, dataset.as_deref(), split, device.as_deref())?;
-            let summary = commands::export(&loaded, &layer, codes.as_deref(), &out, batch_size, !quiet)?;
+            let summary =
+                commands::export(&loaded, &layer, codes.as_deref(), &out, batch_size, !quiet)?;
             println!("{summary}");
         }
-        Command::Neighbors { features, key, image, run, k, hamming, sheet, dataset } => {
+        Command::Neighbors {
+            features,
+            key,
+            image,
+            run,
+            k,
+            hamming,
+            sheet,
+            dataset,
+        } => {
             let table = FeatureTable::read(&features)?;
             let found = match (key, image) {
-                (Some(key), _) => commands::neighbours_of_key(&table, &key, k, hamming, dataset.as_deref(), sheet.as_deref())?,
+                (Some(key), _) => commands::neighbours_of_key(
+                    &table,
+                    &key,
+                    k,
+                    hamming,
+                    dataset.as_deref(),
+                    sheet.as_deref(),
+                )?,
                 (None, Some(image)) => {
                     let run = match run {
                         Some(run) => run,
-                        None => commands::newest_run(Path::new(pipeline::train::run_dir::RUNS_ROOT))?,
+                        None => {
+                            commands::newest_run(Path::new(pipeline::train::run_dir::RUNS_ROOT))?
+                        }
                     };
                     let loaded = commands::load_run(&run, dataset.as_deref(), Split::Val, None)?;
                     commands::neighbours_of_image(&table, &loaded, &image, k)?
@@ -482,17 +588,32 @@ fn main() -> Result<()> {
                 (None, None) => anyhow::bail!("give --key KEY or --image PATH"),
             };
             for (rank, f) in found.iter().enumerate() {
-                println!("{:>3}  {:>10.3}  label {:>4}  {}", rank + 1, f.distance, f.label, f.key);
+                println!(
+                    "{:>3}  {:>10.3}  label {:>4}  {}",
+                    rank + 1,
+                    f.distance,
+                    f.label,
+                    f.key
+                );
             }
             if let Some(sheet) = sheet {
                 println!("wrote {}", sheet.display());
             }
         }
-        Command::TrainCodes { features, bits, epochs, out } => {
+        Command::TrainCodes {
+            features,
+            bits,
+            epochs,
+            out,
+        } => {
             commands::train_codes_command(&features, bits, epochs, &out)?;
             println!("wrote {bits}-bit code model to {}", out.display());
         }
-        Command::RetrievalEval { features, codes, max_rows } => {
+        Command::RetrievalEval {
+            features,
+            codes,
+            max_rows,
+        } => {
             let report = commands::retrieval_eval_command(&features, codes.as_deref(), max_rows)?;
             println!("{}", report.table());
             println!("{}", report.to_json());

@@ -25,7 +25,10 @@ pub struct DataConfig {
 
 impl Default for DataConfig {
     fn default() -> Self {
-        Self { image_size: 256, crop_size: 224 }
+        Self {
+            image_size: 256,
+            crop_size: 224,
+        }
     }
 }
 
@@ -45,9 +48,15 @@ pub struct Recipe {
 #[derive(Debug, thiserror::Error)]
 pub enum RecipeError {
     #[error("cannot read recipe {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("recipe {path}: {source}")]
-    Parse { path: String, source: toml::de::Error },
+    Parse {
+        path: String,
+        source: toml::de::Error,
+    },
     #[error("recipe {path}: {message}")]
     Invalid { path: String, message: String },
 }
@@ -56,11 +65,18 @@ impl Recipe {
     /// Reads and validates a recipe file; errors name the file and the offending key.
     pub fn load(path: &Path) -> Result<Self, RecipeError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| RecipeError::Read { path: shown.clone(), source })?;
-        let recipe: Recipe =
-            toml::from_str(&text).map_err(|source| RecipeError::Parse { path: shown.clone(), source })?;
-        recipe.validate().map_err(|message| RecipeError::Invalid { path: shown, message })?;
+        let text = std::fs::read_to_string(path).map_err(|source| RecipeError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        let recipe: Recipe = toml::from_str(&text).map_err(|source| RecipeError::Parse {
+            path: shown.clone(),
+            source,
+        })?;
+        recipe.validate().map_err(|message| RecipeError::Invalid {
+            path: shown,
+            message,
+        })?;
         Ok(recipe)
     }
 
@@ -113,7 +129,11 @@ mod tests {
     fn shipped_recipes_load_and_round_trip() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipeline");
         let paper = Recipe::load(&root.join("paper.toml")).unwrap();
-        assert_eq!(paper, Recipe::default(), "paper.toml must be the paper (the defaults)");
+        assert_eq!(
+            paper,
+            Recipe::default(),
+            "paper.toml must be the paper (the defaults)"
+        );
         let sample = Recipe::load(&root.join("sample.toml")).unwrap();
         assert_eq!(sample.train.device, "cpu");
         for recipe in [paper, sample] {

@@ -33,7 +33,9 @@ fn small_dataset() -> &'static Path {
 /// The sample recipe, shrunk for speed: width 1/8, batches of 32 (9 steps per epoch on
 /// the small dataset), `epochs` epochs. `extra` is appended to `[train]`.
 fn tiny_recipe(dir: &Path, epochs: usize, extra: &str) -> PathBuf {
-    let sample = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipeline/sample.toml")).unwrap();
+    let sample =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipeline/sample.toml"))
+            .unwrap();
     let mut text = String::new();
     for line in sample.lines() {
         let key = line.split('=').next().unwrap_or("").trim();
@@ -61,7 +63,8 @@ fn s(path: &Path) -> &str {
 /// The JSON object on the last line of stdout.
 fn last_json(output: &std::process::Output) -> Value {
     let out = stdout(output);
-    serde_json::from_str(out.lines().last().expect("some output")).unwrap_or_else(|e| panic!("{e}: {out}"))
+    serde_json::from_str(out.lines().last().expect("some output"))
+        .unwrap_or_else(|e| panic!("{e}: {out}"))
 }
 
 fn metrics(run: &Path) -> Vec<Value> {
@@ -100,11 +103,15 @@ fn step_checkpoints(run: &Path) -> Vec<String> {
 fn tensors(path: &Path) -> BTreeMap<String, Vec<u8>> {
     let bytes = std::fs::read(path).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors().into_iter().map(|(name, view)| (name, view.data().to_vec())).collect()
+    st.tensors()
+        .into_iter()
+        .map(|(name, view)| (name, view.data().to_vec()))
+        .collect()
 }
 
 fn newest_checkpoint(run: &Path) -> PathBuf {
-    run.join("checkpoints").join(step_checkpoints(run).last().expect("a step checkpoint"))
+    run.join("checkpoints")
+        .join(step_checkpoints(run).last().expect("a step checkpoint"))
 }
 
 #[test]
@@ -113,18 +120,38 @@ fn training_lowers_the_loss_and_writes_the_run_that_eval_reads() {
     let tmp = tempfile::tempdir().unwrap();
     let recipe = tiny_recipe(tmp.path(), 4, "");
     let run = tmp.path().join("run");
-    let output = run_ok(&["train", "--recipe", s(&recipe), "--dataset", s(dataset), "--out", s(&run), "--quiet"]);
+    let output = run_ok(&[
+        "train",
+        "--recipe",
+        s(&recipe),
+        "--dataset",
+        s(dataset),
+        "--out",
+        s(&run),
+        "--quiet",
+    ]);
     let summary = last_json(&output);
     assert_eq!(summary["finish"], "completed");
     assert_eq!(summary["epochs_done"], 4);
-    assert_eq!(summary["step"], 4 * 9, "299 images / 32 = 9 full batches per epoch");
+    assert_eq!(
+        summary["step"],
+        4 * 9,
+        "299 images / 32 = 9 full batches per epoch"
+    );
 
     // metrics.jsonl: one line per epoch with the promised fields; the loss falls.
     let lines = metrics(&run);
     assert_eq!(lines.len(), 4);
     for (i, m) in lines.iter().enumerate() {
         assert_eq!(m["epoch"], i + 1);
-        for key in ["train_loss", "val_top1_err", "val_top5_err", "lr", "images_per_s", "data_stall_frac"] {
+        for key in [
+            "train_loss",
+            "val_top1_err",
+            "val_top5_err",
+            "lr",
+            "images_per_s",
+            "data_stall_frac",
+        ] {
             assert!(m[key].is_number(), "epoch {}: {key} = {}", i + 1, m[key]);
         }
         for key in ["val_top1_err", "val_top5_err", "data_stall_frac"] {
@@ -137,16 +164,33 @@ fn training_lowers_the_loss_and_writes_the_run_that_eval_reads() {
     // Falls steadily (measured 4.72, 4.14, 3.24, 3.04: the large initial logits of
     // init_std 0.05 shrink first).
     let losses: Vec<f64> = (0..4).map(loss).collect();
-    assert!(losses.windows(2).all(|w| w[1] < w[0]) && losses[3] < losses[0] - 1.0, "the loss does not fall: {losses:?}");
+    assert!(
+        losses.windows(2).all(|w| w[1] < w[0]) && losses[3] < losses[0] - 1.0,
+        "the loss does not fall: {losses:?}"
+    );
 
     // The run directory: recipe (reloadable), last K step checkpoints + best.
     let saved = std::fs::read_to_string(run.join("recipe.toml")).unwrap();
-    assert!(saved.contains("width = 0.125") && saved.contains("[train]"), "{saved}");
-    assert_eq!(step_checkpoints(&run), ["step-00000018.safetensors", "step-00000027.safetensors", "step-00000036.safetensors"]);
+    assert!(
+        saved.contains("width = 0.125") && saved.contains("[train]"),
+        "{saved}"
+    );
+    assert_eq!(
+        step_checkpoints(&run),
+        [
+            "step-00000018.safetensors",
+            "step-00000027.safetensors",
+            "step-00000036.safetensors"
+        ]
+    );
     assert!(run.join("checkpoints/best.safetensors").exists());
     assert!(run.join("summary.json").exists());
     let names = tensors(&run.join("checkpoints/step-00000036.safetensors"));
-    assert!(names.contains_key("conv1.weight") && names.contains_key("velocity.fc8.bias"), "{:?}", names.keys());
+    assert!(
+        names.contains_key("conv1.weight") && names.contains_key("velocity.fc8.bias"),
+        "{:?}",
+        names.keys()
+    );
 
     // eval: centre and ten-crop, best and last; errors are fractions, every image counted.
     let best_epoch = summary["best_epoch"].as_u64().unwrap();
@@ -155,16 +199,38 @@ fn training_lowers_the_loss_and_writes_the_run_that_eval_reads() {
     assert_eq!(centre["views"], "centre");
     assert_eq!(centre["epoch"], best_epoch);
     // The best checkpoint's centre-crop error is the one training recorded.
-    assert_eq!(centre["top1_err"], lines[best_epoch as usize - 1]["val_top1_err"]);
-    let ten = last_json(&run_ok(&["eval", "--run", s(&run), "--dataset", s(dataset), "--ten-crop", "--checkpoint", "last", "--quiet"]));
+    assert_eq!(
+        centre["top1_err"],
+        lines[best_epoch as usize - 1]["val_top1_err"]
+    );
+    let ten = last_json(&run_ok(&[
+        "eval",
+        "--run",
+        s(&run),
+        "--dataset",
+        s(dataset),
+        "--ten-crop",
+        "--checkpoint",
+        "last",
+        "--quiet",
+    ]));
     assert_eq!(ten["images"], 100);
     assert_eq!(ten["views"], "ten-crop");
     assert_eq!(ten["step"], 36);
     for report in [&centre, &ten] {
-        let (t1, t5) = (report["top1_err"].as_f64().unwrap(), report["top5_err"].as_f64().unwrap());
-        assert!((0.0..=1.0).contains(&t1) && (0.0..=t1).contains(&t5), "{report}");
+        let (t1, t5) = (
+            report["top1_err"].as_f64().unwrap(),
+            report["top5_err"].as_f64().unwrap(),
+        );
+        assert!(
+            (0.0..=1.0).contains(&t1) && (0.0..=t1).contains(&t5),
+            "{report}"
+        );
     }
-    assert!(centre["top1_err"].as_f64().unwrap() < 0.8, "better than chance (0.9): {centre}");
+    assert!(
+        centre["top1_err"].as_f64().unwrap() < 0.8,
+        "better than chance (0.9): {centre}"
+    );
 }
 
 /// Runs `pipeline ARGS`, panicking with its output if it fails.
@@ -178,7 +244,16 @@ fn an_interrupted_run_resumes_bit_for_bit() {
     let tmp = tempfile::tempdir().unwrap();
     let recipe = tiny_recipe(tmp.path(), 2, "");
     let train = |run: &Path, extra: &[&str]| {
-        let mut args = vec!["train", "--recipe", s(&recipe), "--dataset", s(dataset), "--out", s(run), "--quiet"];
+        let mut args = vec![
+            "train",
+            "--recipe",
+            s(&recipe),
+            "--dataset",
+            s(dataset),
+            "--out",
+            s(run),
+            "--quiet",
+        ];
         args.extend_from_slice(extra);
         run_ok(&args)
     };
@@ -191,7 +266,10 @@ fn an_interrupted_run_resumes_bit_for_bit() {
     let stopped = tmp.path().join("stopped");
     let out = train(&stopped, &["--stop-after-steps", "13"]);
     assert_eq!(last_json(&out)["finish"], "stopped");
-    assert_eq!(step_checkpoints(&stopped).last().unwrap(), "step-00000013.safetensors");
+    assert_eq!(
+        step_checkpoints(&stopped).last().unwrap(),
+        "step-00000013.safetensors"
+    );
     assert_eq!(metrics(&stopped).len(), 1);
     let out = run_ok(&["train", "--resume", s(&stopped), "--quiet"]);
     assert!(stdout(&out).contains("resuming"), "{}", stdout(&out));
@@ -199,7 +277,16 @@ fn an_interrupted_run_resumes_bit_for_bit() {
     // Stopped by Ctrl-C (SIGINT) wherever it lands, then resumed.
     let interrupted = tmp.path().join("interrupted");
     let mut child = bin()
-        .args(["train", "--recipe", s(&recipe), "--dataset", s(dataset), "--out", s(&interrupted), "--quiet"])
+        .args([
+            "train",
+            "--recipe",
+            s(&recipe),
+            "--dataset",
+            s(dataset),
+            "--out",
+            s(&interrupted),
+            "--quiet",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -207,7 +294,10 @@ fn an_interrupted_run_resumes_bit_for_bit() {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let first = lines.next().unwrap().unwrap();
     assert!(first.starts_with("training "), "{first}");
-    let signalled = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let signalled = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(signalled.success());
     let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
     let status = child.wait().unwrap();
@@ -216,21 +306,40 @@ fn an_interrupted_run_resumes_bit_for_bit() {
     // machine the run may have finished first (exit 0).
     if summary["finish"] == "interrupted" {
         assert_eq!(status.code(), Some(130), "{rest:?}");
-        assert!(rest.iter().any(|l| l.contains("pipeline train --resume")), "{rest:?}");
+        assert!(
+            rest.iter().any(|l| l.contains("pipeline train --resume")),
+            "{rest:?}"
+        );
         run_ok(&["train", "--resume", s(&interrupted), "--quiet"]);
     } else {
         assert!(status.success(), "{rest:?}");
     }
 
     let want = tensors(&whole.join("checkpoints/step-00000018.safetensors"));
-    assert!(want.len() == 32, "16 weights + 16 velocities, got {}", want.len());
+    assert!(
+        want.len() == 32,
+        "16 weights + 16 velocities, got {}",
+        want.len()
+    );
     for run in [&stopped, &interrupted] {
-        assert_eq!(newest_checkpoint(run), run.join("checkpoints/step-00000018.safetensors"));
+        assert_eq!(
+            newest_checkpoint(run),
+            run.join("checkpoints/step-00000018.safetensors")
+        );
         let got = tensors(&newest_checkpoint(run));
         for (name, bytes) in &want {
-            assert!(got[name] == *bytes, "{}: {name} differs from the uninterrupted run", run.display());
+            assert!(
+                got[name] == *bytes,
+                "{}: {name} differs from the uninterrupted run",
+                run.display()
+            );
         }
-        assert_eq!(metrics_without_timing(run), metrics_without_timing(&whole), "{}", run.display());
+        assert_eq!(
+            metrics_without_timing(run),
+            metrics_without_timing(&whole),
+            "{}",
+            run.display()
+        );
         assert_eq!(
             tensors(&run.join("checkpoints/best.safetensors")),
             tensors(&whole.join("checkpoints/best.safetensors"))
@@ -249,7 +358,16 @@ fn a_nan_loss_stops_and_keeps_the_last_good_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
     let recipe = tiny_recipe(tmp.path(), 1, "");
     let run = tmp.path().join("run");
-    run_ok(&["train", "--recipe", s(&recipe), "--dataset", s(dataset), "--out", s(&run), "--quiet"]);
+    run_ok(&[
+        "train",
+        "--recipe",
+        s(&recipe),
+        "--dataset",
+        s(dataset),
+        "--out",
+        s(&run),
+        "--quiet",
+    ]);
     let good = newest_checkpoint(&run);
     let good_bytes = std::fs::read(&good).unwrap();
 
@@ -258,15 +376,33 @@ fn a_nan_loss_stops_and_keeps_the_last_good_checkpoint() {
     let text = std::fs::read_to_string(&recipe_path).unwrap();
     let text: String = text
         .lines()
-        .map(|l| if l.starts_with("lr = ") { "lr = 1e30".to_string() } else { l.to_string() })
+        .map(|l| {
+            if l.starts_with("lr = ") {
+                "lr = 1e30".to_string()
+            } else {
+                l.to_string()
+            }
+        })
         .collect::<Vec<_>>()
         .join("\n");
     std::fs::write(&recipe_path, text).unwrap();
     let err = run_fails(&["train", "--resume", s(&run), "--epochs", "2", "--quiet"]);
-    assert!(err.contains("training loss is NaN") || err.contains("training loss is inf"), "{err}");
-    assert!(err.contains(s(&good)), "names the last good checkpoint: {err}");
-    assert_eq!(step_checkpoints(&run), [good.file_name().unwrap().to_str().unwrap()]);
-    assert!(std::fs::read(&good).unwrap() == good_bytes, "the last good checkpoint is untouched");
+    assert!(
+        err.contains("training loss is NaN") || err.contains("training loss is inf"),
+        "{err}"
+    );
+    assert!(
+        err.contains(s(&good)),
+        "names the last good checkpoint: {err}"
+    );
+    assert_eq!(
+        step_checkpoints(&run),
+        [good.file_name().unwrap().to_str().unwrap()]
+    );
+    assert!(
+        std::fs::read(&good).unwrap() == good_bytes,
+        "the last good checkpoint is untouched"
+    );
     assert_eq!(metrics(&run).len(), 1);
 }
 
@@ -276,7 +412,16 @@ fn datasets_recipes_and_devices_that_do_not_fit_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let recipe = tiny_recipe(tmp.path(), 1, "");
     let train = |recipe: &Path, dataset: &Path, out: &str, extra: &[&str]| {
-        let mut args = vec!["train", "--recipe", s(recipe), "--dataset", s(dataset), "--out", out, "--quiet"];
+        let mut args = vec![
+            "train",
+            "--recipe",
+            s(recipe),
+            "--dataset",
+            s(dataset),
+            "--out",
+            out,
+            "--quiet",
+        ];
         args.extend_from_slice(extra);
         run_fails(&args)
     };
@@ -285,45 +430,110 @@ fn datasets_recipes_and_devices_that_do_not_fit_are_refused() {
     // The paper's recipe (256 px) on a 72 px dataset.
     let paper = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipeline/paper.toml");
     let err = train(&paper, dataset, s(&out), &["--device", "cpu"]);
-    assert!(err.contains("data.image_size") && err.contains("72"), "{err}");
+    assert!(
+        err.contains("data.image_size") && err.contains("72"),
+        "{err}"
+    );
 
     // CUDA in a CPU build; an unknown device; an unknown recipe key.
     let err = train(&recipe, dataset, s(&out), &["--device", "cuda"]);
     assert!(err.contains("built without the `cuda` feature"), "{err}");
     let err = train(&recipe, dataset, s(&out), &["--device", "tpu"]);
-    assert!(err.contains("train.device") || err.contains("\"tpu\""), "{err}");
+    assert!(
+        err.contains("train.device") || err.contains("\"tpu\""),
+        "{err}"
+    );
     let typo = tmp.path().join("typo.toml");
-    std::fs::write(&typo, std::fs::read_to_string(&recipe).unwrap() + "learning_rate = 0.1\n").unwrap();
+    std::fs::write(
+        &typo,
+        std::fs::read_to_string(&recipe).unwrap() + "learning_rate = 0.1\n",
+    )
+    .unwrap();
     let err = train(&typo, dataset, s(&out), &[]);
-    assert!(err.contains("learning_rate") && err.contains("typo.toml"), "{err}");
+    assert!(
+        err.contains("learning_rate") && err.contains("typo.toml"),
+        "{err}"
+    );
     assert!(!out.exists(), "a refused run writes nothing");
 
     // A batch larger than the training split.
     let big = tmp.path().join("big.toml");
-    std::fs::write(&big, std::fs::read_to_string(&recipe).unwrap().replace("batch_size = 32", "batch_size = 4096")).unwrap();
+    std::fs::write(
+        &big,
+        std::fs::read_to_string(&recipe)
+            .unwrap()
+            .replace("batch_size = 32", "batch_size = 4096"),
+    )
+    .unwrap();
     let err = train(&big, dataset, s(&tmp.path().join("big")), &[]);
-    assert!(err.contains("train.batch_size") && err.contains("299"), "{err}");
+    assert!(
+        err.contains("train.batch_size") && err.contains("299"),
+        "{err}"
+    );
 
     // A run trained on 10 classes refuses a dataset with 9, on resume and in eval.
-    run(&["train", "--recipe", s(&recipe), "--dataset", s(dataset), "--out", s(&out), "--quiet", "--stop-after-steps", "2"]);
+    run(&[
+        "train",
+        "--recipe",
+        s(&recipe),
+        "--dataset",
+        s(dataset),
+        "--out",
+        s(&out),
+        "--quiet",
+        "--stop-after-steps",
+        "2",
+    ]);
     let source = tmp.path().join("src");
     let sample = render_sample(&source, "folders", 10, 3);
-    let dropped = std::fs::read_dir(sample.join("train")).unwrap().map(|e| e.unwrap().file_name()).min().unwrap();
+    let dropped = std::fs::read_dir(sample.join("train"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .min()
+        .unwrap();
     std::fs::remove_dir_all(sample.join("train").join(&dropped)).unwrap();
     std::fs::remove_dir_all(sample.join("val").join(&dropped)).unwrap();
     let nine = tmp.path().join("nine");
     ingest(&sample, &nine, 72, &[]);
-    let err = run_fails(&["train", "--resume", s(&out), "--dataset", s(&nine), "--quiet"]);
-    assert!(err.contains("9 classes") && err.contains("trained on 10"), "{err}");
-    let err = run_fails(&["eval", "--run", s(&out), "--dataset", s(&nine), "--checkpoint", "last", "--quiet"]);
-    assert!(err.contains("9 classes") && err.contains("trained on 10"), "{err}");
+    let err = run_fails(&[
+        "train",
+        "--resume",
+        s(&out),
+        "--dataset",
+        s(&nine),
+        "--quiet",
+    ]);
+    assert!(
+        err.contains("9 classes") && err.contains("trained on 10"),
+        "{err}"
+    );
+    let err = run_fails(&[
+        "eval",
+        "--run",
+        s(&out),
+        "--dataset",
+        s(&nine),
+        "--checkpoint",
+        "last",
+        "--quiet",
+    ]);
+    assert!(
+        err.contains("9 classes") && err.contains("trained on 10"),
+        "{err}"
+    );
     // A new run over an existing one is refused; so is resuming a directory that is no run.
     let err = train(&recipe, dataset, s(&out), &[]);
-    assert!(err.contains("already holds a run") && err.contains("--resume"), "{err}");
+    assert!(
+        err.contains("already holds a run") && err.contains("--resume"),
+        "{err}"
+    );
     let err = run_fails(&["train", "--resume", s(tmp.path()), "--quiet"]);
     assert!(err.contains("not a run directory"), "{err}");
     let err = run_fails(&["eval", "--run", s(&out), "--quiet"]);
-    assert!(err.contains("best.safetensors"), "no epoch finished, so no best yet: {err}");
+    assert!(
+        err.contains("best.safetensors"),
+        "no epoch finished, so no best yet: {err}"
+    );
 }
 
 #[test]
@@ -336,11 +546,27 @@ fn bare_train_reads_dataset_and_pipeline_paper_toml_and_numbers_its_runs() {
     let recipe = tiny_recipe(tmp.path(), 1, "");
     std::fs::rename(&recipe, tmp.path().join("pipeline/paper.toml")).unwrap();
     for n in 1..=2 {
-        let output = bin().current_dir(tmp.path()).args(["train", "--stop-after-steps", "1", "--quiet"]).output().unwrap();
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let output = bin()
+            .current_dir(tmp.path())
+            .args(["train", "--stop-after-steps", "1", "--quiet"])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         let run = tmp.path().join(format!("runs/run-{n:04}"));
-        assert!(run.join("checkpoints/step-00000001.safetensors").exists(), "{}", stdout(&output));
-        assert!(std::fs::read_to_string(run.join("recipe.toml")).unwrap().contains("width = 0.125"));
+        assert!(
+            run.join("checkpoints/step-00000001.safetensors").exists(),
+            "{}",
+            stdout(&output)
+        );
+        assert!(
+            std::fs::read_to_string(run.join("recipe.toml"))
+                .unwrap()
+                .contains("width = 0.125")
+        );
     }
 }
 
@@ -355,17 +581,49 @@ fn sample_recipe_reaches_80_percent_on_the_full_sample() {
     let started = Instant::now();
     let source = render_sample(tmp.path(), "folders", 600, 100);
     let dataset = tmp.path().join("dataset");
-    run_ok(&["ingest", s(&source), "--out", s(&dataset), "--recipe", s(&recipe), "--quiet"]);
+    run_ok(&[
+        "ingest",
+        s(&source),
+        "--out",
+        s(&dataset),
+        "--recipe",
+        s(&recipe),
+        "--quiet",
+    ]);
     let prepared = started.elapsed().as_secs_f64();
     let run = tmp.path().join("run");
-    let output = run_ok(&["train", "--recipe", s(&recipe), "--dataset", s(&dataset), "--out", s(&run), "--quiet"]);
+    let output = run_ok(&[
+        "train",
+        "--recipe",
+        s(&recipe),
+        "--dataset",
+        s(&dataset),
+        "--out",
+        s(&run),
+        "--quiet",
+    ]);
     let trained = started.elapsed().as_secs_f64() - prepared;
     let summary = last_json(&output);
     eprintln!("{}", stdout(&output));
     eprintln!("sample + ingest {prepared:.0} s, train {trained:.0} s");
     let last = summary["last_top1_err"].as_f64().unwrap();
-    assert!(last <= 0.20, "sample.toml reached only {:.1} % val top-1 accuracy", 100.0 * (1.0 - last));
-    let centre = last_json(&run_ok(&["eval", "--run", s(&run), "--checkpoint", "last", "--quiet"]));
+    assert!(
+        last <= 0.20,
+        "sample.toml reached only {:.1} % val top-1 accuracy",
+        100.0 * (1.0 - last)
+    );
+    let centre = last_json(&run_ok(&[
+        "eval",
+        "--run",
+        s(&run),
+        "--checkpoint",
+        "last",
+        "--quiet",
+    ]));
     assert_eq!(centre["images"], 1000);
-    assert_eq!(centre["top1_err"].as_f64().unwrap(), last, "eval recomputes the recorded error");
+    assert_eq!(
+        centre["top1_err"].as_f64().unwrap(),
+        last,
+        "eval recomputes the recorded error"
+    );
 }

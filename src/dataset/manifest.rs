@@ -75,9 +75,15 @@ pub enum ManifestError {
     #[error("{path}: no dataset here ({MANIFEST_FILE} is missing); run `pipeline ingest` first")]
     Missing { path: String },
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}: not a valid manifest: {source}")]
-    Parse { path: String, source: serde_json::Error },
+    Parse {
+        path: String,
+        source: serde_json::Error,
+    },
     #[error("{path}: format_version {found} is not the supported version {FORMAT_VERSION}")]
     Version { path: String, found: u32 },
 }
@@ -98,14 +104,27 @@ impl Manifest {
         let text = match std::fs::read_to_string(&path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(ManifestError::Missing { path: dir.display().to_string() });
+                return Err(ManifestError::Missing {
+                    path: dir.display().to_string(),
+                });
             }
-            Err(source) => return Err(ManifestError::Io { path: shown, source }),
+            Err(source) => {
+                return Err(ManifestError::Io {
+                    path: shown,
+                    source,
+                });
+            }
         };
-        let manifest: Manifest = serde_json::from_str(&text)
-            .map_err(|source| ManifestError::Parse { path: shown.clone(), source })?;
+        let manifest: Manifest =
+            serde_json::from_str(&text).map_err(|source| ManifestError::Parse {
+                path: shown.clone(),
+                source,
+            })?;
         if manifest.format_version != FORMAT_VERSION {
-            return Err(ManifestError::Version { path: shown, found: manifest.format_version });
+            return Err(ManifestError::Version {
+                path: shown,
+                found: manifest.format_version,
+            });
         }
         Ok(manifest)
     }
@@ -114,7 +133,9 @@ impl Manifest {
     pub fn save(&self, dir: &Path) -> Result<(), ManifestError> {
         let path = dir.join(MANIFEST_FILE);
         let json = serde_json::to_string_pretty(self).expect("a manifest always serialises");
-        atomic::write_file(&path, json.as_bytes())
-            .map_err(|source| ManifestError::Io { path: path.display().to_string(), source })
+        atomic::write_file(&path, json.as_bytes()).map_err(|source| ManifestError::Io {
+            path: path.display().to_string(),
+            source,
+        })
     }
 }

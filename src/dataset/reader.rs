@@ -14,24 +14,42 @@ use super::{Split, schema, shard_file_name};
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}: not a readable Parquet shard: {source}")]
-    Parquet { path: String, source: parquet::errors::ParquetError },
+    Parquet {
+        path: String,
+        source: parquet::errors::ParquetError,
+    },
     #[error("{path}: not a readable Arrow batch: {source}")]
-    Arrow { path: String, source: arrow::error::ArrowError },
+    Arrow {
+        path: String,
+        source: arrow::error::ArrowError,
+    },
     #[error("{path}: wrong schema: expected {expected}, found {found}")]
-    Schema { path: String, expected: String, found: String },
+    Schema {
+        path: String,
+        expected: String,
+        found: String,
+    },
 }
 
 /// Paths of a split's shards, in order.
 pub fn shard_paths(dataset: &Path, split: Split, shards: usize) -> Vec<PathBuf> {
-    (0..shards).map(|i| dataset.join(split.name()).join(shard_file_name(i))).collect()
+    (0..shards)
+        .map(|i| dataset.join(split.name()).join(shard_file_name(i)))
+        .collect()
 }
 
 /// Renders a schema's fields compactly for error messages.
 fn describe(schema: &Schema) -> String {
-    let fields: Vec<String> =
-        schema.fields().iter().map(|f| format!("{}: {}", f.name(), f.data_type())).collect();
+    let fields: Vec<String> = schema
+        .fields()
+        .iter()
+        .map(|f| format!("{}: {}", f.name(), f.data_type()))
+        .collect();
     format!("[{}]", fields.join(", "))
 }
 
@@ -41,7 +59,9 @@ pub fn check_schema(path: &Path, found: &Schema, image_size: usize) -> Result<()
     let expected = schema::shard_schema(image_size);
     let same = found.fields().len() == expected.fields().len()
         && found.fields().iter().zip(expected.fields()).all(|(a, b)| {
-            a.name() == b.name() && a.data_type() == b.data_type() && a.is_nullable() == b.is_nullable()
+            a.name() == b.name()
+                && a.data_type() == b.data_type()
+                && a.is_nullable() == b.is_nullable()
         });
     if same {
         Ok(())
@@ -57,14 +77,26 @@ pub fn check_schema(path: &Path, found: &Schema, image_size: usize) -> Result<()
 /// Reads a whole shard into rows (small datasets, tests, verification).
 pub fn read_shard(path: &Path, image_size: usize) -> Result<Vec<ShardRow>, ReadError> {
     let shown = || path.display().to_string();
-    let file = std::fs::File::open(path).map_err(|source| ReadError::Io { path: shown(), source })?;
+    let file = std::fs::File::open(path).map_err(|source| ReadError::Io {
+        path: shown(),
+        source,
+    })?;
     let builder =
-        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|source| ReadError::Parquet { path: shown(), source })?;
+        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|source| ReadError::Parquet {
+            path: shown(),
+            source,
+        })?;
     check_schema(path, builder.schema(), image_size)?;
-    let reader = builder.build().map_err(|source| ReadError::Parquet { path: shown(), source })?;
+    let reader = builder.build().map_err(|source| ReadError::Parquet {
+        path: shown(),
+        source,
+    })?;
     let mut rows = Vec::new();
     for batch in reader {
-        let batch = batch.map_err(|source| ReadError::Arrow { path: shown(), source })?;
+        let batch = batch.map_err(|source| ReadError::Arrow {
+            path: shown(),
+            source,
+        })?;
         append_rows(&batch, &mut rows);
     }
     Ok(rows)
@@ -72,10 +104,26 @@ pub fn read_shard(path: &Path, image_size: usize) -> Result<Vec<ShardRow>, ReadE
 
 /// Converts a full-schema batch to rows.
 pub fn append_rows(batch: &RecordBatch, rows: &mut Vec<ShardRow>) {
-    let keys = batch.column(0).as_any().downcast_ref::<StringArray>().expect("key is utf8");
-    let labels = batch.column(1).as_any().downcast_ref::<Int32Array>().expect("label is int32");
-    let pixels = batch.column(2).as_any().downcast_ref::<FixedSizeBinaryArray>().expect("pixels is fixed binary");
+    let keys = batch
+        .column(0)
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .expect("key is utf8");
+    let labels = batch
+        .column(1)
+        .as_any()
+        .downcast_ref::<Int32Array>()
+        .expect("label is int32");
+    let pixels = batch
+        .column(2)
+        .as_any()
+        .downcast_ref::<FixedSizeBinaryArray>()
+        .expect("pixels is fixed binary");
     for i in 0..batch.num_rows() {
-        rows.push(ShardRow { key: keys.value(i).to_string(), label: labels.value(i), pixels: pixels.value(i).to_vec() });
+        rows.push(ShardRow {
+            key: keys.value(i).to_string(),
+            label: labels.value(i),
+            pixels: pixels.value(i).to_vec(),
+        });
     }
 }

@@ -23,6 +23,10 @@ pub fn shard_schema(image_size: usize) -> Arc<Schema> {
     Arc::new(Schema::new(vec![
         Field::new(KEY, DataType::Utf8, false),
         Field::new(LABEL, DataType::Int32, false),
-        Field::new(PIXELS, DataType::FixedSizeBinary(pixel_bytes(image_size) as i32), false),
+        Field::new(
+            PIXELS,
+            DataType::FixedSizeBinary(pixel_bytes(image_size) as i32),
+            false,
+        ),
     ]))
 }

@@ -17,7 +17,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parquet::arrow::{ArrowSchemaConverter, add_encoded_arrow_schema_to_metadata};
 use parquet::basic::Compression;
-use parquet::data_type::{ByteArray, ByteArrayType, FixedLenByteArray, FixedLenByteArrayType, Int32Type};
+use parquet::data_type::{
+    ByteArray, ByteArrayType, FixedLenByteArray, FixedLenByteArrayType, Int32Type,
+};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::ColumnPath;
@@ -36,13 +38,32 @@ pub struct ShardRow {
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}: {source}")]
-    Parquet { path: String, source: parquet::errors::ParquetError },
+    Parquet {
+        path: String,
+        source: parquet::errors::ParquetError,
+    },
     #[error("{path}: row {key} has {found} pixel bytes, expected {expected}")]
-    PixelSize { path: String, key: String, found: usize, expected: usize },
-    #[error("{path}: a row group of {keys} keys, {labels} labels and {pixel_bytes} pixel bytes (expected {expected} per row)")]
-    RowGroupShape { path: String, keys: usize, labels: usize, pixel_bytes: usize, expected: usize },
+    PixelSize {
+        path: String,
+        key: String,
+        found: usize,
+        expected: usize,
+    },
+    #[error(
+        "{path}: a row group of {keys} keys, {labels} labels and {pixel_bytes} pixel bytes (expected {expected} per row)"
+    )]
+    RowGroupShape {
+        path: String,
+        keys: usize,
+        labels: usize,
+        pixel_bytes: usize,
+        expected: usize,
+    },
 }
 
 /// Writer settings: pixels are incompressible JPEG-born noise as far as
@@ -75,20 +96,42 @@ impl ShardWriter {
     pub fn create(path: &Path, image_size: usize) -> Result<Self, WriteError> {
         let shown = path.display().to_string();
         let temp = atomic::temp_path(path);
-        let file = File::create(&temp).map_err(|source| WriteError::Io { path: shown.clone(), source })?;
+        let file = File::create(&temp).map_err(|source| WriteError::Io {
+            path: shown.clone(),
+            source,
+        })?;
         let parquet_schema = ArrowSchemaConverter::new()
             .convert(&schema::shard_schema(image_size))
-            .map_err(|source| WriteError::Parquet { path: shown.clone(), source })?;
+            .map_err(|source| WriteError::Parquet {
+                path: shown.clone(),
+                source,
+            })?;
         // Pages are written whole; the buffer only gathers the small headers.
         let sink = BufWriter::with_capacity(1 << 16, file);
-        let writer = SerializedFileWriter::new(sink, parquet_schema.root_schema_ptr(), Arc::new(properties(image_size)))
-            .map_err(|source| WriteError::Parquet { path: shown, source })?;
-        Ok(Self { path: path.to_path_buf(), row_bytes: schema::pixel_bytes(image_size), writer })
+        let writer = SerializedFileWriter::new(
+            sink,
+            parquet_schema.root_schema_ptr(),
+            Arc::new(properties(image_size)),
+        )
+        .map_err(|source| WriteError::Parquet {
+            path: shown,
+            source,
+        })?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            row_bytes: schema::pixel_bytes(image_size),
+            writer,
+        })
     }
 
     /// Appends one row group: row i is `keys[i]`, `labels[i]` and bytes
     /// `i·S²·3 .. (i+1)·S²·3` of `pixels` (not copied: each value is a slice).
-    pub fn write_row_group<K: AsRef<str>>(&mut self, keys: &[K], labels: &[i32], pixels: Bytes) -> Result<(), WriteError> {
+    pub fn write_row_group<K: AsRef<str>>(
+        &mut self,
+        keys: &[K],
+        labels: &[i32],
+        pixels: Bytes,
+    ) -> Result<(), WriteError> {
         let rows = labels.len();
         if keys.len() != rows || pixels.len() != rows * self.row_bytes {
             return Err(WriteError::RowGroupShape {
@@ -100,22 +143,38 @@ impl ShardWriter {
             });
         }
         let keys: Vec<ByteArray> = keys.iter().map(|k| ByteArray::from(k.as_ref())).collect();
-        let values: Vec<FixedLenByteArray> =
-            (0..rows).map(|i| FixedLenByteArray::from(ByteArray::from(pixels.slice(i * self.row_bytes..(i + 1) * self.row_bytes)))).collect();
+        let values: Vec<FixedLenByteArray> = (0..rows)
+            .map(|i| {
+                FixedLenByteArray::from(ByteArray::from(
+                    pixels.slice(i * self.row_bytes..(i + 1) * self.row_bytes),
+                ))
+            })
+            .collect();
         drop(pixels);
 
         let path = &self.path;
-        let parquet_error = |source| WriteError::Parquet { path: path.display().to_string(), source };
+        let parquet_error = |source| WriteError::Parquet {
+            path: path.display().to_string(),
+            source,
+        };
         let mut group = self.writer.next_row_group().map_err(parquet_error)?;
         let mut written = 0;
         while let Some(mut column) = group.next_column().map_err(parquet_error)? {
             let result = match written {
-                0 => column.typed::<ByteArrayType>().write_batch(&keys, None, None).map(drop),
-                1 => column.typed::<Int32Type>().write_batch(labels, None, None).map(drop),
+                0 => column
+                    .typed::<ByteArrayType>()
+                    .write_batch(&keys, None, None)
+                    .map(drop),
+                1 => column
+                    .typed::<Int32Type>()
+                    .write_batch(labels, None, None)
+                    .map(drop),
                 _ => {
                     let writer = column.typed::<FixedLenByteArrayType>();
                     // A value per call: with the page limit above, a page per value.
-                    values.chunks(1).try_for_each(|value| writer.write_batch(value, None, None).map(drop))
+                    values
+                        .chunks(1)
+                        .try_for_each(|value| writer.write_batch(value, None, None).map(drop))
                 }
             };
             result.map_err(parquet_error)?;
@@ -129,26 +188,56 @@ impl ShardWriter {
     /// Writes the footer, syncs, and renames the file into place.
     pub fn finish(self) -> Result<(), WriteError> {
         let shown = || self.path.display().to_string();
-        let sink = self.writer.into_inner().map_err(|source| WriteError::Parquet { path: shown(), source })?;
-        let file = sink.into_inner().map_err(|e| WriteError::Io { path: shown(), source: e.into_error() })?;
-        file.sync_all().map_err(|source| WriteError::Io { path: shown(), source })?;
+        let sink = self
+            .writer
+            .into_inner()
+            .map_err(|source| WriteError::Parquet {
+                path: shown(),
+                source,
+            })?;
+        let file = sink.into_inner().map_err(|e| WriteError::Io {
+            path: shown(),
+            source: e.into_error(),
+        })?;
+        file.sync_all().map_err(|source| WriteError::Io {
+            path: shown(),
+            source,
+        })?;
         drop(file);
-        atomic::commit(&atomic::temp_path(&self.path), &self.path).map_err(|source| WriteError::Io { path: shown(), source })
+        atomic::commit(&atomic::temp_path(&self.path), &self.path).map_err(|source| {
+            WriteError::Io {
+                path: shown(),
+                source,
+            }
+        })
     }
 }
 
 /// Writes `rows` as one shard at `path` atomically, `rows_per_group` rows per row group.
-pub fn write_shard(path: &Path, image_size: usize, rows_per_group: usize, rows: &[ShardRow]) -> Result<(), WriteError> {
+pub fn write_shard(
+    path: &Path,
+    image_size: usize,
+    rows_per_group: usize,
+    rows: &[ShardRow],
+) -> Result<(), WriteError> {
     let expected = schema::pixel_bytes(image_size);
     if let Some(bad) = rows.iter().find(|r| r.pixels.len() != expected) {
         let path = path.display().to_string();
-        return Err(WriteError::PixelSize { path, key: bad.key.clone(), found: bad.pixels.len(), expected });
+        return Err(WriteError::PixelSize {
+            path,
+            key: bad.key.clone(),
+            found: bad.pixels.len(),
+            expected,
+        });
     }
     let mut writer = ShardWriter::create(path, image_size)?;
     for group in rows.chunks(rows_per_group.max(1)) {
         let keys: Vec<&str> = group.iter().map(|r| r.key.as_str()).collect();
         let labels: Vec<i32> = group.iter().map(|r| r.label).collect();
-        let pixels: Vec<u8> = group.iter().flat_map(|r| r.pixels.iter().copied()).collect();
+        let pixels: Vec<u8> = group
+            .iter()
+            .flat_map(|r| r.pixels.iter().copied())
+            .collect();
         writer.write_row_group(&keys, &labels, Bytes::from(pixels))?;
     }
     writer.finish()

@@ -184,7 +184,10 @@ impl CodeModel {
     }
 
     fn name(&self) -> String {
-        self.path.as_ref().map_or_else(|| "the codes model".into(), |p| format!("codes model {}", p.display()))
+        self.path.as_ref().map_or_else(
+            || "the codes model".into(),
+            |p| format!("codes model {}", p.display()),
+        )
     }
 
     fn standardised(&self, x: &Tensor) -> candle_core::Result<Tensor> {
@@ -193,13 +196,17 @@ impl CodeModel {
 
     /// Encoder pre-activations (before tanh): the code's bits are their signs.
     fn logits(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.enc2.forward(&self.enc1.forward(&self.standardised(x)?)?.relu()?)
+        self.enc2
+            .forward(&self.enc1.forward(&self.standardised(x)?)?.relu()?)
     }
 
     /// Standardised reconstruction and target, through the binary bottleneck.
     fn reconstruct(&self, x: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
         let target = self.standardised(x)?;
-        let t = self.enc2.forward(&self.enc1.forward(&target)?.relu()?)?.tanh()?;
+        let t = self
+            .enc2
+            .forward(&self.enc1.forward(&target)?.relu()?)?
+            .tanh()?;
         let b = binarize_ste(&t)?;
         let y = self.dec2.forward(&self.dec1.forward(&b)?.relu()?)?;
         Ok((y, target))
@@ -225,7 +232,10 @@ impl CodeModel {
                 .and_then(|l| l.ge(0.0))
                 .and_then(|b| b.flatten_all())
                 .and_then(|b| b.to_vec1::<u8>())
-                .map_err(FeaturesError::candle(format!("encode with {}", self.name())))?;
+                .map_err(FeaturesError::candle(format!(
+                    "encode with {}",
+                    self.name()
+                )))?;
             codes.extend(logits.chunks_exact(self.bits()).flat_map(pack_bits));
         }
         Ok(codes)
@@ -269,17 +279,36 @@ impl CodeModel {
         std::fs::create_dir_all(dir).map_err(|e| FeaturesError::io(dir, e))?;
         let weights = dir.join(WEIGHTS_FILE);
         let mut tensors: HashMap<String, Tensor> = HashMap::new();
-        for (name, layer) in [("enc1", &self.enc1), ("enc2", &self.enc2), ("dec1", &self.dec1), ("dec2", &self.dec2)] {
+        for (name, layer) in [
+            ("enc1", &self.enc1),
+            ("enc2", &self.enc2),
+            ("dec1", &self.dec1),
+            ("dec2", &self.dec2),
+        ] {
             tensors.insert(format!("{name}.weight"), layer.weight().clone());
-            tensors.insert(format!("{name}.bias"), layer.bias().expect("every layer has a bias").clone());
+            tensors.insert(
+                format!("{name}.bias"),
+                layer.bias().expect("every layer has a bias").clone(),
+            );
         }
-        tensors.insert(MEAN.into(), self.mean.squeeze(0).map_err(FeaturesError::candle("save codes"))?);
-        tensors.insert(SCALE.into(), self.scale.squeeze(0).map_err(FeaturesError::candle("save codes"))?);
+        tensors.insert(
+            MEAN.into(),
+            self.mean
+                .squeeze(0)
+                .map_err(FeaturesError::candle("save codes"))?,
+        );
+        tensors.insert(
+            SCALE.into(),
+            self.scale
+                .squeeze(0)
+                .map_err(FeaturesError::candle("save codes"))?,
+        );
         let temp = atomic::temp_path(&weights);
         candle_core::safetensors::save(&tensors, &temp)
             .map_err(FeaturesError::candle(format!("save {}", weights.display())))?;
         atomic::commit(&temp, &weights).map_err(|e| FeaturesError::io(&weights, e))?;
-        let json = serde_json::to_string_pretty(&self.config).expect("a codes config always serialises");
+        let json =
+            serde_json::to_string_pretty(&self.config).expect("a codes config always serialises");
         let config = dir.join(CONFIG_FILE);
         atomic::write_file(&config, json.as_bytes()).map_err(|e| FeaturesError::io(&config, e))?;
         self.path = Some(dir.to_path_buf());
@@ -290,12 +319,14 @@ impl CodeModel {
     /// file and, for a wrong or missing tensor, the tensor.
     pub fn load(dir: &Path, device: &Device) -> Result<Self, FeaturesError> {
         let config_path = dir.join(CONFIG_FILE);
-        let text = std::fs::read_to_string(&config_path).map_err(|e| FeaturesError::io(&config_path, e))?;
-        let config: CodeConfig = serde_json::from_str(&text).map_err(|e| FeaturesError::Metadata {
-            path: config_path.display().to_string(),
-            key: "codes config".into(),
-            reason: e.to_string(),
-        })?;
+        let text = std::fs::read_to_string(&config_path)
+            .map_err(|e| FeaturesError::io(&config_path, e))?;
+        let config: CodeConfig =
+            serde_json::from_str(&text).map_err(|e| FeaturesError::Metadata {
+                path: config_path.display().to_string(),
+                key: "codes config".into(),
+                reason: e.to_string(),
+            })?;
         if config.format_version != CODES_FORMAT_VERSION {
             return Err(FeaturesError::Version {
                 path: config_path.display().to_string(),
@@ -312,8 +343,8 @@ impl CodeModel {
         }
         let weights = dir.join(WEIGHTS_FILE);
         let shown = weights.display().to_string();
-        let tensors =
-            candle_core::safetensors::load(&weights, device).map_err(FeaturesError::candle(format!("load {shown}")))?;
+        let tensors = candle_core::safetensors::load(&weights, device)
+            .map_err(FeaturesError::candle(format!("load {shown}")))?;
         let get = |name: &str, shape: &[usize]| -> Result<Tensor, FeaturesError> {
             let t = tensors.get(name).ok_or_else(|| FeaturesError::Metadata {
                 path: shown.clone(),
@@ -329,7 +360,8 @@ impl CodeModel {
                     format!("{shape:?}"),
                 ));
             }
-            t.to_dtype(DType::F32).map_err(FeaturesError::candle(format!("load {shown}: {name}")))
+            t.to_dtype(DType::F32)
+                .map_err(FeaturesError::candle(format!("load {shown}: {name}")))
         };
         let mut params = HashMap::new();
         for (name, shape) in param_shapes(config.dim, config.hidden, config.bits) {
@@ -341,8 +373,8 @@ impl CodeModel {
             Standardise::PerDimension => config.dim,
         };
         let scale = get(SCALE, &[scale_len])?;
-        let mut model =
-            build(config, params, mean, scale, device).map_err(FeaturesError::candle(format!("load {shown}")))?;
+        let mut model = build(config, params, mean, scale, device)
+            .map_err(FeaturesError::candle(format!("load {shown}")))?;
         model.path = Some(dir.to_path_buf());
         Ok(model)
     }
@@ -350,7 +382,13 @@ impl CodeModel {
 
 /// Packs ±-decisions (1 = bit set) least-significant bit first.
 fn pack_bits(bits: &[u8]) -> Vec<u8> {
-    bits.chunks(8).map(|byte| byte.iter().enumerate().fold(0u8, |acc, (i, &b)| acc | ((b & 1) << i))).collect()
+    bits.chunks(8)
+        .map(|byte| {
+            byte.iter()
+                .enumerate()
+                .fold(0u8, |acc, (i, &b)| acc | ((b & 1) << i))
+        })
+        .collect()
 }
 
 fn build(
@@ -361,7 +399,12 @@ fn build(
     device: &Device,
 ) -> candle_core::Result<CodeModel> {
     let mut take = |name: &str| params.remove(name).expect("every parameter was checked");
-    let mut linear = |name: &str| Linear::new(take(&format!("{name}.weight")), Some(take(&format!("{name}.bias"))));
+    let mut linear = |name: &str| {
+        Linear::new(
+            take(&format!("{name}.weight")),
+            Some(take(&format!("{name}.bias"))),
+        )
+    };
     Ok(CodeModel {
         enc1: linear("enc1"),
         enc2: linear("enc2"),
@@ -376,7 +419,12 @@ fn build(
 }
 
 /// Per-dimension mean and the scale(s) of `n × dim` features (f64 sums).
-fn standardisation(features: &[f32], n: usize, dim: usize, how: Standardise) -> (Vec<f32>, Vec<f32>) {
+fn standardisation(
+    features: &[f32],
+    n: usize,
+    dim: usize,
+    how: Standardise,
+) -> (Vec<f32>, Vec<f32>) {
     let mut mean = vec![0f64; dim];
     let mut sq = vec![0f64; dim];
     for row in features.chunks_exact(dim) {
@@ -393,8 +441,13 @@ fn standardisation(features: &[f32], n: usize, dim: usize, how: Standardise) -> 
     // A constant dimension (a unit that never fires) gets scale 1: it stays at 0.
     let floor = |s: f64| if s > 1e-12 { s } else { 1.0 };
     let scale = match how {
-        Standardise::Global => vec![floor((sq.iter().sum::<f64>() / (n * dim) as f64).sqrt()) as f32],
-        Standardise::PerDimension => sq.iter().map(|s| floor((s / n as f64).sqrt()) as f32).collect(),
+        Standardise::Global => {
+            vec![floor((sq.iter().sum::<f64>() / (n * dim) as f64).sqrt()) as f32]
+        }
+        Standardise::PerDimension => sq
+            .iter()
+            .map(|s| floor((s / n as f64).sqrt()) as f32)
+            .collect(),
     };
     (mean.into_iter().map(|m| m as f32).collect(), scale)
 }
@@ -426,7 +479,10 @@ pub fn train_codes(
         ("dim", dim),
     ] {
         if value == 0 {
-            return Err(FeaturesError::InvalidOption { key, reason: "must be at least 1".into() });
+            return Err(FeaturesError::InvalidOption {
+                key,
+                reason: "must be at least 1".into(),
+            });
         }
     }
     if features.len() != n * dim {
@@ -455,8 +511,12 @@ pub fn train_codes(
             } else {
                 vec![0.0; count]
             };
-            let t = Tensor::from_vec(values, shape.as_slice(), device).map_err(err("initial weights"))?;
-            data.insert(name.to_string(), Var::from_tensor(&t).map_err(err("initial weights"))?);
+            let t = Tensor::from_vec(values, shape.as_slice(), device)
+                .map_err(err("initial weights"))?;
+            data.insert(
+                name.to_string(),
+                Var::from_tensor(&t).map_err(err("initial weights"))?,
+            );
         }
     }
     let (mean, scale) = standardisation(features, n, dim, options.standardise);
@@ -464,7 +524,10 @@ pub fn train_codes(
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
     let mut params = HashMap::new();
     for (name, shape) in param_shapes(dim, options.hidden, bits) {
-        params.insert(name.to_string(), vb.get(shape.as_slice(), name).map_err(err("parameters"))?);
+        params.insert(
+            name.to_string(),
+            vb.get(shape.as_slice(), name).map_err(err("parameters"))?,
+        );
     }
     let config = CodeConfig {
         format_version: CODES_FORMAT_VERSION,
@@ -493,12 +556,18 @@ pub fn train_codes(
     let data = Tensor::from_slice(features, (n, dim), device).map_err(err("features tensor"))?;
     let mut optimiser = AdamW::new(
         varmap.all_vars(),
-        ParamsAdamW { lr: options.lr, weight_decay: options.weight_decay, ..Default::default() },
+        ParamsAdamW {
+            lr: options.lr,
+            weight_decay: options.weight_decay,
+            ..Default::default()
+        },
     )
     .map_err(err("optimiser"))?;
     let batch = options.batch_size.min(n);
     let steps_per_epoch = n.div_ceil(batch);
-    let bar = options.progress.then(|| crate::progress::bar((options.epochs * steps_per_epoch) as u64, "steps"));
+    let bar = options
+        .progress
+        .then(|| crate::progress::bar((options.epochs * steps_per_epoch) as u64, "steps"));
     let mut order: Vec<u32> = (0..n as u32).collect();
     let mut epoch_losses = Vec::with_capacity(options.epochs);
     for epoch in 0..options.epochs {
@@ -507,15 +576,21 @@ pub fn train_codes(
         for (step, rows) in order.chunks(batch).enumerate() {
             // forward backward update
             let context = || format!("train-codes: epoch {epoch} step {step}");
-            let ids = Tensor::from_slice(rows, rows.len(), device).map_err(FeaturesError::candle(context()))?;
+            let ids = Tensor::from_slice(rows, rows.len(), device)
+                .map_err(FeaturesError::candle(context()))?;
             let loss = data
                 .index_select(&ids, 0)
                 .and_then(|x| model.reconstruct(&x))
                 .and_then(|(y, target)| candle_nn::loss::mse(&y, &target))
                 .map_err(FeaturesError::candle(context()))?;
-            optimiser.backward_step(&loss).map_err(FeaturesError::candle(context()))?;
+            optimiser
+                .backward_step(&loss)
+                .map_err(FeaturesError::candle(context()))?;
             // Sync point with the device: one scalar per step for the epoch's mean loss.
-            sum += loss.to_scalar::<f32>().map_err(FeaturesError::candle(context()))? as f64 * rows.len() as f64;
+            sum += loss
+                .to_scalar::<f32>()
+                .map_err(FeaturesError::candle(context()))? as f64
+                * rows.len() as f64;
             if let Some(bar) = &bar {
                 bar.inc(1);
             }

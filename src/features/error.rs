@@ -5,29 +5,66 @@
 #[derive(Debug, thiserror::Error)]
 pub enum FeaturesError {
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}: not a readable Parquet file: {source}")]
-    Parquet { path: String, source: parquet::errors::ParquetError },
+    Parquet {
+        path: String,
+        source: parquet::errors::ParquetError,
+    },
     #[error("{path}: not a readable Arrow batch: {source}")]
-    Arrow { path: String, source: arrow::error::ArrowError },
+    Arrow {
+        path: String,
+        source: arrow::error::ArrowError,
+    },
     #[error("{path}: not a features file: expected columns {expected}, found {found}")]
-    Schema { path: String, expected: String, found: String },
+    Schema {
+        path: String,
+        expected: String,
+        found: String,
+    },
     #[error("{path}: key-value metadata {key}: {reason}")]
-    Metadata { path: String, key: String, reason: String },
+    Metadata {
+        path: String,
+        key: String,
+        reason: String,
+    },
     #[error("{path}: format_version {found} is not the supported version {supported}")]
-    Version { path: String, found: String, supported: u32 },
+    Version {
+        path: String,
+        found: String,
+        supported: u32,
+    },
     /// Two things that must agree on a size do not (a codes model and a features file,
     /// a model and a dataset, a buffer and its declared shape).
     #[error("{what}: {left} has {left_value}, but {right} has {right_value}")]
-    Mismatch { what: String, left: String, left_value: String, right: String, right_value: String },
+    Mismatch {
+        what: String,
+        left: String,
+        left_value: String,
+        right: String,
+        right_value: String,
+    },
     #[error("{dataset}: no image with key {key} in the {splits} shards")]
-    KeyNotFound { dataset: String, key: String, splits: String },
+    KeyNotFound {
+        dataset: String,
+        key: String,
+        splits: String,
+    },
     #[error("invalid option {key}: {reason}")]
     InvalidOption { key: &'static str, reason: String },
     #[error("{context}: {source}")]
-    Candle { context: String, source: candle_core::Error },
+    Candle {
+        context: String,
+        source: candle_core::Error,
+    },
     #[error("{path}: {source}")]
-    Image { path: String, source: image::ImageError },
+    Image {
+        path: String,
+        source: image::ImageError,
+    },
     #[error(transparent)]
     Stream(#[from] crate::stream::StreamError),
     #[error(transparent)]
@@ -38,15 +75,24 @@ pub enum FeaturesError {
 
 impl FeaturesError {
     pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
-        FeaturesError::Io { path: path.display().to_string(), source }
+        FeaturesError::Io {
+            path: path.display().to_string(),
+            source,
+        }
     }
 
     pub(crate) fn parquet(path: &std::path::Path, source: parquet::errors::ParquetError) -> Self {
-        FeaturesError::Parquet { path: path.display().to_string(), source }
+        FeaturesError::Parquet {
+            path: path.display().to_string(),
+            source,
+        }
     }
 
     pub(crate) fn arrow(path: &std::path::Path, source: arrow::error::ArrowError) -> Self {
-        FeaturesError::Arrow { path: path.display().to_string(), source }
+        FeaturesError::Arrow {
+            path: path.display().to_string(),
+            source,
+        }
     }
 
     /// Wraps a candle error with what was being done (`"codes: training step 12"`).

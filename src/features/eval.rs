@@ -38,7 +38,11 @@ pub struct EvalOptions {
 
 impl Default for EvalOptions {
     fn default() -> Self {
-        Self { ks: vec![1, 5, 10], max_rows: None, skip_pixels: false }
+        Self {
+            ks: vec![1, 5, 10],
+            max_rows: None,
+            skip_pixels: false,
+        }
     }
 }
 
@@ -74,7 +78,10 @@ impl RetrievalReport {
     /// Mean precision@k of `method`, if both were evaluated.
     pub fn precision(&self, method: &str, k: usize) -> Option<f64> {
         let col = self.ks.iter().position(|&x| x == k)?;
-        self.methods.iter().find(|m| m.method == method).map(|m| m.precision[col])
+        self.methods
+            .iter()
+            .find(|m| m.method == method)
+            .map(|m| m.precision[col])
     }
 
     pub fn method(&self, method: &str) -> Option<&MethodResult> {
@@ -117,7 +124,11 @@ pub fn precision_at_k<D>(labels: &[i32], neighbours: &[Vec<(usize, D)>], ks: &[u
                 .iter()
                 .enumerate()
                 .map(|(i, list)| {
-                    list.iter().take(k).filter(|(row, _)| labels[*row] == labels[i]).count() as f64 / k as f64
+                    list.iter()
+                        .take(k)
+                        .filter(|(row, _)| labels[*row] == labels[i])
+                        .count() as f64
+                        / k as f64
                 })
                 .sum();
             total / neighbours.len().max(1) as f64
@@ -147,7 +158,10 @@ pub fn retrieval_eval(
     if n < 2 {
         return Err(FeaturesError::InvalidOption {
             key: "rows",
-            reason: format!("{} has {n} rows; leave-one-out needs 2", table.path.display()),
+            reason: format!(
+                "{} has {n} rows; leave-one-out needs 2",
+                table.path.display()
+            ),
         });
     }
     let k_max = *ks.iter().max().expect("non-empty");
@@ -178,19 +192,38 @@ pub fn retrieval_eval(
                 return;
             }
             match centre_crop(&row.pixels, side, crop) {
-                Ok(bytes) => pixels[i * dim..(i + 1) * dim].iter_mut().zip(bytes).for_each(|(p, b)| *p = f32::from(b)),
+                Ok(bytes) => pixels[i * dim..(i + 1) * dim]
+                    .iter_mut()
+                    .zip(bytes)
+                    .for_each(|(p, b)| *p = f32::from(b)),
                 Err(e) => failure = Some(e),
             }
         })?;
         if let Some(e) = failure {
             return Err(e);
         }
-        methods.push(euclidean_method("pixels", &pixels, n, dim, dim, labels, &own_rows, k_max, ks)?);
+        methods.push(euclidean_method(
+            "pixels", &pixels, n, dim, dim, labels, &own_rows, k_max, ks,
+        )?);
     }
 
-    let layer = table.metadata.get(META_LAYER).cloned().unwrap_or_else(|| "features".into());
+    let layer = table
+        .metadata
+        .get(META_LAYER)
+        .cloned()
+        .unwrap_or_else(|| "features".into());
     let features = &table.features[..n * table.dim];
-    methods.push(euclidean_method(&layer, features, n, table.dim, table.dim * 4, labels, &own_rows, k_max, ks)?);
+    methods.push(euclidean_method(
+        &layer,
+        features,
+        n,
+        table.dim,
+        table.dim * 4,
+        labels,
+        &own_rows,
+        k_max,
+        ks,
+    )?);
 
     let code_bytes;
     let encoded = match (table.codes.as_ref(), codes) {
@@ -210,7 +243,12 @@ pub fn retrieval_eval(
     };
     if let Some(encoded) = encoded {
         let started = Instant::now();
-        let neighbours = HammingIndex::new(&encoded, n, code_bytes)?.search(&encoded, n, k_max, Some(&own_rows))?;
+        let neighbours = HammingIndex::new(&encoded, n, code_bytes)?.search(
+            &encoded,
+            n,
+            k_max,
+            Some(&own_rows),
+        )?;
         let seconds = started.elapsed().as_secs_f64();
         methods.push(MethodResult {
             method: "codes".into(),
@@ -226,7 +264,10 @@ pub fn retrieval_eval(
     for &l in labels {
         *counts.entry(l).or_default() += 1;
     }
-    let chance = counts.values().map(|&c| c as f64 / n as f64 * (c as f64 - 1.0) / (n as f64 - 1.0)).sum();
+    let chance = counts
+        .values()
+        .map(|&c| c as f64 / n as f64 * (c as f64 - 1.0) / (n as f64 - 1.0))
+        .sum();
     Ok(RetrievalReport {
         features: table.path.display().to_string(),
         rows: n,

@@ -16,8 +16,8 @@ use super::FeaturesError;
 use super::codes::CodeModel;
 use super::reader::FeatureTable;
 use super::schema::{
-    META_CLASSES, META_CODE_BITS, META_CODES_MODEL, META_CROP, META_DATASET, META_DIM, META_FORMAT_VERSION,
-    META_IMAGE_SIZE, META_LAYER, META_PREFIX, META_SPLIT, layer_name,
+    META_CLASSES, META_CODE_BITS, META_CODES_MODEL, META_CROP, META_DATASET, META_DIM,
+    META_FORMAT_VERSION, META_IMAGE_SIZE, META_LAYER, META_PREFIX, META_SPLIT, layer_name,
 };
 use super::writer::FeatureWriter;
 use crate::augment::{Augmenter, Geometry, centre_view};
@@ -44,7 +44,14 @@ pub struct ExportOptions<'a> {
 
 impl Default for ExportOptions<'_> {
     fn default() -> Self {
-        Self { layer: FeatureLayer::Fc7, crop: 224, batch_size: 128, metadata: &[], codes: None, progress: false }
+        Self {
+            layer: FeatureLayer::Fc7,
+            crop: 224,
+            batch_size: 128,
+            metadata: &[],
+            codes: None,
+            progress: false,
+        }
     }
 }
 
@@ -62,11 +69,22 @@ pub struct ExportSummary {
 
 impl std::fmt::Display for ExportSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {} rows of {} ({}-d", self.path.display(), self.rows, self.layer, self.dim)?;
+        write!(
+            f,
+            "{}: {} rows of {} ({}-d",
+            self.path.display(),
+            self.rows,
+            self.layer,
+            self.dim
+        )?;
         if let Some(bits) = self.code_bits {
             write!(f, ", {bits}-bit codes")?;
         }
-        write!(f, ") in {:.1} s, {:.0} images/s", self.seconds, self.images_per_s)
+        write!(
+            f,
+            ") in {:.1} s, {:.0} images/s",
+            self.seconds, self.images_per_s
+        )
     }
 }
 
@@ -104,7 +122,11 @@ pub fn export_features(
             format!("input {crop}"),
         ));
     }
-    if let Some((key, _)) = options.metadata.iter().find(|(k, _)| k.starts_with(META_PREFIX)) {
+    if let Some((key, _)) = options
+        .metadata
+        .iter()
+        .find(|(k, _)| k.starts_with(META_PREFIX))
+    {
         return Err(FeaturesError::Metadata {
             path: out.display().to_string(),
             key: key.clone(),
@@ -116,8 +138,9 @@ pub fn export_features(
     let probe = Tensor::zeros((1, 3, crop, crop), DType::F32, device)
         .map_err(FeaturesError::candle("export-features: probe"))?;
     let width = |layer: FeatureLayer| -> Result<usize, FeaturesError> {
-        let out =
-            model.forward_features(&probe, layer).map_err(FeaturesError::candle("export-features: probe forward"))?;
+        let out = model
+            .forward_features(&probe, layer)
+            .map_err(FeaturesError::candle("export-features: probe forward"))?;
         Ok(out.dims()[1])
     };
     let classes = width(FeatureLayer::Fc8)?;
@@ -139,7 +162,9 @@ pub fn export_features(
             "feature width",
             format!("the model's {layer}"),
             format!("dim {dim}"),
-            codes.path.as_ref().map_or("the codes model".into(), |p| format!("codes model {}", p.display())),
+            codes.path.as_ref().map_or("the codes model".into(), |p| {
+                format!("codes model {}", p.display())
+            }),
             format!("dim {}", codes.dim()),
         ));
     }
@@ -152,11 +177,17 @@ pub fn export_features(
         (META_SPLIT.into(), source.split.name().into()),
     ];
     if let Some(codes) = options.codes {
-        metadata
-            .push((META_CODES_MODEL.into(), codes.path.as_ref().map_or(String::new(), |p| p.display().to_string())));
+        metadata.push((
+            META_CODES_MODEL.into(),
+            codes
+                .path
+                .as_ref()
+                .map_or(String::new(), |p| p.display().to_string()),
+        ));
     }
     metadata.extend(options.metadata.iter().cloned());
-    let mut writer = FeatureWriter::try_new(out, dim, options.codes.map(|c| c.code_bytes()), &metadata)?;
+    let mut writer =
+        FeatureWriter::try_new(out, dim, options.codes.map(|c| c.code_bytes()), &metadata)?;
 
     let mut stream = source.epoch(EpochOptions {
         mode: ViewMode::Centre,
@@ -168,7 +199,9 @@ pub fn export_features(
         with_keys: true,
     })?;
     let total = source.manifest.split(source.split).map_or(0, |s| s.rows);
-    let bar = options.progress.then(|| crate::progress::bar(total as u64, "img"));
+    let bar = options
+        .progress
+        .then(|| crate::progress::bar(total as u64, "img"));
     if let Some(bar) = &bar {
         bar.set_prefix(format!("export {layer}"));
     }
@@ -183,7 +216,10 @@ pub fn export_features(
             .and_then(|f| f.to_vec1::<f32>())
             .map_err(FeaturesError::candle(context()))?;
         let labels: Vec<i32> = batch.labels.iter().map(|&l| l as i32).collect();
-        let codes = options.codes.map(|c| c.encode(&features, batch.len())).transpose()?;
+        let codes = options
+            .codes
+            .map(|c| c.encode(&features, batch.len()))
+            .transpose()?;
         writer.write(&batch.keys, &labels, &features, codes.as_deref())?;
         if let Some(bar) = &bar {
             bar.inc(batch.len() as u64);
@@ -219,10 +255,16 @@ pub fn features_of_images(
     images: &[Vec<u8>],
 ) -> Result<Vec<f32>, FeaturesError> {
     let side = source.image_size();
-    let geometry =
-        Geometry::new(side, crop).map_err(|e| FeaturesError::InvalidOption { key: "crop", reason: e.to_string() })?;
-    let augmenter = Augmenter::new(geometry, source.mean().clone(), None, 0.0)
-        .map_err(|e| FeaturesError::InvalidOption { key: "crop", reason: e.to_string() })?;
+    let geometry = Geometry::new(side, crop).map_err(|e| FeaturesError::InvalidOption {
+        key: "crop",
+        reason: e.to_string(),
+    })?;
+    let augmenter = Augmenter::new(geometry, source.mean().clone(), None, 0.0).map_err(|e| {
+        FeaturesError::InvalidOption {
+            key: "crop",
+            reason: e.to_string(),
+        }
+    })?;
     let len = augmenter.output_len();
     let mut chw = vec![0f32; images.len() * len];
     for (i, image) in images.iter().enumerate() {
@@ -235,7 +277,11 @@ pub fn features_of_images(
                 format!("{} bytes", image.len()),
             ));
         }
-        augmenter.eval_image(image, centre_view(geometry), &mut chw[i * len..(i + 1) * len]);
+        augmenter.eval_image(
+            image,
+            centre_view(geometry),
+            &mut chw[i * len..(i + 1) * len],
+        );
     }
     Tensor::from_vec(chw, (images.len(), 3, crop, crop), device)
         .and_then(|x| model.forward_features(&x, layer))
@@ -248,18 +294,33 @@ pub fn features_of_images(
 /// Rewrites the features file `features_in` as `out` (may be the same path) with a
 /// `code` column from `codes`, keeping every row and the metadata. Fails naming both
 /// files when the feature widths differ.
-pub fn add_codes(features_in: &Path, codes: &CodeModel, out: &Path) -> Result<ExportSummary, FeaturesError> {
+pub fn add_codes(
+    features_in: &Path,
+    codes: &CodeModel,
+    out: &Path,
+) -> Result<ExportSummary, FeaturesError> {
     let started = Instant::now();
     let table = FeatureTable::read(features_in)?;
     let encoded = codes.encode_table(&table)?;
-    let owned = [META_FORMAT_VERSION, META_DIM, META_CODE_BITS, META_CODES_MODEL];
+    let owned = [
+        META_FORMAT_VERSION,
+        META_DIM,
+        META_CODE_BITS,
+        META_CODES_MODEL,
+    ];
     let mut metadata: Vec<(String, String)> = table
         .metadata
         .iter()
         .filter(|(k, _)| !owned.contains(&k.as_str()))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    metadata.push((META_CODES_MODEL.into(), codes.path.as_ref().map_or(String::new(), |p| p.display().to_string())));
+    metadata.push((
+        META_CODES_MODEL.into(),
+        codes
+            .path
+            .as_ref()
+            .map_or(String::new(), |p| p.display().to_string()),
+    ));
     let mut writer = FeatureWriter::try_new(out, table.dim, Some(codes.code_bytes()), &metadata)?;
     let rows_per_write = super::schema::rows_per_row_group(table.dim);
     let b = codes.code_bytes();
@@ -277,7 +338,11 @@ pub fn add_codes(features_in: &Path, codes: &CodeModel, out: &Path) -> Result<Ex
     Ok(ExportSummary {
         path: out.to_path_buf(),
         rows,
-        layer: table.metadata.get(META_LAYER).cloned().unwrap_or_else(|| "features".into()),
+        layer: table
+            .metadata
+            .get(META_LAYER)
+            .cloned()
+            .unwrap_or_else(|| "features".into()),
         dim: table.dim,
         code_bits: Some(codes.bits()),
         seconds,

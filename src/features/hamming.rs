@@ -52,7 +52,13 @@ impl HammingIndex {
         if let Some(e) = exclude
             && e.len() != q
         {
-            return Err(FeaturesError::mismatch("hamming exclude list", "queries", q, "exclude entries", e.len()));
+            return Err(FeaturesError::mismatch(
+                "hamming exclude list",
+                "queries",
+                q,
+                "exclude entries",
+                e.len(),
+            ));
         }
         let w = self.words_per_code;
         let query_words = to_words(queries, self.bytes_per_code);
@@ -108,7 +114,9 @@ pub fn brute_force(
                 .filter(|&row| row != skip)
                 .map(|row| {
                     let code = &codes[row * b..(row + 1) * b];
-                    let bits = (0..b * 8).filter(|&bit| (query[bit / 8] ^ code[bit / 8]) >> (bit % 8) & 1 == 1).count();
+                    let bits = (0..b * 8)
+                        .filter(|&bit| (query[bit / 8] ^ code[bit / 8]) >> (bit % 8) & 1 == 1)
+                        .count();
                     (row, bits as u32)
                 })
                 .collect();
@@ -141,7 +149,10 @@ fn to_words(codes: &[u8], bytes_per_code: usize) -> Vec<u64> {
 
 fn check_shape(what: &str, len: usize, rows: usize, bytes: usize) -> Result<(), FeaturesError> {
     if bytes == 0 {
-        return Err(FeaturesError::InvalidOption { key: "bytes_per_code", reason: "must be at least 1".into() });
+        return Err(FeaturesError::InvalidOption {
+            key: "bytes_per_code",
+            reason: "must be at least 1".into(),
+        });
     }
     if len != rows * bytes {
         return Err(FeaturesError::mismatch(

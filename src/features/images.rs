@@ -22,8 +22,13 @@ use crate::dataset::{Manifest, Split};
 /// twice comes back twice). Fails naming the dataset and the first key not found.
 pub fn rows_by_key(dataset: &Path, keys: &[String]) -> Result<Vec<ShardRow>, FeaturesError> {
     let mut found: Vec<Option<ShardRow>> = vec![None; keys.len()];
-    for_each_row_by_key(dataset, keys, |position, row| found[position] = Some(row.clone()))?;
-    Ok(found.into_iter().map(|r| r.expect("every key was found")).collect())
+    for_each_row_by_key(dataset, keys, |position, row| {
+        found[position] = Some(row.clone())
+    })?;
+    Ok(found
+        .into_iter()
+        .map(|r| r.expect("every key was found"))
+        .collect())
 }
 
 /// Calls `visit(position, row)` for every position of `keys` with the stored row of that
@@ -42,9 +47,15 @@ pub fn for_each_row_by_key(
         wanted.entry(key.as_str()).or_default().push(i);
     }
     let val_first = keys.first().is_some_and(|k| k.starts_with("val/"));
-    let splits = if val_first { [Split::Val, Split::Train] } else { [Split::Train, Split::Val] };
+    let splits = if val_first {
+        [Split::Val, Split::Train]
+    } else {
+        [Split::Train, Split::Val]
+    };
     for split in splits {
-        let Some(info) = manifest.split(split) else { continue };
+        let Some(info) = manifest.split(split) else {
+            continue;
+        };
         for path in shard_paths(dataset, split, info.shards) {
             if wanted.is_empty() {
                 break;
@@ -56,7 +67,12 @@ pub fn for_each_row_by_key(
         return Err(FeaturesError::KeyNotFound {
             dataset: dataset.display().to_string(),
             key: keys[*position].clone(),
-            splits: manifest.splits.keys().map(|s| s.name()).collect::<Vec<_>>().join(" and "),
+            splits: manifest
+                .splits
+                .keys()
+                .map(|s| s.name())
+                .collect::<Vec<_>>()
+                .join(" and "),
         });
     }
     Ok(())
@@ -71,19 +87,33 @@ fn read_matching(
 ) -> Result<(), FeaturesError> {
     let open = || -> Result<ParquetRecordBatchReaderBuilder<std::fs::File>, FeaturesError> {
         let file = std::fs::File::open(path).map_err(|e| FeaturesError::io(path, e))?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| FeaturesError::parquet(path, e))?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+            .map_err(|e| FeaturesError::parquet(path, e))?;
         check_schema(path, builder.schema(), image_size)?;
         Ok(builder)
     };
     // Pass 1: keys only.
     let builder = open()?;
-    let group_rows: Vec<usize> = builder.metadata().row_groups().iter().map(|g| g.num_rows() as usize).collect();
+    let group_rows: Vec<usize> = builder
+        .metadata()
+        .row_groups()
+        .iter()
+        .map(|g| g.num_rows() as usize)
+        .collect();
     let mask = ProjectionMask::roots(builder.parquet_schema(), [0]);
     let mut hits: Vec<usize> = Vec::new();
     let mut row = 0;
-    for batch in builder.with_projection(mask).build().map_err(|e| FeaturesError::parquet(path, e))? {
+    for batch in builder
+        .with_projection(mask)
+        .build()
+        .map_err(|e| FeaturesError::parquet(path, e))?
+    {
         let batch = batch.map_err(|e| FeaturesError::arrow(path, e))?;
-        let keys = batch.column(0).as_any().downcast_ref::<StringArray>().expect("schema checked: key is utf8");
+        let keys = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .expect("schema checked: key is utf8");
         for i in 0..keys.len() {
             if wanted.contains_key(keys.value(i)) {
                 hits.push(row + i);
@@ -104,12 +134,27 @@ fn read_matching(
     let group_of = |r: usize| starts.partition_point(|&s| s <= r) - 1;
     let mut groups: Vec<usize> = hits.iter().map(|&r| group_of(r)).collect();
     groups.dedup();
-    let reader = open()?.with_row_groups(groups).build().map_err(|e| FeaturesError::parquet(path, e))?;
+    let reader = open()?
+        .with_row_groups(groups)
+        .build()
+        .map_err(|e| FeaturesError::parquet(path, e))?;
     for batch in reader {
         let batch = batch.map_err(|e| FeaturesError::arrow(path, e))?;
-        let keys = batch.column(0).as_any().downcast_ref::<StringArray>().expect("schema checked");
-        let labels = batch.column(1).as_any().downcast_ref::<Int32Array>().expect("schema checked");
-        let pixels = batch.column(2).as_any().downcast_ref::<FixedSizeBinaryArray>().expect("schema checked");
+        let keys = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .expect("schema checked");
+        let labels = batch
+            .column(1)
+            .as_any()
+            .downcast_ref::<Int32Array>()
+            .expect("schema checked");
+        let pixels = batch
+            .column(2)
+            .as_any()
+            .downcast_ref::<FixedSizeBinaryArray>()
+            .expect("schema checked");
         for i in 0..keys.len() {
             if let Some(positions) = wanted.remove(keys.value(i)) {
                 let stored = ShardRow {
@@ -129,8 +174,10 @@ fn read_matching(
 /// The centred `crop × crop` window of an S×S×3 HWC image — the same window the
 /// stream's centre view takes (offset `(S − crop) / 2`, rounded down), as HWC bytes.
 pub fn centre_crop(pixels: &[u8], side: usize, crop: usize) -> Result<Vec<u8>, FeaturesError> {
-    let geometry =
-        Geometry::new(side, crop).map_err(|e| FeaturesError::InvalidOption { key: "crop", reason: e.to_string() })?;
+    let geometry = Geometry::new(side, crop).map_err(|e| FeaturesError::InvalidOption {
+        key: "crop",
+        reason: e.to_string(),
+    })?;
     let view = centre_view(geometry);
     let mut out = Vec::with_capacity(crop * crop * 3);
     for y in view.y..view.y + crop {

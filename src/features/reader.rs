@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use arrow::array::{Array, FixedSizeBinaryArray, FixedSizeListArray, Float32Array, Int32Array, StringArray};
+use arrow::array::{
+    Array, FixedSizeBinaryArray, FixedSizeListArray, Float32Array, Int32Array, StringArray,
+};
 use arrow::datatypes::{DataType, Schema};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
@@ -34,7 +36,8 @@ impl FeatureTable {
     /// features schema (columns, types, nullability), or of another format version.
     pub fn read(path: &Path) -> Result<Self, FeaturesError> {
         let file = std::fs::File::open(path).map_err(|e| FeaturesError::io(path, e))?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| FeaturesError::parquet(path, e))?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+            .map_err(|e| FeaturesError::parquet(path, e))?;
         let (dim, code_bytes) = check_schema(path, builder.schema())?;
         let metadata: BTreeMap<String, String> = builder
             .metadata()
@@ -63,7 +66,9 @@ impl FeatureTable {
             }
         }
         let rows = builder.metadata().file_metadata().num_rows() as usize;
-        let reader = builder.build().map_err(|e| FeaturesError::parquet(path, e))?;
+        let reader = builder
+            .build()
+            .map_err(|e| FeaturesError::parquet(path, e))?;
         let mut table = FeatureTable {
             path: path.to_path_buf(),
             keys: Vec::with_capacity(rows),
@@ -77,16 +82,32 @@ impl FeatureTable {
         for batch in reader {
             let batch = batch.map_err(|e| FeaturesError::arrow(path, e))?;
             let column = |i: usize| batch.column(i).as_any();
-            let keys = column(0).downcast_ref::<StringArray>().expect("schema checked: key is utf8");
-            let labels = column(1).downcast_ref::<Int32Array>().expect("schema checked: label is int32");
-            let list = column(2).downcast_ref::<FixedSizeListArray>().expect("schema checked: features is a list");
-            table.keys.extend(keys.iter().map(|k| k.unwrap_or_default().to_string()));
+            let keys = column(0)
+                .downcast_ref::<StringArray>()
+                .expect("schema checked: key is utf8");
+            let labels = column(1)
+                .downcast_ref::<Int32Array>()
+                .expect("schema checked: label is int32");
+            let list = column(2)
+                .downcast_ref::<FixedSizeListArray>()
+                .expect("schema checked: features is a list");
+            table
+                .keys
+                .extend(keys.iter().map(|k| k.unwrap_or_default().to_string()));
             table.labels.extend_from_slice(labels.values());
-            let values = list.values().as_any().downcast_ref::<Float32Array>().expect("schema checked: float32 items");
+            let values = list
+                .values()
+                .as_any()
+                .downcast_ref::<Float32Array>()
+                .expect("schema checked: float32 items");
             // Slicing a fixed-size list slices its child values, so they start at row 0.
-            table.features.extend_from_slice(&values.values()[..list.len() * dim]);
+            table
+                .features
+                .extend_from_slice(&values.values()[..list.len() * dim]);
             if let Some(codes) = table.codes.as_mut() {
-                let code = column(3).downcast_ref::<FixedSizeBinaryArray>().expect("schema checked: code is binary");
+                let code = column(3)
+                    .downcast_ref::<FixedSizeBinaryArray>()
+                    .expect("schema checked: code is binary");
                 for i in 0..code.len() {
                     codes.extend_from_slice(code.value(i));
                 }
@@ -111,7 +132,9 @@ impl FeatureTable {
 
     /// Row `i`'s packed code, when the file has codes.
     pub fn code(&self, i: usize) -> Option<&[u8]> {
-        self.codes.as_ref().map(|c| &c[i * self.code_bytes..(i + 1) * self.code_bytes])
+        self.codes
+            .as_ref()
+            .map(|c| &c[i * self.code_bytes..(i + 1) * self.code_bytes])
     }
 
     /// Bits per code (0 without codes).
@@ -126,11 +149,14 @@ impl FeatureTable {
 
     /// A metadata value, or an error naming the file and the key.
     pub fn meta(&self, key: &str) -> Result<&str, FeaturesError> {
-        self.metadata.get(key).map(String::as_str).ok_or_else(|| FeaturesError::Metadata {
-            path: self.path.display().to_string(),
-            key: key.into(),
-            reason: "missing".into(),
-        })
+        self.metadata
+            .get(key)
+            .map(String::as_str)
+            .ok_or_else(|| FeaturesError::Metadata {
+                path: self.path.display().to_string(),
+                key: key.into(),
+                reason: "missing".into(),
+            })
     }
 
     /// A numeric metadata value, or an error naming the file and the key.
@@ -159,7 +185,9 @@ pub fn check_schema(path: &Path, found: &Schema) -> Result<(usize, Option<usize>
     let expected = schema::feature_schema(dim, code_bytes);
     let same = found.fields().len() == expected.fields().len()
         && found.fields().iter().zip(expected.fields()).all(|(a, b)| {
-            a.name() == b.name() && a.is_nullable() == b.is_nullable() && same_type(a.data_type(), b.data_type())
+            a.name() == b.name()
+                && a.is_nullable() == b.is_nullable()
+                && same_type(a.data_type(), b.data_type())
         });
     if same {
         Ok((dim, code_bytes))

@@ -43,7 +43,11 @@ pub fn feature_schema(dim: usize, code_bytes: Option<usize>) -> Arc<Schema> {
         Field::new(FEATURES, features_type(dim), false),
     ];
     if let Some(bytes) = code_bytes {
-        fields.push(Field::new(CODE, DataType::FixedSizeBinary(bytes as i32), false));
+        fields.push(Field::new(
+            CODE,
+            DataType::FixedSizeBinary(bytes as i32),
+            false,
+        ));
     }
     Arc::new(Schema::new(fields))
 }
@@ -91,7 +95,14 @@ pub(crate) fn describe(schema: &Schema) -> String {
     let fields: Vec<String> = schema
         .fields()
         .iter()
-        .map(|f| format!("{}: {}{}", f.name(), f.data_type(), if f.is_nullable() { " (nullable)" } else { "" }))
+        .map(|f| {
+            format!(
+                "{}: {}{}",
+                f.name(),
+                f.data_type(),
+                if f.is_nullable() { " (nullable)" } else { "" }
+            )
+        })
         .collect();
     format!("[{}]", fields.join(", "))
 }

@@ -33,7 +33,10 @@ pub struct SearchOptions {
 
 impl Default for SearchOptions {
     fn default() -> Self {
-        Self { query_block: 256, database_block: 4096 }
+        Self {
+            query_block: 256,
+            database_block: 4096,
+        }
     }
 }
 
@@ -70,7 +73,14 @@ impl<'a> ExactIndex<'a> {
         let rows = Tensor::from_slice(database, (n, dim), &Device::Cpu)
             .map_err(FeaturesError::candle("search: database tensor"))?;
         let norms = database.par_chunks(dim).map(squared_norm).collect();
-        Ok(Self { database, rows, norms, n, dim, options })
+        Ok(Self {
+            database,
+            rows,
+            norms,
+            n,
+            dim,
+            options,
+        })
     }
 
     /// Rows in the database.
@@ -119,16 +129,20 @@ impl<'a> ExactIndex<'a> {
                     .and_then(|d| d.to_vec1::<f32>())
                     .map_err(FeaturesError::candle("search: distance gemm"))?;
                 let norms = &self.norms[d_start..d_start + d_len];
-                heaps.par_iter_mut().zip(dots.par_chunks(d_len)).enumerate().for_each(|(i, (heap, dots))| {
-                    let skip = exclude.map_or(NO_EXCLUDE, |e| e[q_start + i]);
-                    let qn = block_norms[i];
-                    for (j, (&dot, &xn)) in dots.iter().zip(norms).enumerate() {
-                        let row = d_start + j;
-                        if row != skip {
-                            heap.push(qn + xn - 2.0 * dot, row);
+                heaps
+                    .par_iter_mut()
+                    .zip(dots.par_chunks(d_len))
+                    .enumerate()
+                    .for_each(|(i, (heap, dots))| {
+                        let skip = exclude.map_or(NO_EXCLUDE, |e| e[q_start + i]);
+                        let qn = block_norms[i];
+                        for (j, (&dot, &xn)) in dots.iter().zip(norms).enumerate() {
+                            let row = d_start + j;
+                            if row != skip {
+                                heap.push(qn + xn - 2.0 * dot, row);
+                            }
                         }
-                    }
-                });
+                    });
             }
             // Exact distances for the winners, then the final order.
             let refined: Vec<Vec<Neighbour>> = heaps
@@ -139,7 +153,12 @@ impl<'a> ExactIndex<'a> {
                     let mut best: Vec<Neighbour> = heap
                         .into_sorted()
                         .into_iter()
-                        .map(|(row, _)| (row, euclidean(query, &self.database[row * dim..(row + 1) * dim])))
+                        .map(|(row, _)| {
+                            (
+                                row,
+                                euclidean(query, &self.database[row * dim..(row + 1) * dim]),
+                            )
+                        })
                         .collect();
                     best.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
                     best
@@ -190,18 +209,32 @@ pub fn brute_force(
                 .filter(|&row| row != skip)
                 .map(|row| {
                     let x = &database[row * dim..(row + 1) * dim];
-                    (row, query.iter().zip(x).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum::<f64>())
+                    (
+                        row,
+                        query
+                            .iter()
+                            .zip(x)
+                            .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
+                            .sum::<f64>(),
+                    )
                 })
                 .collect();
             all.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
-            all.into_iter().take(k).map(|(row, d2)| (row, d2.sqrt() as f32)).collect()
+            all.into_iter()
+                .take(k)
+                .map(|(row, d2)| (row, d2.sqrt() as f32))
+                .collect()
         })
         .collect())
 }
 
 /// `‖a − b‖`, accumulated in f64.
 pub fn euclidean(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(&x, &y)| (x as f64 - y as f64).powi(2)).sum::<f64>().sqrt() as f32
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
+        .sum::<f64>()
+        .sqrt() as f32
 }
 
 fn squared_norm(row: &[f32]) -> f32 {
@@ -210,7 +243,10 @@ fn squared_norm(row: &[f32]) -> f32 {
 
 fn check_shape(what: &str, len: usize, rows: usize, dim: usize) -> Result<(), FeaturesError> {
     if dim == 0 {
-        return Err(FeaturesError::InvalidOption { key: "dim", reason: "must be at least 1".into() });
+        return Err(FeaturesError::InvalidOption {
+            key: "dim",
+            reason: "must be at least 1".into(),
+        });
     }
     if len != rows * dim {
         return Err(FeaturesError::mismatch(
@@ -226,9 +262,13 @@ fn check_shape(what: &str, len: usize, rows: usize, dim: usize) -> Result<(), Fe
 
 fn check_exclude(exclude: Option<&[usize]>, q: usize) -> Result<(), FeaturesError> {
     match exclude {
-        Some(e) if e.len() != q => {
-            Err(FeaturesError::mismatch("search exclude list", "queries", q, "exclude entries", e.len()))
-        }
+        Some(e) if e.len() != q => Err(FeaturesError::mismatch(
+            "search exclude list",
+            "queries",
+            q,
+            "exclude entries",
+            e.len(),
+        )),
         _ => Ok(()),
     }
 }

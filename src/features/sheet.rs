@@ -48,7 +48,12 @@ pub struct SheetStyle {
 
 impl Default for SheetStyle {
     fn default() -> Self {
-        Self { cell: 0, frame: 3, gap: 4, bar: 4 }
+        Self {
+            cell: 0,
+            frame: 3,
+            gap: 4,
+            bar: 4,
+        }
     }
 }
 
@@ -81,7 +86,9 @@ impl SheetLayout {
 
     /// Top-left pixel of the framed cell at (`row`, `column`); column 0 is the query.
     pub fn origin(&self, row: usize, column: usize) -> (usize, usize) {
-        let x = self.gap + column * (self.framed() + self.gap) + if column > 0 { 2 * self.gap } else { 0 };
+        let x = self.gap
+            + column * (self.framed() + self.gap)
+            + if column > 0 { 2 * self.gap } else { 0 };
         (x, self.gap + row * self.row_height())
     }
 
@@ -96,11 +103,21 @@ impl SheetLayout {
 
 /// Draws `rows` into a PNG at `out` (written atomically). Returns the layout used, so a
 /// caller (or a test) can find each cell.
-pub fn contact_sheet(rows: &[SheetRow], out: &Path, style: SheetStyle) -> Result<SheetLayout, FeaturesError> {
+pub fn contact_sheet(
+    rows: &[SheetRow],
+    out: &Path,
+    style: SheetStyle,
+) -> Result<SheetLayout, FeaturesError> {
     if rows.is_empty() {
-        return Err(FeaturesError::InvalidOption { key: "sheet rows", reason: "nothing to draw".into() });
+        return Err(FeaturesError::InvalidOption {
+            key: "sheet rows",
+            reason: "nothing to draw".into(),
+        });
     }
-    for tile in rows.iter().flat_map(|r| std::iter::once(&r.query).chain(r.neighbours.iter().map(|(t, _)| t))) {
+    for tile in rows
+        .iter()
+        .flat_map(|r| std::iter::once(&r.query).chain(r.neighbours.iter().map(|(t, _)| t)))
+    {
         if tile.side == 0 || tile.rgb.len() != tile.side * tile.side * 3 {
             return Err(FeaturesError::mismatch(
                 "sheet tile",
@@ -117,17 +134,30 @@ pub fn contact_sheet(rows: &[SheetRow], out: &Path, style: SheetStyle) -> Result
         .max()
         .unwrap_or(1);
     let layout = SheetLayout {
-        cell: if style.cell == 0 { largest.max(96) } else { style.cell },
+        cell: if style.cell == 0 {
+            largest.max(96)
+        } else {
+            style.cell
+        },
         frame: style.frame,
         gap: style.gap,
         bar: style.bar,
         columns: 1 + rows.iter().map(|r| r.neighbours.len()).max().unwrap_or(0),
         rows: rows.len(),
     };
-    let max_distance = rows.iter().flat_map(|r| r.neighbours.iter().map(|(_, d)| *d)).fold(0f32, f32::max);
+    let max_distance = rows
+        .iter()
+        .flat_map(|r| r.neighbours.iter().map(|(_, d)| *d))
+        .fold(0f32, f32::max);
     let mut sheet = RgbImage::from_pixel(layout.width() as u32, layout.height() as u32, BACKGROUND);
     for (r, row) in rows.iter().enumerate() {
-        draw_cell(&mut sheet, &layout, layout.origin(r, 0), &row.query, QUERY_FRAME);
+        draw_cell(
+            &mut sheet,
+            &layout,
+            layout.origin(r, 0),
+            &row.query,
+            QUERY_FRAME,
+        );
         for (c, (tile, distance)) in row.neighbours.iter().enumerate() {
             let origin = layout.origin(r, c + 1);
             let frame = match (row.query.label, tile.label) {
@@ -136,7 +166,11 @@ pub fn contact_sheet(rows: &[SheetRow], out: &Path, style: SheetStyle) -> Result
                 (None, _) => UNKNOWN_LABEL,
             };
             draw_cell(&mut sheet, &layout, origin, tile, frame);
-            let share = if max_distance > 0.0 { (distance / max_distance).clamp(0.0, 1.0) } else { 0.0 };
+            let share = if max_distance > 0.0 {
+                (distance / max_distance).clamp(0.0, 1.0)
+            } else {
+                0.0
+            };
             let length = (share * layout.framed() as f32).round() as usize;
             fill(
                 &mut sheet,
@@ -151,7 +185,10 @@ pub fn contact_sheet(rows: &[SheetRow], out: &Path, style: SheetStyle) -> Result
     let mut png = Cursor::new(Vec::new());
     sheet
         .write_to(&mut png, ImageFormat::Png)
-        .map_err(|source| FeaturesError::Image { path: out.display().to_string(), source })?;
+        .map_err(|source| FeaturesError::Image {
+            path: out.display().to_string(),
+            source,
+        })?;
     atomic::write_file(out, png.get_ref()).map_err(|e| FeaturesError::io(out, e))?;
     Ok(layout)
 }
@@ -173,7 +210,11 @@ pub fn sheet_rows(
     let manifest_side = |pixels: &[u8]| ((pixels.len() / 3) as f64).sqrt().round() as usize;
     let mut tile = || {
         let row = images.next().expect("one image per key");
-        Tile { side: manifest_side(&row.pixels), rgb: row.pixels, label: Some(row.label) }
+        Tile {
+            side: manifest_side(&row.pixels),
+            rgb: row.pixels,
+            label: Some(row.label),
+        }
     };
     Ok(queries
         .iter()
@@ -186,17 +227,33 @@ pub fn sheet_rows(
         .collect())
 }
 
-fn draw_cell(sheet: &mut RgbImage, layout: &SheetLayout, (x, y): (usize, usize), tile: &Tile, frame: Rgb<u8>) {
+fn draw_cell(
+    sheet: &mut RgbImage,
+    layout: &SheetLayout,
+    (x, y): (usize, usize),
+    tile: &Tile,
+    frame: Rgb<u8>,
+) {
     fill(sheet, x, y, layout.framed(), layout.framed(), frame);
-    let image = RgbImage::from_raw(tile.side as u32, tile.side as u32, tile.rgb.clone()).expect("size checked");
+    let image = RgbImage::from_raw(tile.side as u32, tile.side as u32, tile.rgb.clone())
+        .expect("size checked");
     let image = if tile.side == layout.cell {
         image
     } else {
         // Nearest keeps small images crisp when scaled by a whole factor.
-        let filter = if layout.cell.is_multiple_of(tile.side) { FilterType::Nearest } else { FilterType::Triangle };
+        let filter = if layout.cell.is_multiple_of(tile.side) {
+            FilterType::Nearest
+        } else {
+            FilterType::Triangle
+        };
         image::imageops::resize(&image, layout.cell as u32, layout.cell as u32, filter)
     };
-    image::imageops::replace(sheet, &image, (x + layout.frame) as i64, (y + layout.frame) as i64);
+    image::imageops::replace(
+        sheet,
+        &image,
+        (x + layout.frame) as i64,
+        (y + layout.frame) as i64,
+    );
 }
 
 fn fill(sheet: &mut RgbImage, x: usize, y: usize, w: usize, h: usize, colour: Rgb<u8>) {

@@ -31,7 +31,9 @@ impl Distance for u32 {
 
 impl<D: Distance> Ord for Candidate<D> {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.distance.order(&other.distance).then(self.row.cmp(&other.row))
+        self.distance
+            .order(&other.distance)
+            .then(self.row.cmp(&other.row))
     }
 }
 
@@ -57,7 +59,10 @@ pub struct TopK<D> {
 
 impl<D: Distance> TopK<D> {
     pub fn new(k: usize) -> Self {
-        Self { k, heap: BinaryHeap::with_capacity(k + 1) }
+        Self {
+            k,
+            heap: BinaryHeap::with_capacity(k + 1),
+        }
     }
 
     #[inline]
@@ -75,6 +80,10 @@ impl<D: Distance> TopK<D> {
 
     /// The kept candidates, nearest first, as (row, distance).
     pub fn into_sorted(self) -> Vec<(usize, D)> {
-        self.heap.into_sorted_vec().into_iter().map(|c| (c.row, c.distance)).collect()
+        self.heap
+            .into_sorted_vec()
+            .into_iter()
+            .map(|c| (c.row, c.distance))
+            .collect()
     }
 }

@@ -7,7 +7,9 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, FixedSizeBinaryArray, FixedSizeListArray, Float32Array, Int32Array, StringArray};
+use arrow::array::{
+    ArrayRef, FixedSizeBinaryArray, FixedSizeListArray, Float32Array, Int32Array, StringArray,
+};
 use arrow::buffer::Buffer;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
@@ -17,7 +19,9 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
 use super::FeaturesError;
-use super::schema::{self, FORMAT_VERSION, META_CODE_BITS, META_DIM, META_FORMAT_VERSION, META_PREFIX};
+use super::schema::{
+    self, FORMAT_VERSION, META_CODE_BITS, META_DIM, META_FORMAT_VERSION, META_PREFIX,
+};
 use crate::dataset::atomic;
 
 /// Streams rows into a features file.
@@ -45,10 +49,16 @@ impl FeatureWriter {
         metadata: &[(String, String)],
     ) -> Result<Self, FeaturesError> {
         if dim == 0 {
-            return Err(FeaturesError::InvalidOption { key: "features dim", reason: "must be at least 1".into() });
+            return Err(FeaturesError::InvalidOption {
+                key: "features dim",
+                reason: "must be at least 1".into(),
+            });
         }
         if code_bytes == Some(0) {
-            return Err(FeaturesError::InvalidOption { key: "code bytes", reason: "must be at least 1".into() });
+            return Err(FeaturesError::InvalidOption {
+                key: "code bytes",
+                reason: "must be at least 1".into(),
+            });
         }
         let owned = [META_FORMAT_VERSION, META_DIM, META_CODE_BITS];
         if let Some((key, _)) = metadata.iter().find(|(k, _)| owned.contains(&k.as_str())) {
@@ -63,9 +73,16 @@ impl FeatureWriter {
             KeyValue::new(META_DIM.into(), dim.to_string()),
         ];
         if let Some(bytes) = code_bytes {
-            pairs.push(KeyValue::new(META_CODE_BITS.into(), (bytes * 8).to_string()));
+            pairs.push(KeyValue::new(
+                META_CODE_BITS.into(),
+                (bytes * 8).to_string(),
+            ));
         }
-        pairs.extend(metadata.iter().map(|(k, v)| KeyValue::new(k.clone(), v.clone())));
+        pairs.extend(
+            metadata
+                .iter()
+                .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
+        );
         debug_assert!(pairs.iter().all(|p| !p.key.is_empty()) && META_PREFIX.ends_with('.'));
         let properties = WriterProperties::builder()
             // Activations are dense floats that general-purpose codecs barely shrink;
@@ -82,7 +99,15 @@ impl FeatureWriter {
         let schema = schema::feature_schema(dim, code_bytes);
         let writer = ArrowWriter::try_new(file, schema.clone(), Some(properties))
             .map_err(|e| FeaturesError::parquet(path, e))?;
-        Ok(Self { path: path.to_path_buf(), temp, writer: Some(writer), schema, dim, code_bytes, rows: 0 })
+        Ok(Self {
+            path: path.to_path_buf(),
+            temp,
+            writer: Some(writer),
+            schema,
+            dim,
+            code_bytes,
+            rows: 0,
+        })
     }
 
     /// Appends rows: `features` is row-major `keys.len() × dim`; `codes` (required
@@ -97,7 +122,13 @@ impl FeatureWriter {
         let n = keys.len();
         let shown = self.path.display().to_string();
         if labels.len() != n {
-            return Err(FeaturesError::mismatch(format!("{shown}: write"), "keys", n, "labels", labels.len()));
+            return Err(FeaturesError::mismatch(
+                format!("{shown}: write"),
+                "keys",
+                n,
+                "labels",
+                labels.len(),
+            ));
         }
         if features.len() != n * self.dim {
             return Err(FeaturesError::mismatch(
@@ -109,9 +140,9 @@ impl FeatureWriter {
             ));
         }
         let code_column = match (self.code_bytes, codes) {
-            (Some(bytes), Some(codes)) if codes.len() == n * bytes => {
-                Some(FixedSizeBinaryArray::new(bytes as i32, Buffer::from(codes.to_vec()), None))
-            }
+            (Some(bytes), Some(codes)) if codes.len() == n * bytes => Some(
+                FixedSizeBinaryArray::new(bytes as i32, Buffer::from(codes.to_vec()), None),
+            ),
             (Some(bytes), found) => {
                 return Err(FeaturesError::mismatch(
                     format!("{shown}: write"),
@@ -130,20 +161,29 @@ impl FeatureWriter {
             (None, None) => None,
         };
         let values = Float32Array::from(features.to_vec());
-        let list = FixedSizeListArray::try_new(Arc::new(schema::item_field()), self.dim as i32, Arc::new(values), None)
-            .map_err(|e| FeaturesError::arrow(&self.path, e))?;
+        let list = FixedSizeListArray::try_new(
+            Arc::new(schema::item_field()),
+            self.dim as i32,
+            Arc::new(values),
+            None,
+        )
+        .map_err(|e| FeaturesError::arrow(&self.path, e))?;
         let mut columns: Vec<ArrayRef> = vec![
-            Arc::new(StringArray::from_iter_values(keys.iter().map(String::as_str))),
+            Arc::new(StringArray::from_iter_values(
+                keys.iter().map(String::as_str),
+            )),
             Arc::new(Int32Array::from(labels.to_vec())),
             Arc::new(list),
         ];
         if let Some(code) = code_column {
             columns.push(Arc::new(code));
         }
-        let batch =
-            RecordBatch::try_new(self.schema.clone(), columns).map_err(|e| FeaturesError::arrow(&self.path, e))?;
+        let batch = RecordBatch::try_new(self.schema.clone(), columns)
+            .map_err(|e| FeaturesError::arrow(&self.path, e))?;
         let writer = self.writer.as_mut().expect("writer is open until close");
-        writer.write(&batch).map_err(|e| FeaturesError::parquet(&self.path, e))?;
+        writer
+            .write(&batch)
+            .map_err(|e| FeaturesError::parquet(&self.path, e))?;
         self.rows += n;
         Ok(())
     }
@@ -156,8 +196,11 @@ impl FeatureWriter {
     /// Finishes the file, syncs it and renames it into place. Returns the row count.
     pub fn close(mut self) -> Result<usize, FeaturesError> {
         let writer = self.writer.take().expect("writer is open until close");
-        let file = writer.into_inner().map_err(|e| FeaturesError::parquet(&self.path, e))?;
-        file.sync_all().map_err(|e| FeaturesError::io(&self.temp, e))?;
+        let file = writer
+            .into_inner()
+            .map_err(|e| FeaturesError::parquet(&self.path, e))?;
+        file.sync_all()
+            .map_err(|e| FeaturesError::io(&self.temp, e))?;
         drop(file);
         atomic::commit(&self.temp, &self.path).map_err(|e| FeaturesError::io(&self.path, e))?;
         Ok(self.rows)

@@ -33,7 +33,9 @@ pub enum DecodeError {
     CorruptJpeg(String),
     #[error("corrupt PNG: {0}")]
     CorruptPng(String),
-    #[error("image too large: {width}x{height} is over the limit of {limit} pixels (decompression bomb?)")]
+    #[error(
+        "image too large: {width}x{height} is over the limit of {limit} pixels (decompression bomb?)"
+    )]
     TooLarge { width: u64, height: u64, limit: u64 },
     #[error("unsupported JPEG colour space {0:?}")]
     UnsupportedColourSpace(String),
@@ -53,7 +55,11 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<DecodedImage, DecodeError
 /// [`decode`], with a JPEG's pixels written into `buffer` (a previous image's
 /// `pixels`, say), so a worker does not allocate and page-fault a fresh
 /// buffer for every image.
-pub fn decode_reusing(bytes: &[u8], max_pixels: u64, buffer: Vec<u8>) -> Result<DecodedImage, DecodeError> {
+pub fn decode_reusing(
+    bytes: &[u8],
+    max_pixels: u64,
+    buffer: Vec<u8>,
+) -> Result<DecodedImage, DecodeError> {
     if bytes.is_empty() {
         return Err(DecodeError::Empty);
     }
@@ -69,7 +75,11 @@ pub fn decode_reusing(bytes: &[u8], max_pixels: u64, buffer: Vec<u8>) -> Result<
 
 fn check_size(width: u64, height: u64, limit: u64) -> Result<(), DecodeError> {
     if width.saturating_mul(height) > limit {
-        return Err(DecodeError::TooLarge { width, height, limit });
+        return Err(DecodeError::TooLarge {
+            width,
+            height,
+            limit,
+        });
     }
     Ok(())
 }
@@ -81,7 +91,11 @@ fn has_end_of_image(bytes: &[u8]) -> bool {
     tail.windows(2).any(|w| w == [0xFF, 0xD9])
 }
 
-fn decode_jpeg(bytes: &[u8], max_pixels: u64, mut pixels: Vec<u8>) -> Result<DecodedImage, DecodeError> {
+fn decode_jpeg(
+    bytes: &[u8],
+    max_pixels: u64,
+    mut pixels: Vec<u8>,
+) -> Result<DecodedImage, DecodeError> {
     if !has_end_of_image(bytes) {
         return Err(DecodeError::TruncatedJpeg);
     }
@@ -95,9 +109,13 @@ fn decode_jpeg(bytes: &[u8], max_pixels: u64, mut pixels: Vec<u8>) -> Result<Dec
         .jpeg_set_out_colorspace(ColorSpace::RGB);
     let mut decoder = JpegDecoder::new_with_options(ZCursor::new(bytes), options);
     decoder.decode_headers().map_err(corrupt)?;
-    let info = decoder.info().ok_or_else(|| DecodeError::CorruptJpeg("no frame header".into()))?;
+    let info = decoder
+        .info()
+        .ok_or_else(|| DecodeError::CorruptJpeg("no frame header".into()))?;
     check_size(u64::from(info.width), u64::from(info.height), max_pixels)?;
-    let input = decoder.input_colorspace().ok_or_else(|| DecodeError::CorruptJpeg("no colour space".into()))?;
+    let input = decoder
+        .input_colorspace()
+        .ok_or_else(|| DecodeError::CorruptJpeg("no colour space".into()))?;
     let channels = match input {
         ColorSpace::Luma => {
             decoder.set_options(options.jpeg_set_out_colorspace(ColorSpace::Luma));
@@ -106,7 +124,9 @@ fn decode_jpeg(bytes: &[u8], max_pixels: u64, mut pixels: Vec<u8>) -> Result<Dec
         ColorSpace::YCbCr | ColorSpace::RGB | ColorSpace::CMYK | ColorSpace::YCCK => 3,
         other => return Err(DecodeError::UnsupportedColourSpace(format!("{other:?}"))),
     };
-    let size = decoder.output_buffer_size().ok_or_else(|| DecodeError::CorruptJpeg("no output size".into()))?;
+    let size = decoder
+        .output_buffer_size()
+        .ok_or_else(|| DecodeError::CorruptJpeg("no output size".into()))?;
     // Not cleared: a successful strict decode writes every byte, and a failed one
     // is skipped whole, so a previous image's bytes never reach a shard (zeroing
     // the buffer first cost ~1 % of the ingest).
@@ -114,23 +134,42 @@ fn decode_jpeg(bytes: &[u8], max_pixels: u64, mut pixels: Vec<u8>) -> Result<Dec
     decoder.decode_into(&mut pixels).map_err(corrupt)?;
     let (width, height) = (u32::from(info.width), u32::from(info.height));
     if pixels.len() != width as usize * height as usize * channels as usize {
-        return Err(DecodeError::CorruptJpeg(format!("decoder returned {} bytes for {width}x{height}", pixels.len())));
+        return Err(DecodeError::CorruptJpeg(format!(
+            "decoder returned {} bytes for {width}x{height}",
+            pixels.len()
+        )));
     }
-    Ok(DecodedImage { width, height, channels, pixels })
+    Ok(DecodedImage {
+        width,
+        height,
+        channels,
+        pixels,
+    })
 }
 
 fn decode_png(bytes: &[u8], max_pixels: u64) -> Result<DecodedImage, DecodeError> {
     use image::ImageDecoder;
     let corrupt = |e: image::ImageError| DecodeError::CorruptPng(e.to_string());
-    let decoder = image::codecs::png::PngDecoder::new(std::io::Cursor::new(bytes)).map_err(corrupt)?;
+    let decoder =
+        image::codecs::png::PngDecoder::new(std::io::Cursor::new(bytes)).map_err(corrupt)?;
     let (width, height) = decoder.dimensions();
     check_size(u64::from(width), u64::from(height), max_pixels)?;
     let image = image::DynamicImage::from_decoder(decoder).map_err(corrupt)?;
     // PNGs may carry alpha or 16-bit samples: flatten to 8-bit gray or RGB
     // (alpha dropped, as Pillow's convert("RGB") does).
     Ok(match image.color().channel_count() {
-        1 | 2 => DecodedImage { width, height, channels: 1, pixels: image.into_luma8().into_raw() },
-        _ => DecodedImage { width, height, channels: 3, pixels: image.into_rgb8().into_raw() },
+        1 | 2 => DecodedImage {
+            width,
+            height,
+            channels: 1,
+            pixels: image.into_luma8().into_raw(),
+        },
+        _ => DecodedImage {
+            width,
+            height,
+            channels: 3,
+            pixels: image.into_rgb8().into_raw(),
+        },
     })
 }
 
@@ -141,7 +180,9 @@ mod tests {
     #[test]
     fn rejects_unknown_and_empty_files() {
         assert_eq!(decode(b"", 1000), Err(DecodeError::Empty));
-        assert!(matches!(decode(b"GIF89a....", 1000), Err(DecodeError::UnsupportedFormat(s)) if s == "47 49 46 38"));
+        assert!(
+            matches!(decode(b"GIF89a....", 1000), Err(DecodeError::UnsupportedFormat(s)) if s == "47 49 46 38")
+        );
     }
 
     #[test]

@@ -55,8 +55,8 @@ pub fn devkit_id_of(wnid: &str) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
-    use crate::sample::CLASSES;
     use super::*;
+    use crate::sample::CLASSES;
 
     #[test]
     fn table_has_1000_distinct_wellformed_wnids() {

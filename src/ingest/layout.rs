@@ -67,7 +67,10 @@ pub enum LayoutError {
     )]
     NotFound { root: String },
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{dir}: no class folders inside")]
     NoClasses { dir: String },
     #[error(
@@ -76,11 +79,18 @@ pub enum LayoutError {
     )]
     FlatValUnlabelled { dir: String, expected: String },
     #[error("{path}:{line}: {message}")]
-    BadLabelFile { path: String, line: usize, message: String },
+    BadLabelFile {
+        path: String,
+        line: usize,
+        message: String,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LayoutError + '_ {
-    move |source| LayoutError::Io { path: path.display().to_string(), source }
+    move |source| LayoutError::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 /// Non-hidden entries of a directory, sorted by name, split into (dirs, files).
@@ -108,11 +118,16 @@ fn list_dir(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>), LayoutError> {
 
 fn key_of(root: &Path, path: &Path) -> String {
     let rel = path.strip_prefix(root).unwrap_or(path);
-    rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/")
+    rel.components()
+        .map(|c| c.as_os_str().to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 fn file_name(path: &Path) -> String {
-    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// Finds the layout under `root` and lists every image with its label.
@@ -123,17 +138,25 @@ pub fn discover(root: &Path, val_labels: Option<&Path>) -> Result<SourceTree, La
     } else if root.join("train").is_dir() {
         (root.to_path_buf(), false)
     } else {
-        return Err(LayoutError::NotFound { root: root.display().to_string() });
+        return Err(LayoutError::NotFound {
+            root: root.display().to_string(),
+        });
     };
 
     // Classes: the train folders, in sorted wnid order.
     let train_dir = base.join("train");
     let (class_dirs, _) = list_dir(&train_dir)?;
     if class_dirs.is_empty() {
-        return Err(LayoutError::NoClasses { dir: train_dir.display().to_string() });
+        return Err(LayoutError::NoClasses {
+            dir: train_dir.display().to_string(),
+        });
     }
     let wnids: Vec<String> = class_dirs.iter().map(|d| file_name(d)).collect();
-    let label_of: HashMap<&str, i32> = wnids.iter().enumerate().map(|(i, w)| (w.as_str(), i as i32)).collect();
+    let label_of: HashMap<&str, i32> = wnids
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (w.as_str(), i as i32))
+        .collect();
     let names = class_names(root)?;
     let classes = wnids
         .iter()
@@ -148,7 +171,10 @@ pub fn discover(root: &Path, val_labels: Option<&Path>) -> Result<SourceTree, La
     let mut train = Vec::new();
     for (label, dir) in class_dirs.iter().enumerate() {
         let (_, files) = list_dir(dir)?;
-        train.extend(files.iter().map(|f| SourceImage { key: key_of(root, f), label: label as i32 }));
+        train.extend(files.iter().map(|f| SourceImage {
+            key: key_of(root, f),
+            label: label as i32,
+        }));
     }
 
     let mut skipped = Vec::new();
@@ -164,7 +190,10 @@ pub fn discover(root: &Path, val_labels: Option<&Path>) -> Result<SourceTree, La
                 let (_, files) = list_dir(dir)?;
                 for f in files {
                     match label_of.get(wnid.as_str()) {
-                        Some(&label) => val.push(SourceImage { key: key_of(root, &f), label }),
+                        Some(&label) => val.push(SourceImage {
+                            key: key_of(root, &f),
+                            label,
+                        }),
                         None => skipped.push(SkippedImage {
                             path: key_of(root, &f),
                             reason: format!("val class {wnid} has no train folder"),
@@ -172,7 +201,14 @@ pub fn discover(root: &Path, val_labels: Option<&Path>) -> Result<SourceTree, La
                     }
                 }
             }
-            (val, if kaggle { LayoutKind::Kaggle } else { LayoutKind::ClassFolders })
+            (
+                val,
+                if kaggle {
+                    LayoutKind::Kaggle
+                } else {
+                    LayoutKind::ClassFolders
+                },
+            )
         } else {
             let (wnid_of_file, layout) = flat_val_labels(root, &val_dir, kaggle, val_labels)?;
             let mut val = Vec::new();
@@ -181,18 +217,31 @@ pub fn discover(root: &Path, val_labels: Option<&Path>) -> Result<SourceTree, La
                 let stem = name.split('.').next().unwrap_or(&name).to_string();
                 let wnid = wnid_of_file.get(&name).or_else(|| wnid_of_file.get(&stem));
                 match wnid.map(|w| (w, label_of.get(w.as_str()))) {
-                    Some((_, Some(&label))) => val.push(SourceImage { key: key_of(root, &f), label }),
+                    Some((_, Some(&label))) => val.push(SourceImage {
+                        key: key_of(root, &f),
+                        label,
+                    }),
                     Some((w, None)) => skipped.push(SkippedImage {
                         path: key_of(root, &f),
                         reason: format!("labelled {w}, which has no train folder"),
                     }),
-                    None => skipped.push(SkippedImage { path: key_of(root, &f), reason: "no label for this file".into() }),
+                    None => skipped.push(SkippedImage {
+                        path: key_of(root, &f),
+                        reason: "no label for this file".into(),
+                    }),
                 }
             }
             (val, layout)
         }
     };
-    Ok(SourceTree { root: root.to_path_buf(), layout, classes, train, val, skipped })
+    Ok(SourceTree {
+        root: root.to_path_buf(),
+        layout,
+        classes,
+        train,
+        val,
+        skipped,
+    })
 }
 
 /// Class names from `LOC_synset_mapping.txt` or `synset_words.txt` (`wnid name, name…`).
@@ -235,9 +284,16 @@ fn flat_val_labels(
     let expected = if kaggle {
         format!("{}", solution.display())
     } else {
-        format!("{} or {}", ground_truth[0].display(), ground_truth[1].display())
+        format!(
+            "{} or {}",
+            ground_truth[0].display(),
+            ground_truth[1].display()
+        )
     };
-    Err(LayoutError::FlatValUnlabelled { dir: val_dir.display().to_string(), expected })
+    Err(LayoutError::FlatValUnlabelled {
+        dir: val_dir.display().to_string(),
+        expected,
+    })
 }
 
 /// `filename wnid` per line (the name may carry directories; only the file name counts).
@@ -276,8 +332,13 @@ fn read_kaggle_solution(path: &Path) -> Result<HashMap<String, String>, LayoutEr
             line: i + 1,
             message: message.to_string(),
         };
-        let (id, prediction) = line.split_once(',').ok_or_else(|| bad("expected `ImageId,PredictionString`"))?;
-        let wnid = prediction.split_whitespace().next().ok_or_else(|| bad("empty PredictionString"))?;
+        let (id, prediction) = line
+            .split_once(',')
+            .ok_or_else(|| bad("expected `ImageId,PredictionString`"))?;
+        let wnid = prediction
+            .split_whitespace()
+            .next()
+            .ok_or_else(|| bad("empty PredictionString"))?;
         map.insert(id.trim().to_string(), wnid.to_string());
     }
     Ok(map)
@@ -291,8 +352,15 @@ fn read_devkit_ground_truth(path: &Path) -> Result<HashMap<String, String>, Layo
     let table = devkit::devkit_id_to_wnid();
     let mut map = HashMap::new();
     for (i, line) in text.lines().enumerate() {
-        let bad = |message: String| LayoutError::BadLabelFile { path: path.display().to_string(), line: i + 1, message };
-        let id: usize = line.trim().parse().map_err(|_| bad(format!("expected an ILSVRC2012_ID, found {line:?}")))?;
+        let bad = |message: String| LayoutError::BadLabelFile {
+            path: path.display().to_string(),
+            line: i + 1,
+            message,
+        };
+        let id: usize = line
+            .trim()
+            .parse()
+            .map_err(|_| bad(format!("expected an ILSVRC2012_ID, found {line:?}")))?;
         let wnid = id
             .checked_sub(1)
             .and_then(|k| table.get(k))

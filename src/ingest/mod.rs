@@ -39,14 +39,22 @@ pub struct IngestConfig {
 
 impl Default for IngestConfig {
     fn default() -> Self {
-        Self { rows_per_shard: 1024, rows_per_row_group: 64, filter: ResizeFilter::Bilinear, seed: 0, max_pixels: 89_478_485 }
+        Self {
+            rows_per_shard: 1024,
+            rows_per_row_group: 64,
+            filter: ResizeFilter::Bilinear,
+            seed: 0,
+            max_pixels: 89_478_485,
+        }
     }
 }
 
 impl IngestConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.rows_per_shard == 0 || self.rows_per_row_group == 0 {
-            return Err("ingest.rows_per_shard and ingest.rows_per_row_group must be positive".into());
+            return Err(
+                "ingest.rows_per_shard and ingest.rows_per_row_group must be positive".into(),
+            );
         }
         if self.rows_per_row_group > self.rows_per_shard {
             return Err(format!(

@@ -51,7 +51,11 @@ pub struct CropPlan {
 /// `Resize(int)` does), crop offset = floor of half the excess.
 pub fn plan(width: u32, height: u32, size: u32) -> CropPlan {
     let (w, h, s) = (u64::from(width), u64::from(height), u64::from(size));
-    let (resized_width, resized_height) = if w <= h { (s, (h * s / w).max(s)) } else { ((w * s / h).max(s), s) };
+    let (resized_width, resized_height) = if w <= h {
+        (s, (h * s / w).max(s))
+    } else {
+        ((w * s / h).max(s), s)
+    };
     CropPlan {
         resized_width: resized_width as u32,
         resized_height: resized_height as u32,
@@ -91,7 +95,11 @@ impl CentreCropper {
     /// straight into the caller's buffer (a slot of a shard's row group).
     pub fn crop_into(&mut self, image: &DecodedImage, out: &mut [u8]) {
         let s = self.size;
-        assert_eq!(out.len(), (s * s * 3) as usize, "output must hold S·S·3 bytes");
+        assert_eq!(
+            out.len(),
+            (s * s * 3) as usize,
+            "output must hold S·S·3 bytes"
+        );
         let plan = plan(image.width, image.height, s);
         // Source pixels per resized pixel, per axis (exactly Pillow's scale).
         let sx = f64::from(image.width) / f64::from(plan.resized_width);
@@ -99,14 +107,21 @@ impl CentreCropper {
         // Rounding can push left + width a hair past the source edge (e.g.
         // 333·(100/333)·…); clamp to the image so the box is always valid.
         let (width, height) = (f64::from(image.width), f64::from(image.height));
-        let (left, top) = ((f64::from(plan.left) * sx).min(width), (f64::from(plan.top) * sy).min(height));
+        let (left, top) = (
+            (f64::from(plan.left) * sx).min(width),
+            (f64::from(plan.top) * sy).min(height),
+        );
         let options = self.options.crop(
             left,
             top,
             (f64::from(s) * sx).min(width - left),
             (f64::from(s) * sy).min(height - top),
         );
-        let pixel_type = if image.channels == 1 { PixelType::U8 } else { PixelType::U8x3 };
+        let pixel_type = if image.channels == 1 {
+            PixelType::U8
+        } else {
+            PixelType::U8x3
+        };
         let src = ImageRef::new(image.width, image.height, &image.pixels, pixel_type)
             .expect("decoded buffer matches its dimensions");
         if image.channels == 1 {
@@ -114,11 +129,15 @@ impl CentreCropper {
             let gray = &mut self.gray;
             gray.resize((s * s) as usize, 0);
             let mut dst = Image::from_slice_u8(s, s, gray, PixelType::U8).expect("sized above");
-            self.resizer.resize(&src, &mut dst, &options).expect("same pixel type, non-empty crop");
+            self.resizer
+                .resize(&src, &mut dst, &options)
+                .expect("same pixel type, non-empty crop");
             gray_to_rgb(gray, out);
         } else {
             let mut dst = Image::from_slice_u8(s, s, out, PixelType::U8x3).expect("sized above");
-            self.resizer.resize(&src, &mut dst, &options).expect("same pixel type, non-empty crop");
+            self.resizer
+                .resize(&src, &mut dst, &options)
+                .expect("same pixel type, non-empty crop");
         }
     }
 }
@@ -134,7 +153,10 @@ fn gray_to_rgb(gray: &[u8], rgb: &mut [u8]) {
         // SAFETY: the CPU supports SSSE3, checked just above.
         done = unsafe { gray_to_rgb_ssse3(gray, rgb) };
     }
-    for (&g, o) in gray[done..].iter().zip(rgb[3 * done..].as_chunks_mut::<3>().0) {
+    for (&g, o) in gray[done..]
+        .iter()
+        .zip(rgb[3 * done..].as_chunks_mut::<3>().0)
+    {
         *o = [g, g, g];
     }
 }
@@ -146,11 +168,15 @@ fn gray_to_rgb(gray: &[u8], rgb: &mut [u8]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "ssse3")]
 unsafe fn gray_to_rgb_ssse3(gray: &[u8], rgb: &mut [u8]) -> usize {
-    use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_setr_epi8, _mm_shuffle_epi8, _mm_storeu_si128};
+    use std::arch::x86_64::{
+        __m128i, _mm_loadu_si128, _mm_setr_epi8, _mm_shuffle_epi8, _mm_storeu_si128,
+    };
     let masks = [
         _mm_setr_epi8(0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4, 5),
         _mm_setr_epi8(5, 5, 6, 6, 6, 7, 7, 7, 8, 8, 8, 9, 9, 9, 10, 10),
-        _mm_setr_epi8(10, 11, 11, 11, 12, 12, 12, 13, 13, 13, 14, 14, 14, 15, 15, 15),
+        _mm_setr_epi8(
+            10, 11, 11, 11, 12, 12, 12, 13, 13, 13, 14, 14, 14, 15, 15, 15,
+        ),
     ];
     let (blocks, _) = gray.as_chunks::<16>();
     let (out_blocks, _) = rgb.as_chunks_mut::<48>();
@@ -160,7 +186,10 @@ unsafe fn gray_to_rgb_ssse3(gray: &[u8], rgb: &mut [u8]) -> usize {
         unsafe {
             let g = _mm_loadu_si128(g.as_ptr().cast::<__m128i>());
             for (k, mask) in masks.iter().enumerate() {
-                _mm_storeu_si128(o.as_mut_ptr().add(16 * k).cast::<__m128i>(), _mm_shuffle_epi8(g, *mask));
+                _mm_storeu_si128(
+                    o.as_mut_ptr().add(16 * k).cast::<__m128i>(),
+                    _mm_shuffle_epi8(g, *mask),
+                );
             }
         }
     }
@@ -173,16 +202,53 @@ mod tests {
 
     #[test]
     fn plan_scales_the_shorter_side_and_centres_the_crop() {
-        assert_eq!(plan(500, 375, 256), CropPlan { resized_width: 341, resized_height: 256, left: 42, top: 0 });
-        assert_eq!(plan(300, 400, 256), CropPlan { resized_width: 256, resized_height: 341, left: 0, top: 42 });
-        assert_eq!(plan(256, 256, 256), CropPlan { resized_width: 256, resized_height: 256, left: 0, top: 0 });
+        assert_eq!(
+            plan(500, 375, 256),
+            CropPlan {
+                resized_width: 341,
+                resized_height: 256,
+                left: 42,
+                top: 0
+            }
+        );
+        assert_eq!(
+            plan(300, 400, 256),
+            CropPlan {
+                resized_width: 256,
+                resized_height: 341,
+                left: 0,
+                top: 42
+            }
+        );
+        assert_eq!(
+            plan(256, 256, 256),
+            CropPlan {
+                resized_width: 256,
+                resized_height: 256,
+                left: 0,
+                top: 0
+            }
+        );
         // Upscaling a small image works the same way.
-        assert_eq!(plan(28, 56, 64), CropPlan { resized_width: 64, resized_height: 128, left: 0, top: 32 });
+        assert_eq!(
+            plan(28, 56, 64),
+            CropPlan {
+                resized_width: 64,
+                resized_height: 128,
+                left: 0,
+                top: 32
+            }
+        );
     }
 
     #[test]
     fn a_flat_image_stays_flat_and_gray_expands_to_rgb() {
-        let image = DecodedImage { width: 40, height: 30, channels: 1, pixels: vec![77; 1200] };
+        let image = DecodedImage {
+            width: 40,
+            height: 30,
+            channels: 1,
+            pixels: vec![77; 1200],
+        };
         let out = CentreCropper::new(16, ResizeFilter::Bilinear).crop(&image);
         assert_eq!(out.len(), 16 * 16 * 3);
         assert!(out.iter().all(|&v| v == 77));
@@ -202,9 +268,26 @@ mod tests {
         // Sizes where floating-point rounding once overshot the source edge.
         for size in [64, 72, 96, 100, 104, 108, 110, 112, 224, 256] {
             let mut cropper = CentreCropper::new(size, ResizeFilter::Bilinear);
-            for (w, h) in [(333, 256), (256, 333), (500, 375), (375, 500), (301, 257), (257, 301), (499, 499)] {
-                let image = DecodedImage { width: w, height: h, channels: 1, pixels: vec![9; (w * h) as usize] };
-                assert_eq!(cropper.crop(&image).len(), size * size * 3, "{w}x{h} → {size}");
+            for (w, h) in [
+                (333, 256),
+                (256, 333),
+                (500, 375),
+                (375, 500),
+                (301, 257),
+                (257, 301),
+                (499, 499),
+            ] {
+                let image = DecodedImage {
+                    width: w,
+                    height: h,
+                    channels: 1,
+                    pixels: vec![9; (w * h) as usize],
+                };
+                assert_eq!(
+                    cropper.crop(&image).len(),
+                    size * size * 3,
+                    "{w}x{h} → {size}"
+                );
             }
         }
     }
@@ -214,14 +297,25 @@ mod tests {
         // A horizontal ramp: after the centre crop the left edge must show the
         // source column that the full resize put at `left`.
         let (w, h) = (400u32, 200u32);
-        let pixels: Vec<u8> = (0..h).flat_map(|_| (0..w).flat_map(|x| [(x * 255 / (w - 1)) as u8; 3])).collect();
-        let image = DecodedImage { width: w, height: h, channels: 3, pixels: pixels.clone() };
+        let pixels: Vec<u8> = (0..h)
+            .flat_map(|_| (0..w).flat_map(|x| [(x * 255 / (w - 1)) as u8; 3]))
+            .collect();
+        let image = DecodedImage {
+            width: w,
+            height: h,
+            channels: 3,
+            pixels: pixels.clone(),
+        };
         let s = 100;
         let cropped = CentreCropper::new(s, ResizeFilter::Bilinear).crop(&image);
         let mut full = Image::new(200, 100, PixelType::U8x3);
         let src = ImageRef::new(w, h, &pixels, PixelType::U8x3).unwrap();
         Resizer::new()
-            .resize(&src, &mut full, &ResizeOptions::new().resize_alg(ResizeFilter::Bilinear.algorithm()))
+            .resize(
+                &src,
+                &mut full,
+                &ResizeOptions::new().resize_alg(ResizeFilter::Bilinear.algorithm()),
+            )
             .unwrap();
         let full = full.into_vec();
         for y in 0..s {

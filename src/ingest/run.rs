@@ -18,10 +18,12 @@ use super::layout::{self, LayoutKind, SourceImage, SourceTree};
 use super::resize::CentreCropper;
 use super::state::{IngestState, SplitProgress, StateError};
 use super::stats::StatsAccumulator;
-use crate::dataset::manifest::{FORMAT_VERSION, ManifestError};
 use crate::buffer_pool::BufferPool;
+use crate::dataset::manifest::{FORMAT_VERSION, ManifestError};
 use crate::dataset::writer::{ShardWriter, WriteError};
-use crate::dataset::{MEAN_FILE, Manifest, PcaStats, SkippedImage, Split, SplitInfo, Stats, npy, shard_file_name};
+use crate::dataset::{
+    MEAN_FILE, Manifest, PcaStats, SkippedImage, Split, SplitInfo, Stats, npy, shard_file_name,
+};
 
 /// What to ingest, where, and how.
 #[derive(Clone, Debug)]
@@ -69,13 +71,18 @@ pub enum IngestError {
     #[error(transparent)]
     Npy(#[from] npy::NpyError),
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error(
         "{out} holds an unfinished ingest made with other settings or another source listing; \
          remove it or choose another --out"
     )]
     FingerprintMismatch { out: String },
-    #[error("{out} already holds a dataset not made by this ingest (no {state} folder); choose another --out")]
+    #[error(
+        "{out} already holds a dataset not made by this ingest (no {state} folder); choose another --out"
+    )]
     ForeignDataset { out: String, state: &'static str },
     #[error("{source_dir}: no training images found")]
     NoTrainingImages { source_dir: String },
@@ -95,7 +102,10 @@ fn fnv1a(hash: &mut u64, bytes: &[u8]) {
 fn fingerprint(tree: &SourceTree, image_size: usize, config: &IngestConfig) -> String {
     let mut hash = 0xcbf2_9ce4_8422_2325u64;
     let settings = serde_json::to_string(config).expect("config serialises");
-    fnv1a(&mut hash, format!("v{FORMAT_VERSION} s{image_size} {settings}").as_bytes());
+    fnv1a(
+        &mut hash,
+        format!("v{FORMAT_VERSION} s{image_size} {settings}").as_bytes(),
+    );
     for (split, images) in [("train", &tree.train), ("val", &tree.val)] {
         fnv1a(&mut hash, split.as_bytes());
         for image in images {
@@ -127,8 +137,12 @@ fn load_image(
     let mut file = std::fs::File::open(root.join(&image.key)).map_err(cannot_read)?;
     worker.file.clear();
     std::io::Read::read_to_end(&mut file, &mut worker.file).map_err(cannot_read)?;
-    let decoded = decode::decode_reusing(&worker.file, max_pixels, std::mem::take(&mut worker.scratch))
-        .map_err(|e: DecodeError| e.to_string())?;
+    let decoded = decode::decode_reusing(
+        &worker.file,
+        max_pixels,
+        std::mem::take(&mut worker.scratch),
+    )
+    .map_err(|e: DecodeError| e.to_string())?;
     worker.cropper.crop_into(&decoded, out);
     worker.scratch = decoded.pixels;
     Ok(())
@@ -203,22 +217,32 @@ impl Job<'_> {
     /// accumulator while they are hot in cache; the sums are exact integers, so
     /// their merge (at the shard's last unit) does not depend on which thread
     /// decoded which image.
-    fn decode_unit(&self, shard: usize, closes_shard: bool, images: &[SourceImage], with_stats: bool) -> DecodedUnit {
+    fn decode_unit(
+        &self,
+        shard: usize,
+        closes_shard: bool,
+        images: &[SourceImage],
+        with_stats: bool,
+    ) -> DecodedUnit {
         let max_pixels = self.opts.config.max_pixels;
         let row_bytes = crate::dataset::schema::pixel_bytes(self.opts.image_size);
         let mut buffer = self.buffers.take(images.len() * row_bytes);
         self.pool.install(|| {
-            buffer.par_chunks_mut(row_bytes).zip(images.par_iter()).enumerate().for_each(|(i, (slot, image))| {
-                let thread = rayon::current_thread_index().expect("runs on the decode pool");
-                let mut worker = self.workers[thread].lock().expect("worker state lock");
-                let worker = &mut *worker;
-                match load_image(&self.tree.root, image, worker, max_pixels, slot) {
-                    Ok(()) if with_stats => worker.stats.add(slot),
-                    Ok(()) => {}
-                    Err(reason) => worker.failures.push((i, reason)),
-                }
-                self.bar.inc(1);
-            })
+            buffer
+                .par_chunks_mut(row_bytes)
+                .zip(images.par_iter())
+                .enumerate()
+                .for_each(|(i, (slot, image))| {
+                    let thread = rayon::current_thread_index().expect("runs on the decode pool");
+                    let mut worker = self.workers[thread].lock().expect("worker state lock");
+                    let worker = &mut *worker;
+                    match load_image(&self.tree.root, image, worker, max_pixels, slot) {
+                        Ok(()) if with_stats => worker.stats.add(slot),
+                        Ok(()) => {}
+                        Err(reason) => worker.failures.push((i, reason)),
+                    }
+                    self.bar.inc(1);
+                })
         });
         // Sums travel only with a shard's last unit (an empty accumulator otherwise).
         let shard_sums = closes_shard && with_stats;
@@ -259,13 +283,31 @@ impl Job<'_> {
         let groups = ranges
             .into_iter()
             .map(|(start, end, next)| DecodedGroup {
-                keys: (start..end).filter(|&i| kept[i]).map(|i| images[i].key.clone()).collect(),
-                labels: (start..end).filter(|&i| kept[i]).map(|i| images[i].label).collect(),
+                keys: (start..end)
+                    .filter(|&i| kept[i])
+                    .map(|i| images[i].key.clone())
+                    .collect(),
+                labels: (start..end)
+                    .filter(|&i| kept[i])
+                    .map(|i| images[i].label)
+                    .collect(),
                 pixels: shared.slice(start * row_bytes..next * row_bytes),
             })
             .collect();
-        let skipped = failures.into_iter().map(|(i, reason)| SkippedImage { path: images[i].key.clone(), reason }).collect();
-        DecodedUnit { shard, closes_shard, groups, skipped, stats }
+        let skipped = failures
+            .into_iter()
+            .map(|(i, reason)| SkippedImage {
+                path: images[i].key.clone(),
+                reason,
+            })
+            .collect();
+        DecodedUnit {
+            shard,
+            closes_shard,
+            groups,
+            skipped,
+            stats,
+        }
     }
 
     /// Planned images per decode unit: whole row groups, enough for every worker.
@@ -290,8 +332,13 @@ impl Job<'_> {
     ) -> Result<usize, IngestError> {
         let out = &self.opts.out;
         let dir = out.join(split.name());
-        std::fs::create_dir_all(&dir).map_err(|source| IngestError::Io { path: dir.display().to_string(), source })?;
-        let shards: Vec<&[SourceImage]> = images.chunks(self.opts.config.rows_per_shard.max(1)).collect();
+        std::fs::create_dir_all(&dir).map_err(|source| IngestError::Io {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let shards: Vec<&[SourceImage]> = images
+            .chunks(self.opts.config.rows_per_shard.max(1))
+            .collect();
         let done = progress_of(state, split).shards_done;
         let size = self.opts.image_size;
         let with_stats = split == Split::Train;
@@ -305,7 +352,10 @@ impl Job<'_> {
                         Some(shard) => shard,
                         None => open.insert(OpenShard {
                             index: unit.shard,
-                            writer: ShardWriter::create(&dir.join(shard_file_name(unit.shard)), size)?,
+                            writer: ShardWriter::create(
+                                &dir.join(shard_file_name(unit.shard)),
+                                size,
+                            )?,
                             rows: 0,
                             skipped: Vec::new(),
                         }),
@@ -313,7 +363,9 @@ impl Job<'_> {
                     debug_assert_eq!(shard.index, unit.shard, "units arrive shard by shard");
                     for group in unit.groups {
                         shard.rows += group.labels.len();
-                        shard.writer.write_row_group(&group.keys, &group.labels, group.pixels)?;
+                        shard
+                            .writer
+                            .write_row_group(&group.keys, &group.labels, group.pixels)?;
                     }
                     shard.skipped.extend(unit.skipped);
                     if !unit.closes_shard {
@@ -341,7 +393,10 @@ impl Job<'_> {
                 let last = units.len() - 1;
                 for (u, images) in units.enumerate() {
                     decoded += images.len();
-                    if sender.send(self.decode_unit(index, u == last, images, with_stats)).is_err() {
+                    if sender
+                        .send(self.decode_unit(index, u == last, images, with_stats))
+                        .is_err()
+                    {
                         break 'shards; // the writer stopped on an error, returned below
                     }
                 }
@@ -368,33 +423,58 @@ pub fn ingest(opts: &IngestOptions) -> Result<IngestSummary, IngestError> {
     let started = Instant::now();
     let tree = layout::discover(&opts.source, opts.val_labels.as_deref())?;
     if tree.train.is_empty() {
-        return Err(IngestError::NoTrainingImages { source_dir: opts.source.display().to_string() });
+        return Err(IngestError::NoTrainingImages {
+            source_dir: opts.source.display().to_string(),
+        });
     }
     let out = &opts.out;
     let print = |p: &Path| p.display().to_string();
-    std::fs::create_dir_all(out).map_err(|source| IngestError::Io { path: print(out), source })?;
+    std::fs::create_dir_all(out).map_err(|source| IngestError::Io {
+        path: print(out),
+        source,
+    })?;
 
     let fingerprint = fingerprint(&tree, opts.image_size, &opts.config);
     let mut state = match IngestState::load(out)? {
         Some(state) if state.fingerprint == fingerprint => state,
         Some(_) => return Err(IngestError::FingerprintMismatch { out: print(out) }),
         None if out.join(crate::dataset::MANIFEST_FILE).exists() => {
-            return Err(IngestError::ForeignDataset { out: print(out), state: super::state::STATE_DIR });
+            return Err(IngestError::ForeignDataset {
+                out: print(out),
+                state: super::state::STATE_DIR,
+            });
         }
         None => IngestState::new(fingerprint),
     };
     let shards_resumed = state.train.shards_done + state.val.shards_done;
     let mut sums = state.load_sums(out, opts.image_size)?;
 
-    let workers = if opts.workers == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { opts.workers };
+    let workers = if opts.workers == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        opts.workers
+    };
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(workers)
         .build()
-        .map_err(|e| IngestError::Threads { workers, message: e.to_string() })?;
+        .map_err(|e| IngestError::Threads {
+            workers,
+            message: e.to_string(),
+        })?;
     let per_shard = opts.config.rows_per_shard;
-    let remaining = tree.train.len().saturating_sub(state.train.shards_done * per_shard)
-        + tree.val.len().saturating_sub(state.val.shards_done * per_shard);
-    let bar = if opts.progress { crate::progress::bar(remaining as u64, "img") } else { indicatif::ProgressBar::hidden() };
+    let remaining = tree
+        .train
+        .len()
+        .saturating_sub(state.train.shards_done * per_shard)
+        + tree
+            .val
+            .len()
+            .saturating_sub(state.val.shards_done * per_shard);
+    let bar = if opts.progress {
+        crate::progress::bar(remaining as u64, "img")
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
     bar.set_prefix("ingest");
     let worker = || WorkerState {
         cropper: CentreCropper::new(opts.image_size, opts.config.filter),
@@ -403,28 +483,54 @@ pub fn ingest(opts: &IngestOptions) -> Result<IngestSummary, IngestError> {
         failures: Vec::new(),
         stats: StatsAccumulator::new(opts.image_size),
     };
-    let worker_states = (0..workers).map(|_| std::sync::Mutex::new(worker())).collect();
-    let job = Job { opts, tree: &tree, pool, bar, buffers: BufferPool::new(), workers: worker_states };
+    let worker_states = (0..workers)
+        .map(|_| std::sync::Mutex::new(worker()))
+        .collect();
+    let job = Job {
+        opts,
+        tree: &tree,
+        pool,
+        bar,
+        buffers: BufferPool::new(),
+        workers: worker_states,
+    };
 
     let train_order = training_order(&tree.train, opts.config.seed);
     let mut decoded = job.run_split(Split::Train, &train_order, &mut state, &mut sums)?;
-    decoded += job.run_split(Split::Val, &tree.val, &mut state, &mut StatsAccumulator::new(0))?;
+    decoded += job.run_split(
+        Split::Val,
+        &tree.val,
+        &mut state,
+        &mut StatsAccumulator::new(0),
+    )?;
     job.bar.finish_and_clear();
 
     // Statistics, then the manifest last: its presence means the dataset is complete.
     let mean_path = out.join(MEAN_FILE);
     let s = opts.image_size as u64;
     npy::write(&mean_path, &[s, s, 3], &sums.mean_image())?;
-    let stats = Stats { mean_image: MEAN_FILE.to_string(), mean_rgb: sums.mean_rgb(), pca: sums.pca() };
+    let stats = Stats {
+        mean_image: MEAN_FILE.to_string(),
+        mean_rgb: sums.mean_rgb(),
+        pca: sums.pca(),
+    };
     let mut skipped = tree.skipped.clone();
     skipped.extend(state.train.skipped.iter().cloned());
     skipped.extend(state.val.skipped.iter().cloned());
-    let split_info = |p: &SplitProgress| SplitInfo { rows: p.rows_done, shards: p.shards_done };
+    let split_info = |p: &SplitProgress| SplitInfo {
+        rows: p.rows_done,
+        shards: p.shards_done,
+    };
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
         image_size: opts.image_size,
         classes: tree.classes.clone(),
-        splits: [(Split::Train, split_info(&state.train)), (Split::Val, split_info(&state.val))].into_iter().collect(),
+        splits: [
+            (Split::Train, split_info(&state.train)),
+            (Split::Val, split_info(&state.val)),
+        ]
+        .into_iter()
+        .collect(),
         skipped: skipped.clone(),
         stats: stats.clone(),
     };
@@ -447,33 +553,51 @@ pub fn ingest(opts: &IngestOptions) -> Result<IngestSummary, IngestError> {
 impl IngestSummary {
     /// The one-screen summary.
     pub fn lines(&self) -> Vec<String> {
-        let PcaStats { eigenvalues: ev, .. } = &self.stats.pca;
+        let PcaStats {
+            eigenvalues: ev, ..
+        } = &self.stats.pca;
         let mut lines = vec![
             format!("dataset     {}", self.out.display()),
             format!("layout      {}", self.layout),
             format!("classes     {}", self.classes),
-            format!("train       {} images in {} shards", self.train.rows, self.train.shards),
-            format!("val         {} images in {} shards", self.val.rows, self.val.shards),
+            format!(
+                "train       {} images in {} shards",
+                self.train.rows, self.train.shards
+            ),
+            format!(
+                "val         {} images in {} shards",
+                self.val.rows, self.val.shards
+            ),
             format!(
                 "this run    {} images in {:.1} s ({:.0} images/s, {} workers{})",
                 self.images_this_run,
                 self.seconds,
                 self.images_this_run as f64 / self.seconds.max(1e-9),
                 self.workers,
-                if self.shards_resumed > 0 { format!(", {} shards already done", self.shards_resumed) } else { String::new() }
+                if self.shards_resumed > 0 {
+                    format!(", {} shards already done", self.shards_resumed)
+                } else {
+                    String::new()
+                }
             ),
             format!(
                 "mean RGB    {:.2} {:.2} {:.2}",
                 self.stats.mean_rgb[0], self.stats.mean_rgb[1], self.stats.mean_rgb[2]
             ),
-            format!("PCA λ       {:.5} {:.5} {:.5} (pixels in [0,1])", ev[0], ev[1], ev[2]),
+            format!(
+                "PCA λ       {:.5} {:.5} {:.5} (pixels in [0,1])",
+                ev[0], ev[1], ev[2]
+            ),
             format!("skipped     {}", self.skipped.len()),
         ];
         for skip in self.skipped.iter().take(10) {
             lines.push(format!("  {}: {}", skip.path, skip.reason));
         }
         if self.skipped.len() > 10 {
-            lines.push(format!("  … and {} more (all listed in dataset.json)", self.skipped.len() - 10));
+            lines.push(format!(
+                "  … and {} more (all listed in dataset.json)",
+                self.skipped.len() - 10
+            ));
         }
         lines
     }

@@ -45,9 +45,15 @@ pub struct IngestState {
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}: unreadable ingest state: {source}")]
-    Parse { path: String, source: serde_json::Error },
+    Parse {
+        path: String,
+        source: serde_json::Error,
+    },
     #[error("{source}")]
     Npy { path: String, source: npy::NpyError },
 }
@@ -58,7 +64,12 @@ fn sums_file(shards: usize) -> String {
 
 impl IngestState {
     pub fn new(fingerprint: String) -> Self {
-        Self { fingerprint, train: SplitProgress::default(), val: SplitProgress::default(), train_sums: SmallSums::default() }
+        Self {
+            fingerprint,
+            train: SplitProgress::default(),
+            val: SplitProgress::default(),
+            train_sums: SmallSums::default(),
+        }
     }
 
     pub fn dir(dataset: &Path) -> PathBuf {
@@ -71,14 +82,28 @@ impl IngestState {
         let text = match std::fs::read_to_string(&path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(StateError::Io { path: path.display().to_string(), source }),
+            Err(source) => {
+                return Err(StateError::Io {
+                    path: path.display().to_string(),
+                    source,
+                });
+            }
         };
-        serde_json::from_str(&text).map(Some).map_err(|source| StateError::Parse { path: path.display().to_string(), source })
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|source| StateError::Parse {
+                path: path.display().to_string(),
+                source,
+            })
     }
 
     /// The training sums covering `self.train.shards_done` shards. Sums files a
     /// killed run left behind (any but the live one) are removed.
-    pub fn load_sums(&self, dataset: &Path, image_size: usize) -> Result<StatsAccumulator, StateError> {
+    pub fn load_sums(
+        &self,
+        dataset: &Path,
+        image_size: usize,
+    ) -> Result<StatsAccumulator, StateError> {
         let live = sums_file(self.train.shards_done);
         if let Ok(entries) = std::fs::read_dir(Self::dir(dataset)) {
             for entry in entries.flatten() {
@@ -94,8 +119,14 @@ impl IngestState {
         }
         let path = Self::dir(dataset).join(sums_file(self.train.shards_done));
         let shown = path.display().to_string();
-        let bytes = std::fs::read(&path).map_err(|source| StateError::Io { path: shown.clone(), source })?;
-        let io = |source| StateError::Io { path: shown.clone(), source };
+        let bytes = std::fs::read(&path).map_err(|source| StateError::Io {
+            path: shown.clone(),
+            source,
+        })?;
+        let io = |source| StateError::Io {
+            path: shown.clone(),
+            source,
+        };
         let array = npyz::NpyFile::new(&bytes[..]).map_err(io)?;
         acc.pixel_sums = array.into_vec::<u64>().map_err(io)?;
         if acc.pixel_sums.len() != image_size * image_size * 3 {
@@ -116,15 +147,29 @@ impl IngestState {
 
     /// Records the training sums after `self.train.shards_done` shards and saves
     /// the state; the previous sums file is removed only after the new state is in place.
-    pub fn save_with_sums(&mut self, dataset: &Path, sums: &mut StatsAccumulator) -> Result<(), StateError> {
+    pub fn save_with_sums(
+        &mut self,
+        dataset: &Path,
+        sums: &mut StatsAccumulator,
+    ) -> Result<(), StateError> {
         sums.settle();
         let dir = Self::dir(dataset);
-        std::fs::create_dir_all(&dir).map_err(|source| StateError::Io { path: dir.display().to_string(), source })?;
+        std::fs::create_dir_all(&dir).map_err(|source| StateError::Io {
+            path: dir.display().to_string(),
+            source,
+        })?;
         let path = dir.join(sums_file(self.train.shards_done));
-        npy::write(&path, &[sums.pixel_sums.len() as u64], &sums.pixel_sums)
-            .map_err(|source| StateError::Npy { path: path.display().to_string(), source })?;
-        self.train_sums =
-            SmallSums { images: sums.images, channel_sums: sums.channel_sums, product_sums: sums.product_sums };
+        npy::write(&path, &[sums.pixel_sums.len() as u64], &sums.pixel_sums).map_err(|source| {
+            StateError::Npy {
+                path: path.display().to_string(),
+                source,
+            }
+        })?;
+        self.train_sums = SmallSums {
+            images: sums.images,
+            channel_sums: sums.channel_sums,
+            product_sums: sums.product_sums,
+        };
         self.save(dataset)?;
         if let Some(previous) = self.train.shards_done.checked_sub(1) {
             // Best effort: a leftover from a crash is harmless, state.json names the live file.
@@ -135,9 +180,15 @@ impl IngestState {
 
     pub fn save(&self, dataset: &Path) -> Result<(), StateError> {
         let dir = Self::dir(dataset);
-        std::fs::create_dir_all(&dir).map_err(|source| StateError::Io { path: dir.display().to_string(), source })?;
+        std::fs::create_dir_all(&dir).map_err(|source| StateError::Io {
+            path: dir.display().to_string(),
+            source,
+        })?;
         let path = dir.join(STATE_FILE);
         let json = serde_json::to_string_pretty(self).expect("state always serialises");
-        atomic::write_file(&path, json.as_bytes()).map_err(|source| StateError::Io { path: path.display().to_string(), source })
+        atomic::write_file(&path, json.as_bytes()).map_err(|source| StateError::Io {
+            path: path.display().to_string(),
+            source,
+        })
     }
 }

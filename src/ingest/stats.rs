@@ -31,7 +31,14 @@ const RECENT_IMAGES: u32 = 257;
 impl StatsAccumulator {
     pub fn new(image_size: usize) -> Self {
         let len = image_size * image_size * 3;
-        Self { images: 0, pixel_sums: vec![0; len], channel_sums: [0; 3], product_sums: [0; 6], recent: Vec::new(), recent_images: 0 }
+        Self {
+            images: 0,
+            pixel_sums: vec![0; len],
+            channel_sums: [0; 3],
+            product_sums: [0; 6],
+            recent: Vec::new(),
+            recent_images: 0,
+        }
     }
 
     /// Moves the recent u16 sums into `pixel_sums` (done by `merge`, and
@@ -48,7 +55,11 @@ impl StatsAccumulator {
 
     /// Adds one S×S×3 crop.
     pub fn add(&mut self, pixels: &[u8]) {
-        assert_eq!(pixels.len(), self.pixel_sums.len(), "crop size does not match the accumulator");
+        assert_eq!(
+            pixels.len(),
+            self.pixel_sums.len(),
+            "crop size does not match the accumulator"
+        );
         if self.recent_images == RECENT_IMAGES {
             self.settle();
         }
@@ -60,10 +71,22 @@ impl StatsAccumulator {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2, checked just above.
-            unsafe { add_sums_avx2(&mut self.recent, &mut self.channel_sums, &mut self.product_sums, pixels) };
+            unsafe {
+                add_sums_avx2(
+                    &mut self.recent,
+                    &mut self.channel_sums,
+                    &mut self.product_sums,
+                    pixels,
+                )
+            };
             return;
         }
-        add_sums(&mut self.recent, &mut self.channel_sums, &mut self.product_sums, pixels);
+        add_sums(
+            &mut self.recent,
+            &mut self.channel_sums,
+            &mut self.product_sums,
+            pixels,
+        );
     }
 
     /// Adds another accumulator's sums (from another worker or shard); leaves
@@ -91,7 +114,11 @@ impl StatsAccumulator {
     pub fn mean_image(&self) -> Vec<f32> {
         let n = self.images.max(1) as f64;
         let recent = self.recent.iter().copied().chain(std::iter::repeat(0));
-        self.pixel_sums.iter().zip(recent).map(|(&s, r)| ((s + u64::from(r)) as f64 / n) as f32).collect()
+        self.pixel_sums
+            .iter()
+            .zip(recent)
+            .map(|(&s, r)| ((s + u64::from(r)) as f64 / n) as f32)
+            .collect()
     }
 
     fn pixel_count(&self) -> f64 {
@@ -130,7 +157,10 @@ impl StatsAccumulator {
     /// eigenvectors as columns.
     pub fn pca(&self) -> PcaStats {
         let (eigenvalues, eigenvectors) = symmetric_eigen3(self.covariance());
-        PcaStats { eigenvalues, eigenvectors }
+        PcaStats {
+            eigenvalues,
+            eigenvectors,
+        }
     }
 }
 
@@ -141,7 +171,12 @@ const PRODUCT_BLOCK: usize = 16384;
 /// The body of [`StatsAccumulator::add`]: per-position sums, channel sums and
 /// channel products, all exact.
 #[inline(always)]
-fn add_sums(pixel_sums: &mut [u16], channel_sums: &mut [u64; 3], product_sums: &mut [u64; 6], pixels: &[u8]) {
+fn add_sums(
+    pixel_sums: &mut [u16],
+    channel_sums: &mut [u64; 3],
+    product_sums: &mut [u64; 6],
+    pixels: &[u8],
+) {
     for (sum, &v) in pixel_sums.iter_mut().zip(pixels) {
         *sum += u16::from(v);
     }
@@ -174,7 +209,12 @@ fn add_sums(pixel_sums: &mut [u16], channel_sums: &mut [u64; 3], product_sums: &
 /// The CPU must support AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn add_sums_avx2(pixel_sums: &mut [u16], channel_sums: &mut [u64; 3], product_sums: &mut [u64; 6], pixels: &[u8]) {
+unsafe fn add_sums_avx2(
+    pixel_sums: &mut [u16],
+    channel_sums: &mut [u64; 3],
+    product_sums: &mut [u64; 6],
+    pixels: &[u8],
+) {
     add_sums(pixel_sums, channel_sums, product_sums, pixels);
 }
 
@@ -223,7 +263,11 @@ pub fn symmetric_eigen3(mut a: [[f64; 3]; 3]) -> ([f64; 3], [[f64; 3]; 3]) {
     let mut vectors = [[0.0; 3]; 3];
     for (col, &i) in order.iter().enumerate() {
         let column = [v[0][i], v[1][i], v[2][i]];
-        let largest = column.iter().copied().max_by(|x, y| x.abs().total_cmp(&y.abs())).unwrap_or(0.0);
+        let largest = column
+            .iter()
+            .copied()
+            .max_by(|x, y| x.abs().total_cmp(&y.abs()))
+            .unwrap_or(0.0);
         let sign = if largest > 0.0 { -1.0 } else { 1.0 };
         for row in 0..3 {
             vectors[row][col] = sign * column[row];
@@ -238,7 +282,11 @@ mod tests {
 
     #[test]
     fn eigen_pairs_satisfy_av_equals_lambda_v() {
-        let a = [[0.07, 0.06, 0.055], [0.06, 0.068, 0.062], [0.055, 0.062, 0.075]];
+        let a = [
+            [0.07, 0.06, 0.055],
+            [0.06, 0.068, 0.062],
+            [0.055, 0.062, 0.075],
+        ];
         let (values, vectors) = symmetric_eigen3(a);
         assert!(values[0] >= values[1] && values[1] >= values[2]);
         for col in 0..3 {
@@ -255,7 +303,8 @@ mod tests {
 
     #[test]
     fn diagonal_matrix_sorts_its_eigenvalues() {
-        let (values, vectors) = symmetric_eigen3([[1.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 2.0]]);
+        let (values, vectors) =
+            symmetric_eigen3([[1.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 2.0]]);
         assert_eq!(values, [3.0, 2.0, 1.0]);
         assert_eq!(vectors[1][0].abs(), 1.0);
     }
@@ -265,7 +314,9 @@ mod tests {
         // S = 256: 65,536 pixels, four u32 product blocks; near-white pixels
         // would overflow a single u32 lane for the whole image.
         let size = 256;
-        let pixels: Vec<u8> = (0..size * size * 3).map(|i| 255 - ((i * 7919) % 13) as u8).collect();
+        let pixels: Vec<u8> = (0..size * size * 3)
+            .map(|i| 255 - ((i * 7919) % 13) as u8)
+            .collect();
         let mut acc = StatsAccumulator::new(size);
         acc.add(&pixels);
         acc.add(&pixels);
@@ -282,7 +333,12 @@ mod tests {
         }
         assert_eq!(acc.channel_sums, c);
         assert_eq!(acc.product_sums, p);
-        assert!(acc.pixel_sums.iter().zip(&pixels).all(|(&s, &v)| s == 2 * u64::from(v)));
+        assert!(
+            acc.pixel_sums
+                .iter()
+                .zip(&pixels)
+                .all(|(&s, &v)| s == 2 * u64::from(v))
+        );
     }
 
     #[test]
@@ -292,7 +348,10 @@ mod tests {
         for _ in 0..600 {
             acc.add(&[255; 12]);
         }
-        assert!(acc.mean_image().iter().all(|&m| m == 255.0), "before settling");
+        assert!(
+            acc.mean_image().iter().all(|&m| m == 255.0),
+            "before settling"
+        );
         let mut merged = StatsAccumulator::new(2);
         merged.merge(&acc);
         assert!(merged.pixel_sums.iter().all(|&s| s == 600 * 255));

@@ -20,8 +20,24 @@ pub struct Batch {
 }
 
 impl Batch {
-    pub fn new(index: usize, images: Vec<f32>, labels: Vec<i64>, keys: Vec<String>, views: usize, crop: usize, pool: BufferPool<f32>) -> Self {
-        Self { index, images, labels, keys, views, crop, pool: Some(pool) }
+    pub fn new(
+        index: usize,
+        images: Vec<f32>,
+        labels: Vec<i64>,
+        keys: Vec<String>,
+        views: usize,
+        crop: usize,
+        pool: BufferPool<f32>,
+    ) -> Self {
+        Self {
+            index,
+            images,
+            labels,
+            keys,
+            views,
+            crop,
+            pool: Some(pool),
+        }
     }
 
     /// Images in the batch.

@@ -15,7 +15,11 @@ pub fn write_batch(dir: &Path, k: usize, batch: &Batch) -> Result<(), NpyError> 
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let shape = batch.shape().map(|d| d as u64);
     npy::write_plain(&dir.join(format!("images-{k}.npy")), &shape, &batch.images)?;
-    npy::write_plain(&dir.join(format!("labels-{k}.npy")), &[batch.labels.len() as u64], &batch.labels)?;
+    npy::write_plain(
+        &dir.join(format!("labels-{k}.npy")),
+        &[batch.labels.len() as u64],
+        &batch.labels,
+    )?;
     let keys_path = dir.join(format!("keys-{k}.txt"));
     let mut text = batch.keys.join("\n");
     text.push('\n');

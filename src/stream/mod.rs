@@ -85,7 +85,15 @@ pub struct StreamConfig {
 
 impl Default for StreamConfig {
     fn default() -> Self {
-        Self { shuffle_buffer: 4096, read_ahead: 4, workers: 0, prefetch: 4, lighting_std: 0.1, mean: MeanMode::Pixel, seed: 0 }
+        Self {
+            shuffle_buffer: 4096,
+            read_ahead: 4,
+            workers: 0,
+            prefetch: 4,
+            lighting_std: 0.1,
+            mean: MeanMode::Pixel,
+            seed: 0,
+        }
     }
 }
 
@@ -121,11 +129,19 @@ pub enum StreamError {
     #[error(transparent)]
     Npy(#[from] npy::NpyError),
     #[error("{dataset}: the dataset has no {split} split")]
-    NoSplit { dataset: String, split: &'static str },
+    NoSplit {
+        dataset: String,
+        split: &'static str,
+    },
     #[error("{path}: {message}")]
     Shard { path: String, message: String },
     #[error("{dataset}: {split} shards hold {found} rows but dataset.json lists {expected}")]
-    RowCount { dataset: String, split: &'static str, expected: usize, found: usize },
+    RowCount {
+        dataset: String,
+        split: &'static str,
+        expected: usize,
+        found: usize,
+    },
     #[error("augmentation setup: {0}")]
     Augment(#[from] AugmentError),
     #[error("stream setup: {0}")]
@@ -172,7 +188,9 @@ impl DataSource {
                 let hwc = npy::read_f32(&dataset.join(MEAN_FILE), &[s as u64, s as u64, 3])?;
                 MeanSubtraction::PerPixel(MeanImage::from_hwc(s, hwc)?)
             }
-            MeanMode::Channel => MeanSubtraction::PerChannel(manifest.stats.mean_rgb.map(|v| v as f32)),
+            MeanMode::Channel => {
+                MeanSubtraction::PerChannel(manifest.stats.mean_rgb.map(|v| v as f32))
+            }
         };
         let p = &manifest.stats.pca;
         let pca = Pca {
@@ -186,7 +204,11 @@ impl DataSource {
             .build()
             .map_err(|e| StreamError::Setup(format!("tokio runtime: {e}")))?;
         let index = runtime.block_on(ShardIndex::open(dataset, split, &manifest))?;
-        let workers = if config.workers == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { config.workers };
+        let workers = if config.workers == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            config.workers
+        };
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(workers)
             .thread_name(|i| format!("augment-{i}"))
@@ -240,8 +262,14 @@ impl DataSource {
     /// Starts streaming one epoch from `options.position`.
     pub fn epoch(&self, options: EpochOptions) -> Result<Stream, StreamError> {
         let geometry = Geometry::new(self.image_size(), options.crop)?;
-        let lighting = (options.mode == ViewMode::Train && self.config.lighting_std > 0.0).then_some(self.pca);
-        let augmenter = Augmenter::new(geometry, self.mean.clone(), lighting, self.config.lighting_std)?;
+        let lighting =
+            (options.mode == ViewMode::Train && self.config.lighting_std > 0.0).then_some(self.pca);
+        let augmenter = Augmenter::new(
+            geometry,
+            self.mean.clone(),
+            lighting,
+            self.config.lighting_std,
+        )?;
         let plan = self.plan(&options);
         let times = Arc::new(StageTimes::default());
         let prefetch = self.config.prefetch.max(1);
@@ -249,12 +277,23 @@ impl DataSource {
         let (plans_tx, plans_rx) = mpsc::channel(prefetch);
         let (batches_tx, batches_rx) = mpsc::channel(prefetch);
         // The shuffle holds whole row groups: as many as `shuffle_buffer` rows fill.
-        let group_rows = plan.row_groups.iter().map(|g| g.rows).max().unwrap_or(1).max(1);
+        let group_rows = plan
+            .row_groups
+            .iter()
+            .map(|g| g.rows)
+            .max()
+            .unwrap_or(1)
+            .max(1);
         let shuffle_groups = match options.mode {
-            ViewMode::Train if self.config.shuffle_buffer > 1 => self.config.shuffle_buffer.div_ceil(group_rows),
+            ViewMode::Train if self.config.shuffle_buffer > 1 => {
+                self.config.shuffle_buffer.div_ceil(group_rows)
+            }
             _ => 0,
         };
-        let shuffle_seed = derive_seed(self.config.seed, &[options.position.epoch, options.rank as u64, PURPOSE_SHUFFLE]);
+        let shuffle_seed = derive_seed(
+            self.config.seed,
+            &[options.position.epoch, options.rank as u64, PURPOSE_SHUFFLE],
+        );
         let source = SourceTask {
             index: self.index.clone(),
             row_groups: plan.row_groups.clone(),
@@ -283,7 +322,7 @@ impl DataSource {
                 batch_size: options.batch_size,
                 pool: self.pool.clone(),
                 images_pool: self.images_pool.clone(),
-                    times: times.clone(),
+                times: times.clone(),
             }),
             out: batches_tx,
         };

@@ -68,15 +68,35 @@ pub struct PlanOptions {
 /// rank then stops after the same number of batches: the smallest rank's rows,
 /// rounded down to whole batches when `drop_last`.
 pub fn plan_epoch(all: &[RowGroupRef], options: PlanOptions) -> EpochPlan {
-    let PlanOptions { shuffle, seed, epoch, rank, world_size, batch_size, drop_last } = options;
-    assert!(world_size >= 1 && rank < world_size, "rank {rank} outside world size {world_size}");
+    let PlanOptions {
+        shuffle,
+        seed,
+        epoch,
+        rank,
+        world_size,
+        batch_size,
+        drop_last,
+    } = options;
+    assert!(
+        world_size >= 1 && rank < world_size,
+        "rank {rank} outside world size {world_size}"
+    );
     assert!(batch_size >= 1, "batch size must be positive");
     let mut order = all.to_vec();
     if shuffle {
-        order.shuffle(&mut ChaCha8Rng::seed_from_u64(derive_seed(seed, &[epoch, PURPOSE_ROW_GROUPS])));
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(derive_seed(
+            seed,
+            &[epoch, PURPOSE_ROW_GROUPS],
+        )));
     }
-    let rank_rows =
-        |r: usize| -> usize { order.iter().skip(r).step_by(world_size).map(|g| g.rows).sum() };
+    let rank_rows = |r: usize| -> usize {
+        order
+            .iter()
+            .skip(r)
+            .step_by(world_size)
+            .map(|g| g.rows)
+            .sum()
+    };
     let fewest = (0..world_size).map(rank_rows).min().unwrap_or(0);
     let (rows, batches) = if drop_last {
         let batches = fewest / batch_size;
@@ -85,7 +105,11 @@ pub fn plan_epoch(all: &[RowGroupRef], options: PlanOptions) -> EpochPlan {
         (fewest, fewest.div_ceil(batch_size))
     };
     let row_groups = order.into_iter().skip(rank).step_by(world_size).collect();
-    EpochPlan { row_groups, rows, batches }
+    EpochPlan {
+        row_groups,
+        rows,
+        batches,
+    }
 }
 
 #[cfg(test)]
@@ -93,23 +117,49 @@ mod tests {
     use super::*;
 
     fn groups(sizes: &[usize]) -> Vec<RowGroupRef> {
-        sizes.iter().enumerate().map(|(i, &rows)| RowGroupRef { shard: i / 4, row_group: i % 4, rows }).collect()
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &rows)| RowGroupRef {
+                shard: i / 4,
+                row_group: i % 4,
+                rows,
+            })
+            .collect()
     }
 
     fn options(rank: usize, world_size: usize) -> PlanOptions {
-        PlanOptions { shuffle: true, seed: 7, epoch: 0, rank, world_size, batch_size: 8, drop_last: true }
+        PlanOptions {
+            shuffle: true,
+            seed: 7,
+            epoch: 0,
+            rank,
+            world_size,
+            batch_size: 8,
+            drop_last: true,
+        }
     }
 
     #[test]
     fn ranks_get_disjoint_row_groups_and_equal_batches() {
         let all = groups(&[16, 16, 16, 16, 16, 16, 16, 5, 16, 16, 3]);
         let plans: Vec<EpochPlan> = (0..3).map(|r| plan_epoch(&all, options(r, 3))).collect();
-        let mut seen: Vec<(usize, usize)> =
-            plans.iter().flat_map(|p| p.row_groups.iter().map(|g| (g.shard, g.row_group))).collect();
+        let mut seen: Vec<(usize, usize)> = plans
+            .iter()
+            .flat_map(|p| p.row_groups.iter().map(|g| (g.shard, g.row_group)))
+            .collect();
         seen.sort();
         seen.dedup();
-        assert_eq!(seen.len(), all.len(), "every row group read by exactly one rank");
-        assert!(plans.iter().all(|p| p.batches == plans[0].batches && p.rows == plans[0].rows));
+        assert_eq!(
+            seen.len(),
+            all.len(),
+            "every row group read by exactly one rank"
+        );
+        assert!(
+            plans
+                .iter()
+                .all(|p| p.batches == plans[0].batches && p.rows == plans[0].rows)
+        );
         for p in &plans {
             assert!(p.row_groups.iter().map(|g| g.rows).sum::<usize>() >= p.rows);
         }
@@ -120,18 +170,43 @@ mod tests {
         let all = groups(&[10; 12]);
         let a = plan_epoch(&all, options(0, 1));
         assert_eq!(a, plan_epoch(&all, options(0, 1)));
-        let next = plan_epoch(&all, PlanOptions { epoch: 1, ..options(0, 1) });
+        let next = plan_epoch(
+            &all,
+            PlanOptions {
+                epoch: 1,
+                ..options(0, 1)
+            },
+        );
         assert_ne!(a.row_groups, next.row_groups);
-        let unshuffled = plan_epoch(&all, PlanOptions { shuffle: false, ..options(0, 1) });
+        let unshuffled = plan_epoch(
+            &all,
+            PlanOptions {
+                shuffle: false,
+                ..options(0, 1)
+            },
+        );
         assert_eq!(unshuffled.row_groups, all);
     }
 
     #[test]
     fn keeping_the_last_partial_batch() {
         let all = groups(&[10, 10, 3]);
-        let plan = plan_epoch(&all, PlanOptions { shuffle: false, drop_last: false, ..options(0, 1) });
+        let plan = plan_epoch(
+            &all,
+            PlanOptions {
+                shuffle: false,
+                drop_last: false,
+                ..options(0, 1)
+            },
+        );
         assert_eq!((plan.rows, plan.batches), (23, 3));
-        let plan = plan_epoch(&all, PlanOptions { shuffle: false, ..options(0, 1) });
+        let plan = plan_epoch(
+            &all,
+            PlanOptions {
+                shuffle: false,
+                ..options(0, 1)
+            },
+        );
         assert_eq!((plan.rows, plan.batches), (16, 2));
     }
 }

@@ -86,7 +86,8 @@ pub fn run(source: &DataSource, run: &StreamRun) -> Result<StreamReport, StreamR
             }
         }
         images += epoch_images;
-        epoch_images_per_s.push(epoch_images as f64 / epoch_started.elapsed().as_secs_f64().max(1e-9));
+        epoch_images_per_s
+            .push(epoch_images as f64 / epoch_started.elapsed().as_secs_f64().max(1e-9));
         stages += stream.timing();
     }
     let seconds = started.elapsed().as_secs_f64();
@@ -106,21 +107,45 @@ pub fn run(source: &DataSource, run: &StreamRun) -> Result<StreamReport, StreamR
 impl StreamReport {
     /// Human-readable lines; the caller prints the JSON line last.
     pub fn lines(&self) -> Vec<String> {
-        let busy = |s: f64| format!("{s:7.2} s busy, {:5.1} % of wall", 100.0 * s / self.seconds.max(1e-9));
+        let busy = |s: f64| {
+            format!(
+                "{s:7.2} s busy, {:5.1} % of wall",
+                100.0 * s / self.seconds.max(1e-9)
+            )
+        };
         vec![
             format!(
                 "{} images in {} batches over {} epoch(s), {:.2} s: {:.0} images/s ({} augment workers)",
-                self.images, self.batches, self.epochs, self.seconds, self.images_per_s, self.workers
+                self.images,
+                self.batches,
+                self.epochs,
+                self.seconds,
+                self.images_per_s,
+                self.workers
             ),
             format!(
                 "per epoch {} images/s",
-                self.epoch_images_per_s.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(", ")
+                self.epoch_images_per_s
+                    .iter()
+                    .map(|r| format!("{r:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             format!("read      {}", busy(self.stages.read_busy_s)),
             format!("shuffle   {}", busy(self.stages.shuffle_busy_s)),
-            format!("augment   {} (summed over workers)", busy(self.stages.augment_busy_s)),
-            format!("consumer  {:7.2} s waiting for batches", self.stages.consumer_stall_s),
-            format!("peak RSS  {}", self.peak_rss_mb.map_or("unknown".into(), |m| format!("{m:.0} MB"))),
+            format!(
+                "augment   {} (summed over workers)",
+                busy(self.stages.augment_busy_s)
+            ),
+            format!(
+                "consumer  {:7.2} s waiting for batches",
+                self.stages.consumer_stall_s
+            ),
+            format!(
+                "peak RSS  {}",
+                self.peak_rss_mb
+                    .map_or("unknown".into(), |m| format!("{m:.0} MB"))
+            ),
         ]
     }
 }

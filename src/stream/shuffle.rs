@@ -30,7 +30,12 @@ pub struct GroupShuffle<T> {
 impl<T> GroupShuffle<T> {
     /// Holds `groups` row groups at once; 0 passes rows through in arrival order.
     pub fn new(groups: usize, seed: u64) -> Self {
-        Self { held: Vec::with_capacity(groups.max(1)), rows: 0, groups, rng: ChaCha8Rng::seed_from_u64(seed) }
+        Self {
+            held: Vec::with_capacity(groups.max(1)),
+            rows: 0,
+            groups,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+        }
     }
 
     /// Whether the shuffle takes another group before the next draw.
@@ -66,7 +71,11 @@ impl<T> GroupShuffle<T> {
             (group.expect("pick < rows held"), pick)
         };
         let rows = &mut self.held[group];
-        let item = if self.groups == 0 { rows.remove(row) } else { rows.swap_remove(row) };
+        let item = if self.groups == 0 {
+            rows.remove(row)
+        } else {
+            rows.swap_remove(row)
+        };
         self.rows -= 1;
         if rows.is_empty() {
             self.held.remove(group);
@@ -81,7 +90,12 @@ mod tests {
 
     fn run(groups: usize, seed: u64) -> Vec<u32> {
         let mut shuffle = GroupShuffle::new(groups, seed);
-        let mut input = (0..100u32).collect::<Vec<_>>().chunks(8).map(<[u32]>::to_vec).collect::<Vec<_>>().into_iter();
+        let mut input = (0..100u32)
+            .collect::<Vec<_>>()
+            .chunks(8)
+            .map(<[u32]>::to_vec)
+            .collect::<Vec<_>>()
+            .into_iter();
         let mut out = Vec::new();
         loop {
             while shuffle.wants_group() {
@@ -112,9 +126,13 @@ mod tests {
     #[test]
     fn rows_mix_across_the_held_groups() {
         // The first 16 rows drawn come from several of the 4 groups held.
-        let groups: std::collections::BTreeSet<u32> = run(4, 3)[..16].iter().map(|r| r / 8).collect();
+        let groups: std::collections::BTreeSet<u32> =
+            run(4, 3)[..16].iter().map(|r| r / 8).collect();
         assert!(groups.len() >= 3, "drawn from groups {groups:?}");
-        assert!(groups.iter().all(|&g| g < 5), "only held groups are drawn from: {groups:?}");
+        assert!(
+            groups.iter().all(|&g| g < 5),
+            "only held groups are drawn from: {groups:?}"
+        );
     }
 
     #[test]

@@ -20,7 +20,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
 use parquet::column::reader::{get_column_reader, get_typed_column_reader};
-use parquet::data_type::{ByteArrayType, DataType, FixedLenByteArray, FixedLenByteArrayType, Int32Type};
+use parquet::data_type::{
+    ByteArrayType, DataType, FixedLenByteArray, FixedLenByteArrayType, Int32Type,
+};
 use parquet::file::reader::{ChunkReader, Length};
 use parquet::file::serialized_reader::SerializedPageReader;
 
@@ -56,7 +58,12 @@ impl RowGroupData {
     /// The rows, each holding its pixels as a slice of the mapping (no copy;
     /// the mapping goes when the last row holding it is dropped).
     pub fn into_rows(self) -> Vec<Row> {
-        let RowGroupData { labels, pixels, keys, mapped } = self;
+        let RowGroupData {
+            labels,
+            pixels,
+            keys,
+            mapped,
+        } = self;
         let mut keys = keys.map(Vec::into_iter);
         let range = mapped.as_ptr_range();
         labels
@@ -67,8 +74,16 @@ impl RowGroupData {
                 let inside = range.contains(&data.as_ptr()) && data.as_ptr_range().end <= range.end;
                 // Always inside for the plain, uncompressed pages ingest writes;
                 // a shard written otherwise still works, at the cost of a copy.
-                let pixels = if inside { mapped.slice_ref(data) } else { Bytes::copy_from_slice(data) };
-                Row { label, key: keys.as_mut().and_then(Iterator::next), pixels }
+                let pixels = if inside {
+                    mapped.slice_ref(data)
+                } else {
+                    Bytes::copy_from_slice(data)
+                };
+                Row {
+                    label,
+                    key: keys.as_mut().and_then(Iterator::next),
+                    pixels,
+                }
             })
             .collect()
     }
@@ -94,7 +109,11 @@ impl FileRange {
             .checked_sub(self.base)
             .map(|at| at as usize)
             .filter(|&at| at <= self.bytes.len())
-            .ok_or_else(|| parquet::errors::ParquetError::EOF(format!("offset {start} is outside the bytes read")))
+            .ok_or_else(|| {
+                parquet::errors::ParquetError::EOF(format!(
+                    "offset {start} is outside the bytes read"
+                ))
+            })
     }
 }
 
@@ -117,32 +136,66 @@ impl ChunkReader for FileRange {
 }
 
 fn shard_error(path: &Path, message: impl std::fmt::Display) -> StreamError {
-    StreamError::Shard { path: path.display().to_string(), message: message.to_string() }
+    StreamError::Shard {
+        path: path.display().to_string(),
+        message: message.to_string(),
+    }
 }
 
 impl ShardIndex {
     /// Opens every shard's footer and checks its schema; errors name the file.
-    pub async fn open(dataset: &Path, split: Split, manifest: &Manifest) -> Result<Self, StreamError> {
+    pub async fn open(
+        dataset: &Path,
+        split: Split,
+        manifest: &Manifest,
+    ) -> Result<Self, StreamError> {
         let info = manifest.split(split).ok_or_else(|| StreamError::NoSplit {
             dataset: dataset.display().to_string(),
             split: split.name(),
         })?;
         let mut shards = Vec::with_capacity(info.shards);
         for path in shard_paths(dataset, split, info.shards) {
-            let mut file = tokio::fs::File::open(&path).await.map_err(|e| shard_error(&path, format!("cannot open: {e}")))?;
+            let mut file = tokio::fs::File::open(&path)
+                .await
+                .map_err(|e| shard_error(&path, format!("cannot open: {e}")))?;
             let metadata = ArrowReaderMetadata::load_async(&mut file, ArrowReaderOptions::new())
                 .await
-                .map_err(|e| shard_error(&path, format!("not a readable Parquet file (truncated?): {e}")))?;
-            check_schema(&path, metadata.schema(), manifest.image_size)
-                .map_err(|e| shard_error(&path, e.to_string().trim_start_matches(&format!("{}: ", path.display()))))?;
+                .map_err(|e| {
+                    shard_error(
+                        &path,
+                        format!("not a readable Parquet file (truncated?): {e}"),
+                    )
+                })?;
+            check_schema(&path, metadata.schema(), manifest.image_size).map_err(|e| {
+                shard_error(
+                    &path,
+                    e.to_string()
+                        .trim_start_matches(&format!("{}: ", path.display())),
+                )
+            })?;
             let file = file.into_std().await;
-            shards.push(Shard { path, file, metadata });
+            shards.push(Shard {
+                path,
+                file,
+                metadata,
+            });
         }
-        let rows: usize = shards.iter().map(|s| s.metadata.metadata().file_metadata().num_rows() as usize).sum();
+        let rows: usize = shards
+            .iter()
+            .map(|s| s.metadata.metadata().file_metadata().num_rows() as usize)
+            .sum();
         if rows != info.rows {
-            return Err(StreamError::RowCount { dataset: dataset.display().to_string(), split: split.name(), expected: info.rows, found: rows });
+            return Err(StreamError::RowCount {
+                dataset: dataset.display().to_string(),
+                split: split.name(),
+                expected: info.rows,
+                found: rows,
+            });
         }
-        Ok(Self { shards, image_size: manifest.image_size })
+        Ok(Self {
+            shards,
+            image_size: manifest.image_size,
+        })
     }
 
     /// Every row group of the split, in file order.
@@ -151,63 +204,112 @@ impl ShardIndex {
             .iter()
             .enumerate()
             .flat_map(|(shard, s)| {
-                s.metadata.metadata().row_groups().iter().enumerate().map(move |(row_group, rg)| RowGroupRef {
-                    shard,
-                    row_group,
-                    rows: rg.num_rows() as usize,
-                })
+                s.metadata
+                    .metadata()
+                    .row_groups()
+                    .iter()
+                    .enumerate()
+                    .map(move |(row_group, rg)| RowGroupRef {
+                        shard,
+                        row_group,
+                        rows: rg.num_rows() as usize,
+                    })
             })
             .collect()
     }
 
     /// Reads one row group: `label` and `pixels`, plus `key` when asked.
-    pub async fn read(self: &Arc<Self>, group: RowGroupRef, with_keys: bool) -> Result<RowGroupData, StreamError> {
+    pub async fn read(
+        self: &Arc<Self>,
+        group: RowGroupRef,
+        with_keys: bool,
+    ) -> Result<RowGroupData, StreamError> {
         let index = self.clone();
         match tokio::task::spawn_blocking(move || index.read_blocking(group, with_keys)).await {
             Ok(result) => result,
-            Err(e) => Err(shard_error(&self.shards[group.shard].path, format!("row group {}: read task failed: {e}", group.row_group))),
+            Err(e) => Err(shard_error(
+                &self.shards[group.shard].path,
+                format!("row group {}: read task failed: {e}", group.row_group),
+            )),
         }
     }
 
-    fn read_blocking(&self, group: RowGroupRef, with_keys: bool) -> Result<RowGroupData, StreamError> {
+    fn read_blocking(
+        &self,
+        group: RowGroupRef,
+        with_keys: bool,
+    ) -> Result<RowGroupData, StreamError> {
         let shard = &self.shards[group.shard];
         let path = &shard.path;
-        let failed = |e: &dyn std::fmt::Display| shard_error(path, format!("row group {}: {e}", group.row_group));
+        let failed = |e: &dyn std::fmt::Display| {
+            shard_error(path, format!("row group {}: {e}", group.row_group))
+        };
         let metadata = shard.metadata.metadata();
-        let row_group = metadata.row_groups().get(group.row_group).ok_or_else(|| failed(&"not in the footer"))?;
+        let row_group = metadata
+            .row_groups()
+            .get(group.row_group)
+            .ok_or_else(|| failed(&"not in the footer"))?;
         // Columns: key, label, pixels (checked by `open`).
         let columns: &[usize] = if with_keys { &[0, 1, 2] } else { &[1, 2] };
-        let ranges: Vec<(u64, u64)> = columns.iter().map(|&c| row_group.column(c).byte_range()).collect();
+        let ranges: Vec<(u64, u64)> = columns
+            .iter()
+            .map(|&c| row_group.column(c).byte_range())
+            .collect();
         let start = ranges.iter().map(|r| r.0).min().unwrap_or(0);
         let end = ranges.iter().map(|r| r.0 + r.1).max().unwrap_or(0);
         let len = usize::try_from(end - start).map_err(|e| failed(&e))?;
 
         let file_len = shard.file.metadata().map_err(|e| failed(&e))?.len();
         if end > file_len {
-            return Err(failed(&format!("the footer places it at bytes {start}..{end}, past the end of the {file_len}-byte file")));
+            return Err(failed(&format!(
+                "the footer places it at bytes {start}..{end}, past the end of the {file_len}-byte file"
+            )));
         }
         // SAFETY: shards are never modified in place (see the module notes), and
         // the range lies within the file, checked just above.
-        let map = unsafe { memmap2::MmapOptions::new().offset(start).len(len).populate().map(&shard.file) }
-            .map_err(|e| failed(&format!("cannot map: {e}")))?;
+        let map = unsafe {
+            memmap2::MmapOptions::new()
+                .offset(start)
+                .len(len)
+                .populate()
+                .map(&shard.file)
+        }
+        .map_err(|e| failed(&format!("cannot map: {e}")))?;
         let mapped = Bytes::from_owner(map);
-        let range = Arc::new(FileRange { base: start, bytes: mapped.clone() });
+        let range = Arc::new(FileRange {
+            base: start,
+            bytes: mapped.clone(),
+        });
 
         let rows = group.rows;
-        let labels: Vec<i32> = read_column::<Int32Type>(&range, row_group, 1, rows).map_err(|e| failed(&e))?;
-        let pixels = read_column::<FixedLenByteArrayType>(&range, row_group, 2, rows).map_err(|e| failed(&e))?;
+        let labels: Vec<i32> =
+            read_column::<Int32Type>(&range, row_group, 1, rows).map_err(|e| failed(&e))?;
+        let pixels = read_column::<FixedLenByteArrayType>(&range, row_group, 2, rows)
+            .map_err(|e| failed(&e))?;
         let keys = if with_keys {
-            let keys = read_column::<ByteArrayType>(&range, row_group, 0, rows).map_err(|e| failed(&e))?;
-            let keys: Result<Vec<String>, _> = keys.iter().map(|k| k.as_utf8().map(str::to_owned)).collect();
+            let keys =
+                read_column::<ByteArrayType>(&range, row_group, 0, rows).map_err(|e| failed(&e))?;
+            let keys: Result<Vec<String>, _> = keys
+                .iter()
+                .map(|k| k.as_utf8().map(str::to_owned))
+                .collect();
             Some(keys.map_err(|e| failed(&e))?)
         } else {
             None
         };
         let pixel_bytes = self.image_size * self.image_size * 3;
-        if labels.len() != rows || pixels.len() != rows || pixels.iter().any(|p| p.len() != pixel_bytes) {
+        if labels.len() != rows
+            || pixels.len() != rows
+            || pixels.iter().any(|p| p.len() != pixel_bytes)
+        {
             return Err(failed(&"is missing rows or columns"));
         }
-        Ok(RowGroupData { labels, pixels, keys, mapped })
+        Ok(RowGroupData {
+            labels,
+            pixels,
+            keys,
+            mapped,
+        })
     }
 }
 
@@ -220,7 +322,8 @@ fn read_column<T: DataType>(
 ) -> parquet::errors::Result<Vec<T::T>> {
     let chunk = row_group.column(column);
     let pages = SerializedPageReader::new(range.clone(), chunk, rows, None)?;
-    let mut reader = get_typed_column_reader::<T>(get_column_reader(chunk.column_descr_ptr(), Box::new(pages)));
+    let mut reader =
+        get_typed_column_reader::<T>(get_column_reader(chunk.column_descr_ptr(), Box::new(pages)));
     let mut values = Vec::with_capacity(rows);
     while values.len() < rows {
         let before = values.len();

@@ -38,7 +38,14 @@ pub struct SourceTask {
 
 impl SourceTask {
     pub async fn run(self) {
-        let SourceTask { index, row_groups, with_keys, read_ahead, out, times } = self;
+        let SourceTask {
+            index,
+            row_groups,
+            with_keys,
+            read_ahead,
+            out,
+            times,
+        } = self;
         let reads = futures::stream::iter(row_groups).map(|group| {
             let (index, times) = (index.clone(), times.clone());
             async move {
@@ -89,7 +96,9 @@ impl ShuffleTask {
                 }
             }
             let started = Instant::now();
-            let Some(row) = self.shuffle.draw() else { break };
+            let Some(row) = self.shuffle.draw() else {
+                break;
+            };
             StageTimes::add(&self.times.shuffle_ns, started);
             emitted += 1;
             current.push(row);
@@ -139,23 +148,41 @@ impl AugmentContext {
         let mut images = self.images_pool.take(plan.rows.len() * views * slot);
         let first_position = (plan.index * self.batch_size) as u64;
         self.pool.install(|| {
-            images.par_chunks_mut(slot * views).zip(plan.rows.par_iter()).enumerate().for_each(|(i, (out, row))| {
-                match self.mode {
-                    ViewMode::Train => {
-                        // Each sample's randomness depends only on its position, so the
-                        // batch is the same whatever thread runs it.
-                        let position = first_position + i as u64;
-                        let seed = derive_seed(self.seed, &[self.epoch, self.rank as u64, PURPOSE_SAMPLE, position]);
-                        self.augmenter.train_image(&row.pixels, &mut ChaCha8Rng::seed_from_u64(seed), out);
-                    }
-                    ViewMode::Centre => self.augmenter.eval_image(&row.pixels, centre_view(self.augmenter.geometry()), out),
-                    ViewMode::TenCrop => {
-                        for (view, out) in ten_crop_views(self.augmenter.geometry()).into_iter().zip(out.chunks_mut(slot)) {
-                            self.augmenter.eval_image(&row.pixels, view, out);
+            images
+                .par_chunks_mut(slot * views)
+                .zip(plan.rows.par_iter())
+                .enumerate()
+                .for_each(|(i, (out, row))| {
+                    match self.mode {
+                        ViewMode::Train => {
+                            // Each sample's randomness depends only on its position, so the
+                            // batch is the same whatever thread runs it.
+                            let position = first_position + i as u64;
+                            let seed = derive_seed(
+                                self.seed,
+                                &[self.epoch, self.rank as u64, PURPOSE_SAMPLE, position],
+                            );
+                            self.augmenter.train_image(
+                                &row.pixels,
+                                &mut ChaCha8Rng::seed_from_u64(seed),
+                                out,
+                            );
+                        }
+                        ViewMode::Centre => self.augmenter.eval_image(
+                            &row.pixels,
+                            centre_view(self.augmenter.geometry()),
+                            out,
+                        ),
+                        ViewMode::TenCrop => {
+                            for (view, out) in ten_crop_views(self.augmenter.geometry())
+                                .into_iter()
+                                .zip(out.chunks_mut(slot))
+                            {
+                                self.augmenter.eval_image(&row.pixels, view, out);
+                            }
                         }
                     }
-                }
-            })
+                })
         });
         let labels = plan.rows.iter().map(|r| i64::from(r.label)).collect();
         let mut keys = Vec::new();
@@ -164,7 +191,15 @@ impl AugmentContext {
         }
         let crop = self.augmenter.geometry().crop;
         StageTimes::add(&self.times.augment_ns, started);
-        Batch::new(plan.index, images, labels, keys, views, crop, self.images_pool.clone())
+        Batch::new(
+            plan.index,
+            images,
+            labels,
+            keys,
+            views,
+            crop,
+            self.images_pool.clone(),
+        )
     }
 }
 

@@ -77,7 +77,8 @@ mod exact_f64 {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
         let s = String::deserialize(d)?;
-        s.parse().map_err(|e| D::Error::custom(format!("{s:?}: {e}")))
+        s.parse()
+            .map_err(|e| D::Error::custom(format!("{s:?}: {e}")))
     }
 }
 
@@ -97,7 +98,10 @@ pub fn list_steps(dir: &Path) -> Result<Vec<(u64, PathBuf)>, TrainError> {
     for entry in entries {
         let path = entry.map_err(io(dir))?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if let Some(step) = name.strip_prefix("step-").and_then(|n| n.strip_suffix(".safetensors")) {
+        if let Some(step) = name
+            .strip_prefix("step-")
+            .and_then(|n| n.strip_suffix(".safetensors"))
+        {
             if let Ok(step) = step.parse() {
                 found.push((step, path));
             }
@@ -117,8 +121,15 @@ pub fn prune(dir: &Path, keep: usize) -> Result<(), TrainError> {
 }
 
 /// Writes `tensors` and `meta` to `path` atomically.
-pub fn save(path: &Path, tensors: &HashMap<String, Tensor>, meta: &CheckpointMeta) -> Result<(), TrainError> {
-    let fail = |message: String| TrainError::Checkpoint { path: path.display().to_string(), message };
+pub fn save(
+    path: &Path,
+    tensors: &HashMap<String, Tensor>,
+    meta: &CheckpointMeta,
+) -> Result<(), TrainError> {
+    let fail = |message: String| TrainError::Checkpoint {
+        path: path.display().to_string(),
+        message,
+    };
     let json = serde_json::to_string(meta).map_err(|e| fail(e.to_string()))?;
     let metadata = HashMap::from([(META_KEY.to_string(), json)]);
     let bytes = safetensors::serialize(tensors, Some(metadata)).map_err(|e| fail(e.to_string()))?;
@@ -129,23 +140,36 @@ pub fn save(path: &Path, tensors: &HashMap<String, Tensor>, meta: &CheckpointMet
 }
 
 /// Reads a checkpoint: its tensors (on `device`) and its metadata.
-pub fn load(path: &Path, device: &Device) -> Result<(HashMap<String, Tensor>, CheckpointMeta), TrainError> {
-    let fail = |message: String| TrainError::Checkpoint { path: path.display().to_string(), message };
+pub fn load(
+    path: &Path,
+    device: &Device,
+) -> Result<(HashMap<String, Tensor>, CheckpointMeta), TrainError> {
+    let fail = |message: String| TrainError::Checkpoint {
+        path: path.display().to_string(),
+        message,
+    };
     let bytes = std::fs::read(path).map_err(io(path))?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| fail(e.to_string()))?;
+    let (_, header) =
+        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| fail(e.to_string()))?;
     let json = header
         .metadata()
         .as_ref()
         .and_then(|m| m.get(META_KEY))
-        .ok_or_else(|| fail(format!("no {META_KEY:?} metadata: not a checkpoint written by `pipeline train`")))?;
-    let meta: CheckpointMeta = serde_json::from_str(json).map_err(|e| fail(format!("metadata: {e}")))?;
+        .ok_or_else(|| {
+            fail(format!(
+                "no {META_KEY:?} metadata: not a checkpoint written by `pipeline train`"
+            ))
+        })?;
+    let meta: CheckpointMeta =
+        serde_json::from_str(json).map_err(|e| fail(format!("metadata: {e}")))?;
     if meta.format_version != FORMAT_VERSION {
         return Err(fail(format!(
             "format_version {} is not the supported version {FORMAT_VERSION}",
             meta.format_version
         )));
     }
-    let tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| fail(e.to_string()))?;
+    let tensors =
+        candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| fail(e.to_string()))?;
     Ok((tensors, meta))
 }
 
@@ -153,7 +177,10 @@ pub fn load(path: &Path, device: &Device) -> Result<(HashMap<String, Tensor>, Ch
 pub fn load_meta(path: &Path) -> Result<CheckpointMeta, TrainError> {
     // The header is at most a few kB but its length is in the first 8 bytes.
     use std::io::Read;
-    let fail = |message: String| TrainError::Checkpoint { path: path.display().to_string(), message };
+    let fail = |message: String| TrainError::Checkpoint {
+        path: path.display().to_string(),
+        message,
+    };
     let mut file = std::fs::File::open(path).map_err(io(path))?;
     let mut len = [0u8; 8];
     file.read_exact(&mut len).map_err(io(path))?;
@@ -163,13 +190,19 @@ pub fn load_meta(path: &Path) -> Result<CheckpointMeta, TrainError> {
     }
     let mut header = vec![0u8; n];
     file.read_exact(&mut header).map_err(io(path))?;
-    let value: serde_json::Value = serde_json::from_slice(&header).map_err(|e| fail(format!("header: {e}")))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|e| fail(format!("header: {e}")))?;
     let json = value
         .get("__metadata__")
         .and_then(|m| m.get(META_KEY))
         .and_then(|j| j.as_str())
-        .ok_or_else(|| fail(format!("no {META_KEY:?} metadata: not a checkpoint written by `pipeline train`")))?;
-    let meta: CheckpointMeta = serde_json::from_str(json).map_err(|e| fail(format!("metadata: {e}")))?;
+        .ok_or_else(|| {
+            fail(format!(
+                "no {META_KEY:?} metadata: not a checkpoint written by `pipeline train`"
+            ))
+        })?;
+    let meta: CheckpointMeta =
+        serde_json::from_str(json).map_err(|e| fail(format!("metadata: {e}")))?;
     Ok(meta)
 }
 
@@ -185,7 +218,14 @@ mod tests {
             position: StreamPosition { epoch: 1, batch: 3 },
             dropout: crate::model::DropoutRng::new(3).state(),
             schedule: ScheduleState::default(),
-            progress: EpochProgress { loss_sum: 0.1 + 0.2, batches: 3, images: 96, top1_errors: 5, train_s: 1.5, stall_s: 0.1 },
+            progress: EpochProgress {
+                loss_sum: 0.1 + 0.2,
+                batches: 3,
+                images: 96,
+                top1_errors: 5,
+                train_s: 1.5,
+                stall_s: 0.1,
+            },
             val: None,
             classes: vec!["n01".into(), "n02".into()],
             model: ModelConfig::default(),
@@ -203,7 +243,10 @@ mod tests {
         let (back, m) = load(&path, &Device::Cpu).unwrap();
         assert_eq!(m, meta());
         assert_eq!(m.progress.loss_sum.to_bits(), (0.1f64 + 0.2).to_bits());
-        assert_eq!(back["fc8.weight"].to_vec1::<f32>().unwrap(), w.to_vec1::<f32>().unwrap());
+        assert_eq!(
+            back["fc8.weight"].to_vec1::<f32>().unwrap(),
+            w.to_vec1::<f32>().unwrap()
+        );
         assert_eq!(back["fc8.weight"].dtype(), DType::F32);
         assert_eq!(load_meta(&path).unwrap(), meta());
         assert!(!atomic::temp_path(&path).exists());
@@ -217,11 +260,18 @@ mod tests {
             save(&step_file(dir.path(), step), &t, &meta()).unwrap();
         }
         prune(dir.path(), 2).unwrap();
-        let left: Vec<u64> = list_steps(dir.path()).unwrap().iter().map(|s| s.0).collect();
+        let left: Vec<u64> = list_steps(dir.path())
+            .unwrap()
+            .iter()
+            .map(|s| s.0)
+            .collect();
         assert_eq!(left, [10, 12]);
         let foreign = dir.path().join("plain.safetensors");
         candle_core::safetensors::save(&t, &foreign).unwrap();
         let err = load(&foreign, &Device::Cpu).unwrap_err().to_string();
-        assert!(err.contains("plain.safetensors") && err.contains(META_KEY), "{err}");
+        assert!(
+            err.contains("plain.safetensors") && err.contains(META_KEY),
+            "{err}"
+        );
     }
 }

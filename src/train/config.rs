@@ -105,25 +105,43 @@ impl TrainConfig {
             }
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
-            return Err(format!("train.lr must be a positive number, got {}", self.lr));
+            return Err(format!(
+                "train.lr must be a positive number, got {}",
+                self.lr
+            ));
         }
         if !(0.0..1.0).contains(&self.momentum) {
-            return Err(format!("train.momentum must be in [0, 1), got {}", self.momentum));
+            return Err(format!(
+                "train.momentum must be in [0, 1), got {}",
+                self.momentum
+            ));
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return Err(format!("train.weight_decay must be >= 0, got {}", self.weight_decay));
+            return Err(format!(
+                "train.weight_decay must be >= 0, got {}",
+                self.weight_decay
+            ));
         }
         if !(self.lr_drop_factor.is_finite() && self.lr_drop_factor >= 1.0) {
-            return Err(format!("train.lr_drop_factor must be >= 1, got {}", self.lr_drop_factor));
+            return Err(format!(
+                "train.lr_drop_factor must be >= 1, got {}",
+                self.lr_drop_factor
+            ));
         }
         if !(self.min_delta.is_finite() && self.min_delta >= 0.0) {
-            return Err(format!("train.min_delta must be >= 0, got {}", self.min_delta));
+            return Err(format!(
+                "train.min_delta must be >= 0, got {}",
+                self.min_delta
+            ));
         }
         if self.schedule == ScheduleKind::Plateau && self.patience == 0 {
             return Err("train.patience must be at least 1 with schedule = \"plateau\"".into());
         }
         if self.step_epochs.windows(2).any(|w| w[0] >= w[1]) {
-            return Err(format!("train.step_epochs must be increasing, got {:?}", self.step_epochs));
+            return Err(format!(
+                "train.step_epochs must be increasing, got {:?}",
+                self.step_epochs
+            ));
         }
         Ok(())
     }
@@ -138,12 +156,23 @@ mod tests {
         let cfg: TrainConfig = toml::from_str("lr = 0.02\nschedule = \"step\"").unwrap();
         assert_eq!(cfg.lr, 0.02);
         assert_eq!(cfg.schedule, ScheduleKind::Step);
-        assert_eq!((cfg.batch_size, cfg.momentum, cfg.weight_decay), (128, 0.9, 0.0005));
-        let err = toml::from_str::<TrainConfig>("learning_rate = 0.1").unwrap_err().to_string();
+        assert_eq!(
+            (cfg.batch_size, cfg.momentum, cfg.weight_decay),
+            (128, 0.9, 0.0005)
+        );
+        let err = toml::from_str::<TrainConfig>("learning_rate = 0.1")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("learning_rate"), "{err}");
-        let bad = TrainConfig { momentum: 1.0, ..Default::default() };
+        let bad = TrainConfig {
+            momentum: 1.0,
+            ..Default::default()
+        };
         assert!(bad.validate().unwrap_err().contains("train.momentum"));
-        let bad = TrainConfig { device: "gpu".into(), ..Default::default() };
+        let bad = TrainConfig {
+            device: "gpu".into(),
+            ..Default::default()
+        };
         assert!(bad.validate().unwrap_err().contains("train.device"));
         assert!(TrainConfig::default().validate().is_ok());
     }

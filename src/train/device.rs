@@ -30,17 +30,24 @@ pub fn parse_device_name(name: &str) -> Result<DeviceSpec, String> {
 
 /// Opens the device named `name` (`what` names where the name came from, for errors).
 pub fn open(name: &str) -> Result<Device, TrainError> {
-    let spec = parse_device_name(name).map_err(|message| TrainError::Device { device: name.into(), message })?;
+    let spec = parse_device_name(name).map_err(|message| TrainError::Device {
+        device: name.into(),
+        message,
+    })?;
     match spec {
         DeviceSpec::Cpu => Ok(Device::Cpu),
-        DeviceSpec::Cuda(_) if !candle_core::utils::cuda_is_available() => Err(TrainError::Device {
-            device: name.into(),
-            message: "this binary was built without the `cuda` feature; rebuild with \
+        DeviceSpec::Cuda(_) if !candle_core::utils::cuda_is_available() => {
+            Err(TrainError::Device {
+                device: name.into(),
+                message: "this binary was built without the `cuda` feature; rebuild with \
                       `cargo build --release --features cuda`, or use --device cpu"
-                .into(),
+                    .into(),
+            })
+        }
+        DeviceSpec::Cuda(ordinal) => Device::new_cuda(ordinal).map_err(|e| TrainError::Device {
+            device: name.into(),
+            message: e.to_string(),
         }),
-        DeviceSpec::Cuda(ordinal) => Device::new_cuda(ordinal)
-            .map_err(|e| TrainError::Device { device: name.into(), message: e.to_string() }),
     }
 }
 

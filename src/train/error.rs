@@ -21,20 +21,33 @@ pub enum TrainError {
     #[error("run {path}: {message}")]
     Run { path: String, message: String },
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     /// A checkpoint file is unreadable or does not match the run.
     #[error("checkpoint {path}: {message}")]
     Checkpoint { path: String, message: String },
     /// A tensor operation failed; `what` says which (building the model, a forward pass…).
     #[error("{what}: {source}")]
-    Candle { what: String, source: candle_core::Error },
+    Candle {
+        what: String,
+        source: candle_core::Error,
+    },
     /// The loss became NaN or infinite: training stopped before the bad step was applied
     /// and nothing was saved after it.
     #[error(
         "the training loss is {loss} at epoch {epoch}, step {step} (batch {batch} of {batches}): \
          training stopped without applying or saving that step. {resume_hint}"
     )]
-    NonFinite { loss: f32, epoch: u64, step: u64, batch: usize, batches: usize, resume_hint: String },
+    NonFinite {
+        loss: f32,
+        epoch: u64,
+        step: u64,
+        batch: usize,
+        batches: usize,
+        resume_hint: String,
+    },
 }
 
 /// Wraps a candle error with what was being done.
@@ -45,5 +58,8 @@ pub(crate) fn candle(what: impl Into<String>) -> impl FnOnce(candle_core::Error)
 
 /// Wraps an I/O error with the path.
 pub(crate) fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
-    move |source| TrainError::Io { path: path.display().to_string(), source }
+    move |source| TrainError::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }

@@ -44,8 +44,11 @@ pub fn evaluate(
     let mut counts = ValCounts::default();
     while let Some(batch) = stream.next_batch() {
         let batch = batch?;
-        let x = Tensor::from_slice(&batch.images, batch.shape().as_slice(), device).map_err(candle("validation input"))?;
-        let logits = model.forward(&x, None).map_err(candle("validation forward"))?; // (n·views, classes)
+        let x = Tensor::from_slice(&batch.images, batch.shape().as_slice(), device)
+            .map_err(candle("validation input"))?;
+        let logits = model
+            .forward(&x, None)
+            .map_err(candle("validation forward"))?; // (n·views, classes)
         let scores = if batch.views > 1 {
             // Average the softmax of each image's views (rows i·views .. i·views+views).
             let classes = logits.dim(1).map_err(candle("validation logits"))?;
@@ -56,7 +59,9 @@ pub fn evaluate(
         } else {
             logits
         };
-        let scores = scores.to_vec2::<f32>().map_err(candle("validation scores"))?; // sync point
+        let scores = scores
+            .to_vec2::<f32>()
+            .map_err(candle("validation scores"))?; // sync point
         let (top1, top5) = count_errors(&scores, &batch.labels);
         counts.top1_errors += top1;
         counts.top5_errors += top5;
@@ -135,14 +140,31 @@ impl EvalReport {
             format!(
                 "{} ({}, epoch {}, step {})",
                 self.run.display(),
-                self.checkpoint.file_name().and_then(|n| n.to_str()).unwrap_or("?"),
+                self.checkpoint
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or("?"),
                 self.epoch,
                 self.step
             ),
-            format!("dataset  {} (val, {} images, {} view{})", self.dataset.display(), self.images, self.views, if self.views == "centre" { "" } else { "s" }),
-            format!("top-1 error  {:6.2} %   (accuracy {:.2} %)", 100.0 * self.top1_err, 100.0 * (1.0 - self.top1_err)),
+            format!(
+                "dataset  {} (val, {} images, {} view{})",
+                self.dataset.display(),
+                self.images,
+                self.views,
+                if self.views == "centre" { "" } else { "s" }
+            ),
+            format!(
+                "top-1 error  {:6.2} %   (accuracy {:.2} %)",
+                100.0 * self.top1_err,
+                100.0 * (1.0 - self.top1_err)
+            ),
             format!("top-5 error  {:6.2} %", 100.0 * self.top5_err),
-            format!("time         {:.1} s ({:.0} images/s)", self.seconds, self.images as f64 / self.seconds.max(1e-9)),
+            format!(
+                "time         {:.1} s ({:.0} images/s)",
+                self.seconds,
+                self.images as f64 / self.seconds.max(1e-9)
+            ),
         ]
     }
 }
@@ -153,12 +175,17 @@ pub fn run_eval(options: &EvalOptions) -> Result<EvalReport, TrainError> {
     let recipe = run.load_recipe()?;
     let path = match options.checkpoint {
         WhichCheckpoint::Best => run.best(),
-        WhichCheckpoint::Last => run.last_checkpoint()?.unwrap_or_else(|| run.checkpoints().join("step-*.safetensors")),
+        WhichCheckpoint::Last => run
+            .last_checkpoint()?
+            .unwrap_or_else(|| run.checkpoints().join("step-*.safetensors")),
     };
     if !path.exists() {
         return Err(TrainError::Run {
             path: run.path.display().to_string(),
-            message: format!("has no checkpoint {} yet (has it finished an epoch?)", path.display()),
+            message: format!(
+                "has no checkpoint {} yet (has it finished an epoch?)",
+                path.display()
+            ),
         });
     }
     let dataset = match &options.dataset {
@@ -167,23 +194,55 @@ pub fn run_eval(options: &EvalOptions) -> Result<EvalReport, TrainError> {
     };
     let device = device::open(options.device.as_deref().unwrap_or(&recipe.train.device))?;
     let source = DataSource::open(&dataset, Split::Val, recipe.stream.clone())?;
-    recipe.check_dataset(&dataset, source.image_size()).map_err(|message| TrainError::Dataset {
-        dataset: dataset.display().to_string(),
-        message,
-    })?;
+    recipe
+        .check_dataset(&dataset, source.image_size())
+        .map_err(|message| TrainError::Dataset {
+            dataset: dataset.display().to_string(),
+            message,
+        })?;
     let (tensors, meta) = checkpoint::load(&path, &device)?;
     check_classes(&dataset, &source, &meta, &path)?;
-    let Net { model, .. } = net::from_checkpoint(&meta.model, meta.input_size, meta.classes.len(), &tensors, &path, &device)?;
+    let Net { model, .. } = net::from_checkpoint(
+        &meta.model,
+        meta.input_size,
+        meta.classes.len(),
+        &tensors,
+        &path,
+        &device,
+    )?;
     drop(tensors);
 
-    let mode = if options.ten_crop { ViewMode::TenCrop } else { ViewMode::Centre };
-    let batch_size = options.batch_size.unwrap_or((recipe.train.batch_size / mode.views()).max(1));
+    let mode = if options.ten_crop {
+        ViewMode::TenCrop
+    } else {
+        ViewMode::Centre
+    };
+    let batch_size = options
+        .batch_size
+        .unwrap_or((recipe.train.batch_size / mode.views()).max(1));
     let images = source.manifest.split(Split::Val).map_or(0, |s| s.rows);
-    let bar = if options.progress { crate::progress::bar(images as u64, "img") } else { ProgressBar::hidden() };
-    bar.set_prefix(if options.ten_crop { "eval ten-crop" } else { "eval centre" });
+    let bar = if options.progress {
+        crate::progress::bar(images as u64, "img")
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_prefix(if options.ten_crop {
+        "eval ten-crop"
+    } else {
+        "eval centre"
+    });
     let started = Instant::now();
-    let counts = evaluate(&model, &source, mode, meta.input_size, batch_size, &device, &bar, None)?
-        .expect("no interrupt flag");
+    let counts = evaluate(
+        &model,
+        &source,
+        mode,
+        meta.input_size,
+        batch_size,
+        &device,
+        &bar,
+        None,
+    )?
+    .expect("no interrupt flag");
     bar.finish_and_clear();
     Ok(EvalReport {
         run: run.path.clone(),
@@ -191,7 +250,11 @@ pub fn run_eval(options: &EvalOptions) -> Result<EvalReport, TrainError> {
         epoch: meta.position.epoch,
         step: meta.step,
         dataset,
-        views: if options.ten_crop { "ten-crop" } else { "centre" },
+        views: if options.ten_crop {
+            "ten-crop"
+        } else {
+            "centre"
+        },
         images: counts.images,
         top1_err: counts.top1_err(),
         top5_err: counts.top5_err(),
@@ -200,14 +263,29 @@ pub fn run_eval(options: &EvalOptions) -> Result<EvalReport, TrainError> {
 }
 
 /// Refuses a dataset whose classes are not those the checkpoint was trained on.
-pub fn check_classes(dataset: &Path, source: &DataSource, meta: &CheckpointMeta, checkpoint: &Path) -> Result<(), TrainError> {
-    let wnids: Vec<&str> = source.manifest.classes.iter().map(|c| c.wnid.as_str()).collect();
+pub fn check_classes(
+    dataset: &Path,
+    source: &DataSource,
+    meta: &CheckpointMeta,
+    checkpoint: &Path,
+) -> Result<(), TrainError> {
+    let wnids: Vec<&str> = source
+        .manifest
+        .classes
+        .iter()
+        .map(|c| c.wnid.as_str())
+        .collect();
     if wnids != meta.classes.iter().map(String::as_str).collect::<Vec<_>>() {
         let differ = wnids
             .iter()
             .zip(&meta.classes)
             .position(|(a, b)| *a != b.as_str())
-            .map_or(String::new(), |i| format!("; class {i} is {} there but {} here", meta.classes[i], wnids[i]));
+            .map_or(String::new(), |i| {
+                format!(
+                    "; class {i} is {} there but {} here",
+                    meta.classes[i], wnids[i]
+                )
+            });
         return Err(TrainError::Dataset {
             dataset: dataset.display().to_string(),
             message: format!(
@@ -229,10 +307,10 @@ mod tests {
     #[test]
     fn top_k_counting_with_ties() {
         let scores = vec![
-            vec![0.9, 0.05, 0.05, 0.0, 0.0, 0.0, 0.0],  // label 0: right
-            vec![0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7],    // label 2: rank 4 → top-5 right
-            vec![0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7],    // label 1: rank 5 → both wrong
-            vec![0.5, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0],    // label 1, tied with class 0: wrong
+            vec![0.9, 0.05, 0.05, 0.0, 0.0, 0.0, 0.0], // label 0: right
+            vec![0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7],   // label 2: rank 4 → top-5 right
+            vec![0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7],   // label 1: rank 5 → both wrong
+            vec![0.5, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0],   // label 1, tied with class 0: wrong
         ];
         assert_eq!(count_errors(&scores, &[0, 2, 1, 1]), (3, 1));
     }

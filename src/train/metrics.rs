@@ -44,7 +44,11 @@ pub struct EpochMetrics {
 pub fn append(path: &Path, line: &EpochMetrics) -> Result<(), TrainError> {
     let mut text = serde_json::to_string(line).expect("metrics serialise");
     text.push('\n');
-    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(io(path))?;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(io(path))?;
     file.write_all(text.as_bytes()).map_err(io(path))?;
     file.sync_data().map_err(io(path))
 }

@@ -20,22 +20,54 @@ pub struct Net {
 }
 
 /// Checks the model fits the data (input side, classes), naming the recipe key.
-pub fn check_fits(cfg: &ModelConfig, input_size: usize, num_classes: usize) -> Result<usize, TrainError> {
-    let specs = param_specs(cfg, input_size, num_classes)
-        .map_err(|e| TrainError::Config(format!("[model] with data.crop_size = {input_size}: {e}")))?;
-    Ok(specs.iter().map(|s| s.shape.iter().product::<usize>()).sum())
+pub fn check_fits(
+    cfg: &ModelConfig,
+    input_size: usize,
+    num_classes: usize,
+) -> Result<usize, TrainError> {
+    let specs = param_specs(cfg, input_size, num_classes).map_err(|e| {
+        TrainError::Config(format!("[model] with data.crop_size = {input_size}: {e}"))
+    })?;
+    Ok(specs
+        .iter()
+        .map(|s| s.shape.iter().product::<usize>())
+        .sum())
 }
 
-fn build(cfg: &ModelConfig, input_size: usize, num_classes: usize, varmap: VarMap, device: &Device) -> Result<Net, TrainError> {
-    let model = alexnet(cfg, input_size, num_classes, VarBuilder::from_varmap(&varmap, DTYPE, device))
-        .map_err(candle("building the model"))?;
-    let vars = varmap.data().lock().expect("VarMap lock").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+fn build(
+    cfg: &ModelConfig,
+    input_size: usize,
+    num_classes: usize,
+    varmap: VarMap,
+    device: &Device,
+) -> Result<Net, TrainError> {
+    let model = alexnet(
+        cfg,
+        input_size,
+        num_classes,
+        VarBuilder::from_varmap(&varmap, DTYPE, device),
+    )
+    .map_err(candle("building the model"))?;
+    let vars = varmap
+        .data()
+        .lock()
+        .expect("VarMap lock")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     Ok(Net { model, vars })
 }
 
 /// A new network initialised as in the paper from `seed`.
-pub fn fresh(cfg: &ModelConfig, input_size: usize, num_classes: usize, seed: u64, device: &Device) -> Result<Net, TrainError> {
-    let varmap = init_paper(cfg, input_size, num_classes, seed, DTYPE, device).map_err(candle("initialising the weights"))?;
+pub fn fresh(
+    cfg: &ModelConfig,
+    input_size: usize,
+    num_classes: usize,
+    seed: u64,
+    device: &Device,
+) -> Result<Net, TrainError> {
+    let varmap = init_paper(cfg, input_size, num_classes, seed, DTYPE, device)
+        .map_err(candle("initialising the weights"))?;
     build(cfg, input_size, num_classes, varmap, device)
 }
 
@@ -49,18 +81,34 @@ pub fn from_checkpoint(
     path: &Path,
     device: &Device,
 ) -> Result<Net, TrainError> {
-    let fail = |message: String| TrainError::Checkpoint { path: path.display().to_string(), message };
+    let fail = |message: String| TrainError::Checkpoint {
+        path: path.display().to_string(),
+        message,
+    };
     let specs = param_specs(cfg, input_size, num_classes).map_err(|e| fail(e.to_string()))?;
     let varmap = VarMap::new();
     {
         let mut data = varmap.data().lock().expect("fresh VarMap lock");
         for spec in specs {
-            let t = tensors.get(&spec.name).ok_or_else(|| fail(format!("has no tensor {}", spec.name)))?;
+            let t = tensors
+                .get(&spec.name)
+                .ok_or_else(|| fail(format!("has no tensor {}", spec.name)))?;
             if t.dims() != spec.shape.as_slice() {
-                return Err(fail(format!("{} has shape {:?}, the recipe's [model] gives {:?}", spec.name, t.dims(), spec.shape)));
+                return Err(fail(format!(
+                    "{} has shape {:?}, the recipe's [model] gives {:?}",
+                    spec.name,
+                    t.dims(),
+                    spec.shape
+                )));
             }
-            let t = t.to_dtype(DTYPE).and_then(|t| t.to_device(device)).map_err(candle(format!("loading {}", spec.name)))?;
-            data.insert(spec.name.clone(), Var::from_tensor(&t).map_err(candle(format!("loading {}", spec.name)))?);
+            let t = t
+                .to_dtype(DTYPE)
+                .and_then(|t| t.to_device(device))
+                .map_err(candle(format!("loading {}", spec.name)))?;
+            data.insert(
+                spec.name.clone(),
+                Var::from_tensor(&t).map_err(candle(format!("loading {}", spec.name)))?,
+            );
         }
     }
     build(cfg, input_size, num_classes, varmap, device)
@@ -69,6 +117,9 @@ pub fn from_checkpoint(
 impl Net {
     /// Weights keyed by parameter name, as saved in a checkpoint.
     pub fn weight_tensors(&self) -> HashMap<String, Tensor> {
-        self.vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect()
+        self.vars
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+            .collect()
     }
 }

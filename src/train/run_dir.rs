@@ -69,7 +69,9 @@ impl RunDir {
 
     /// The newest step checkpoint, if any.
     pub fn last_checkpoint(&self) -> Result<Option<PathBuf>, TrainError> {
-        Ok(checkpoint::list_steps(&self.checkpoints())?.pop().map(|(_, p)| p))
+        Ok(checkpoint::list_steps(&self.checkpoints())?
+            .pop()
+            .map(|(_, p)| p))
     }
 
     /// Refuses a `path` that already holds a run (resume it instead).
@@ -100,7 +102,14 @@ impl RunDir {
         std::fs::create_dir_all(root).map_err(io(root))?;
         let mut n = std::fs::read_dir(root)
             .map_err(io(root))?
-            .filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("run-")?.parse::<u32>().ok())
+            .filter_map(|e| {
+                e.ok()?
+                    .file_name()
+                    .to_str()?
+                    .strip_prefix("run-")?
+                    .parse::<u32>()
+                    .ok()
+            })
             .max()
             .unwrap_or(0);
         loop {
@@ -148,6 +157,9 @@ impl RunDir {
     pub fn load_info(&self) -> Result<RunInfo, TrainError> {
         let path = self.info();
         let text = std::fs::read_to_string(&path).map_err(io(&path))?;
-        serde_json::from_str(&text).map_err(|e| TrainError::Run { path: path.display().to_string(), message: e.to_string() })
+        serde_json::from_str(&text).map_err(|e| TrainError::Run {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })
     }
 }

@@ -30,7 +30,8 @@ impl ValCounts {
 
     /// `self` has a strictly lower top-1 error than `other` (exact, by cross-multiplying).
     pub fn better_than(&self, other: &ValCounts) -> bool {
-        (self.top1_errors as u128) * (other.images as u128) < (other.top1_errors as u128) * (self.images as u128)
+        (self.top1_errors as u128) * (other.images as u128)
+            < (other.top1_errors as u128) * (self.images as u128)
     }
 }
 
@@ -65,7 +66,11 @@ impl ScheduleState {
     pub fn lr(&self, cfg: &TrainConfig, epochs_done: usize) -> f64 {
         let drops = match cfg.schedule {
             ScheduleKind::Plateau => self.drops,
-            ScheduleKind::Step => cfg.step_epochs.iter().filter(|&&e| e <= epochs_done).count(),
+            ScheduleKind::Step => cfg
+                .step_epochs
+                .iter()
+                .filter(|&&e| e <= epochs_done)
+                .count(),
         };
         cfg.lr / cfg.lr_drop_factor.powi(drops as i32)
     }
@@ -78,7 +83,9 @@ impl ScheduleState {
         }
         let mut dropped = false;
         if cfg.schedule == ScheduleKind::Plateau {
-            let improved = self.reference.is_none_or(|r| val.top1_err() < r.top1_err() - cfg.min_delta);
+            let improved = self
+                .reference
+                .is_none_or(|r| val.top1_err() < r.top1_err() - cfg.min_delta);
             if improved {
                 self.reference = Some(val);
                 self.since_epoch = epoch;
@@ -97,23 +104,56 @@ mod tests {
     use super::*;
 
     fn val(top1_errors: usize) -> ValCounts {
-        ValCounts { top1_errors, top5_errors: 0, images: 1000 }
+        ValCounts {
+            top1_errors,
+            top5_errors: 0,
+            images: 1000,
+        }
     }
 
     #[test]
     fn plateau_divides_by_ten_after_patience_at_most_max_times() {
-        let cfg = TrainConfig { patience: 2, max_lr_drops: 2, min_delta: 0.005, ..Default::default() };
+        let cfg = TrainConfig {
+            patience: 2,
+            max_lr_drops: 2,
+            min_delta: 0.005,
+            ..Default::default()
+        };
         let mut s = ScheduleState::default();
         assert_eq!(s.lr(&cfg, 0), 0.01);
-        assert_eq!(s.observe(&cfg, 1, val(500)), Observation { best: true, dropped: false });
-        assert_eq!(s.observe(&cfg, 2, val(400)), Observation { best: true, dropped: false });
+        assert_eq!(
+            s.observe(&cfg, 1, val(500)),
+            Observation {
+                best: true,
+                dropped: false
+            }
+        );
+        assert_eq!(
+            s.observe(&cfg, 2, val(400)),
+            Observation {
+                best: true,
+                dropped: false
+            }
+        );
         assert_eq!(s.observe(&cfg, 3, val(400)), Observation::default());
         // Better by less than min_delta: the best, but not progress for the schedule,
         // so after `patience` epochs without progress the rate drops.
-        assert_eq!(s.observe(&cfg, 4, val(397)), Observation { best: true, dropped: true });
+        assert_eq!(
+            s.observe(&cfg, 4, val(397)),
+            Observation {
+                best: true,
+                dropped: true
+            }
+        );
         assert_eq!(s.lr(&cfg, 4), 0.001);
         assert_eq!(s.observe(&cfg, 5, val(450)), Observation::default());
-        assert_eq!(s.observe(&cfg, 6, val(450)), Observation { best: false, dropped: true });
+        assert_eq!(
+            s.observe(&cfg, 6, val(450)),
+            Observation {
+                best: false,
+                dropped: true
+            }
+        );
         assert!((s.lr(&cfg, 6) - 1e-4).abs() < 1e-18);
         // At most max_lr_drops.
         for e in 7..12 {
@@ -125,7 +165,11 @@ mod tests {
 
     #[test]
     fn step_schedule_drops_at_listed_epochs() {
-        let cfg = TrainConfig { schedule: ScheduleKind::Step, step_epochs: vec![2, 4], ..Default::default() };
+        let cfg = TrainConfig {
+            schedule: ScheduleKind::Step,
+            step_epochs: vec![2, 4],
+            ..Default::default()
+        };
         let mut s = ScheduleState::default();
         let lrs: Vec<f64> = (0..6).map(|e| s.lr(&cfg, e)).collect();
         assert_eq!(lrs[..2], [0.01, 0.01]);
@@ -135,9 +179,24 @@ mod tests {
 
     #[test]
     fn better_is_exact_across_different_image_counts() {
-        let a = ValCounts { top1_errors: 1, top5_errors: 0, images: 3 };
-        let b = ValCounts { top1_errors: 2, top5_errors: 0, images: 6 };
+        let a = ValCounts {
+            top1_errors: 1,
+            top5_errors: 0,
+            images: 3,
+        };
+        let b = ValCounts {
+            top1_errors: 2,
+            top5_errors: 0,
+            images: 6,
+        };
         assert!(!a.better_than(&b) && !b.better_than(&a));
-        assert!(ValCounts { top1_errors: 1, top5_errors: 0, images: 4 }.better_than(&a));
+        assert!(
+            ValCounts {
+                top1_errors: 1,
+                top5_errors: 0,
+                images: 4
+            }
+            .better_than(&a)
+        );
     }
 }

@@ -32,7 +32,10 @@ use crate::stream::{DataSource, EpochOptions, StreamPosition, ViewMode};
 #[derive(Clone, Debug)]
 pub enum Start {
     /// A new run with this recipe, in `out` (None: the next `runs/run-NNNN`).
-    New { recipe: Box<Recipe>, out: Option<PathBuf> },
+    New {
+        recipe: Box<Recipe>,
+        out: Option<PathBuf>,
+    },
     /// Continue the run in this directory from its newest checkpoint, with its recipe.
     Resume { run: PathBuf },
 }
@@ -110,7 +113,10 @@ impl TrainSummary {
                 self.step,
                 fmt_lr(self.lr)
             ),
-            format!("network      AlexNet, {} parameters, on {}", self.parameters, self.device),
+            format!(
+                "network      AlexNet, {} parameters, on {}",
+                self.parameters, self.device
+            ),
             format!(
                 "this session {:.1} s, {} images, {:.0} images/s, data stall {:.1} %",
                 self.wall_s,
@@ -120,13 +126,15 @@ impl TrainSummary {
             ),
             format!(
                 "train loss   {}",
-                self.last_train_loss.map_or("-".into(), |l| format!("{l:.4} (last epoch)"))
+                self.last_train_loss
+                    .map_or("-".into(), |l| format!("{l:.4} (last epoch)"))
             ),
             format!(
                 "val error    best top-1 {} top-5 {}{}; last top-1 {} top-5 {}",
                 pct(self.best_top1_err),
                 pct(self.best_top5_err),
-                self.best_epoch.map_or(String::new(), |e| format!(" (epoch {e})")),
+                self.best_epoch
+                    .map_or(String::new(), |e| format!(" (epoch {e})")),
                 pct(self.last_top1_err),
                 pct(self.last_top5_err),
             ),
@@ -135,7 +143,10 @@ impl TrainSummary {
             lines.push(format!("checkpoint   {}", c.display()));
         }
         if self.finish != Finish::Completed {
-            lines.push(format!("continue     pipeline train --resume {}", self.run.display()));
+            lines.push(format!(
+                "continue     pipeline train --resume {}",
+                self.run.display()
+            ));
         }
         lines
     }
@@ -188,9 +199,19 @@ pub fn train(options: &TrainOptions) -> Result<TrainSummary, TrainError> {
     // ------------------------------------------------------------------ the data
     let train_src = DataSource::open(&dataset, Split::Train, recipe.stream.clone())?;
     let val_src = DataSource::open(&dataset, Split::Val, recipe.stream.clone())?;
-    let misfit = |message: String| TrainError::Dataset { dataset: dataset.display().to_string(), message };
-    recipe.check_dataset(&dataset, train_src.image_size()).map_err(misfit)?;
-    let classes: Vec<String> = train_src.manifest.classes.iter().map(|c| c.wnid.clone()).collect();
+    let misfit = |message: String| TrainError::Dataset {
+        dataset: dataset.display().to_string(),
+        message,
+    };
+    recipe
+        .check_dataset(&dataset, train_src.image_size())
+        .map_err(misfit)?;
+    let classes: Vec<String> = train_src
+        .manifest
+        .classes
+        .iter()
+        .map(|c| c.wnid.clone())
+        .collect();
     let crop = recipe.data.crop_size;
     let epoch_options = |position| EpochOptions {
         mode: ViewMode::Train,
@@ -201,7 +222,9 @@ pub fn train(options: &TrainOptions) -> Result<TrainSummary, TrainError> {
         world_size: 1,
         with_keys: false,
     };
-    let batches_per_epoch = train_src.plan(&epoch_options(StreamPosition::default())).batches;
+    let batches_per_epoch = train_src
+        .plan(&epoch_options(StreamPosition::default()))
+        .batches;
     if batches_per_epoch == 0 {
         let rows = train_src.manifest.split(Split::Train).map_or(0, |s| s.rows);
         return Err(misfit(format!(
@@ -228,7 +251,11 @@ pub fn train(options: &TrainOptions) -> Result<TrainSummary, TrainError> {
             run.write_recipe(&recipe)?;
             metrics::truncate_to(&run.metrics(), 0)?;
             let dataset_abs = std::fs::canonicalize(&dataset).unwrap_or_else(|_| dataset.clone());
-            run.write_info(&RunInfo { dataset: dataset_abs, classes: classes.clone(), parameters })?;
+            run.write_info(&RunInfo {
+                dataset: dataset_abs,
+                classes: classes.clone(),
+                parameters,
+            })?;
             let net = net::fresh(&recipe.model, crop, classes.len(), cfg.seed, &device)?;
             let opt = PaperSgd::new(net.vars.clone(), cfg.momentum, cfg.weight_decay)
                 .map_err(candle("creating the optimiser"))?
@@ -260,20 +287,24 @@ pub fn train(options: &TrainOptions) -> Result<TrainSummary, TrainError> {
                     ),
                 });
             }
-            let net = net::from_checkpoint(&recipe.model, crop, classes.len(), &tensors, path, &device)?;
+            let net =
+                net::from_checkpoint(&recipe.model, crop, classes.len(), &tensors, path, &device)?;
             let mut opt = PaperSgd::new(net.vars.clone(), cfg.momentum, cfg.weight_decay)
                 .map_err(candle("creating the optimiser"))?
                 .with_decay_biases(cfg.decay_biases);
-            opt.load_velocity_tensors(&tensors).map_err(|e| TrainError::Checkpoint {
-                path: path.display().to_string(),
-                message: e.to_string(),
-            })?;
+            opt.load_velocity_tensors(&tensors)
+                .map_err(|e| TrainError::Checkpoint {
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                })?;
             drop(tensors);
             run.write_recipe(&recipe)?; // keeps --epochs / --device overrides
             // Lines written after this checkpoint belong to work that is redone now.
             metrics::truncate_to(&run.metrics(), meta.position.epoch as usize)?;
-            let last_val =
-                metrics::read(&run.metrics())?.iter().rev().find_map(|m| Some((m.epoch, m.val_top1_err?, m.val_top5_err?)));
+            let last_val = metrics::read(&run.metrics())?
+                .iter()
+                .rev()
+                .find_map(|m| Some((m.epoch, m.val_top1_err?, m.val_top5_err?)));
             let state = State {
                 step: meta.step,
                 position: meta.position,
@@ -287,12 +318,29 @@ pub fn train(options: &TrainOptions) -> Result<TrainSummary, TrainError> {
             (net, opt, state)
         }
     };
-    let save = |state: &State, opt: &PaperSgd, val: Option<ValCounts>, best: bool| -> Result<PathBuf, TrainError> {
-        save_checkpoint(&run, &net, opt, state, val, best, &classes, &recipe, cfg.keep_last)
+    let save = |state: &State,
+                opt: &PaperSgd,
+                val: Option<ValCounts>,
+                best: bool|
+     -> Result<PathBuf, TrainError> {
+        save_checkpoint(
+            &run,
+            &net,
+            opt,
+            state,
+            val,
+            best,
+            &classes,
+            &recipe,
+            cfg.keep_last,
+        )
     };
 
-    let interrupted: Arc<AtomicBool> =
-        if options.handle_ctrl_c { interrupt::ctrl_c_flag() } else { Arc::new(AtomicBool::new(false)) };
+    let interrupted: Arc<AtomicBool> = if options.handle_ctrl_c {
+        interrupt::ctrl_c_flag()
+    } else {
+        Arc::new(AtomicBool::new(false))
+    };
     let started = Instant::now();
     let mut session = Session::default();
     println!(
@@ -304,7 +352,11 @@ pub fn train(options: &TrainOptions) -> Result<TrainSummary, TrainError> {
         val_src.manifest.split(Split::Val).map_or(0, |s| s.rows),
         classes.len(),
         recipe.model.width,
-        if resume_from.is_some() { "resuming" } else { "starting" },
+        if resume_from.is_some() {
+            "resuming"
+        } else {
+            "starting"
+        },
         cfg.device,
         state.position.epoch,
         cfg.epochs,
@@ -327,13 +379,19 @@ pub fn train(options: &TrainOptions) -> Result<TrainSummary, TrainError> {
             let batch = batch?;
 
             // -- host batch → device tensors
-            let x = Tensor::from_slice(&batch.images, batch.shape().as_slice(), &device).map_err(candle("input batch"))?;
-            let y = Tensor::from_slice(&batch.labels, batch.len(), &device).map_err(candle("labels"))?;
+            let x = Tensor::from_slice(&batch.images, batch.shape().as_slice(), &device)
+                .map_err(candle("input batch"))?;
+            let y = Tensor::from_slice(&batch.labels, batch.len(), &device)
+                .map_err(candle("labels"))?;
 
             // -- forward (train mode: dropout from our RNG) and loss
             let dropout_before = state.dropout.clone();
-            let logits = net.model.forward(&x, Some(&mut state.dropout)).map_err(candle("forward"))?;
-            let loss = candle_nn::loss::cross_entropy(&logits, &y).map_err(candle("cross-entropy"))?;
+            let logits = net
+                .model
+                .forward(&x, Some(&mut state.dropout))
+                .map_err(candle("forward"))?;
+            let loss =
+                candle_nn::loss::cross_entropy(&logits, &y).map_err(candle("cross-entropy"))?;
             let loss_value = loss.to_scalar::<f32>().map_err(candle("loss"))?; // sync point with the GPU
             if !loss_value.is_finite() {
                 // Nothing of this step is applied or saved: the last checkpoint stays the
@@ -367,8 +425,15 @@ pub fn train(options: &TrainOptions) -> Result<TrainSummary, TrainError> {
             state.position = stream.position();
 
             // -- bookkeeping (all exact: sums of the same f32 values in the same order)
-            let predicted = logits.argmax(1).and_then(|p| p.to_vec1::<u32>()).map_err(candle("predictions"))?;
-            let wrong = predicted.iter().zip(&batch.labels).filter(|&(&p, &l)| p as i64 != l).count();
+            let predicted = logits
+                .argmax(1)
+                .and_then(|p| p.to_vec1::<u32>())
+                .map_err(candle("predictions"))?;
+            let wrong = predicted
+                .iter()
+                .zip(&batch.labels)
+                .filter(|&(&p, &l)| p as i64 != l)
+                .count();
             let p = &mut state.progress;
             p.loss_sum += loss_value as f64;
             p.batches += 1;
@@ -377,18 +442,27 @@ pub fn train(options: &TrainOptions) -> Result<TrainSummary, TrainError> {
 
             // -- timing and logging
             bar.inc(batch.len() as u64);
-            bar.set_message(format!("step {} loss {loss_value:.4} lr {}", state.step, fmt_lr(lr)));
+            bar.set_message(format!(
+                "step {} loss {loss_value:.4} lr {}",
+                state.step,
+                fmt_lr(lr)
+            ));
 
             // -- checkpoint / stop on request
             let stop = options.stop_after_steps == Some(state.step);
             let ctrl_c = interrupted.load(Ordering::SeqCst);
-            let periodic = cfg.checkpoint_every_steps > 0 && state.step.is_multiple_of(cfg.checkpoint_every_steps);
+            let periodic = cfg.checkpoint_every_steps > 0
+                && state.step.is_multiple_of(cfg.checkpoint_every_steps);
             if stop || ctrl_c || periodic {
                 clock.account(&mut state.progress, &mut session, &stream);
                 state.last_checkpoint = Some(save(&state, &opt, None, false)?);
                 if stop || ctrl_c {
                     bar.abandon();
-                    finish = if ctrl_c { Finish::Interrupted } else { Finish::Stopped };
+                    finish = if ctrl_c {
+                        Finish::Interrupted
+                    } else {
+                        Finish::Stopped
+                    };
                     break 'epochs;
                 }
             }
@@ -404,7 +478,16 @@ pub fn train(options: &TrainOptions) -> Result<TrainSummary, TrainError> {
         let val = if validate {
             let images = val_src.manifest.split(Split::Val).map_or(0, |s| s.rows);
             let vbar = bar_for(options.progress, images as u64, "val");
-            let counts = evaluate(&net.model, &val_src, ViewMode::Centre, crop, cfg.batch_size, &device, &vbar, Some(&interrupted))?;
+            let counts = evaluate(
+                &net.model,
+                &val_src,
+                ViewMode::Centre,
+                crop,
+                cfg.batch_size,
+                &device,
+                &vbar,
+                Some(&interrupted),
+            )?;
             vbar.finish_and_clear();
             match counts {
                 Some(c) => Some(c),
@@ -419,7 +502,9 @@ pub fn train(options: &TrainOptions) -> Result<TrainSummary, TrainError> {
             None
         };
         let val_s = validate.then(|| val_started.elapsed().as_secs_f64());
-        let observed = val.map(|v| state.schedule.observe(&cfg, epoch, v)).unwrap_or_default();
+        let observed = val
+            .map(|v| state.schedule.observe(&cfg, epoch, v))
+            .unwrap_or_default();
         let p = std::mem::take(&mut state.progress);
         let line = EpochMetrics {
             epoch,
@@ -443,12 +528,19 @@ pub fn train(options: &TrainOptions) -> Result<TrainSummary, TrainError> {
         if let Some(v) = val {
             state.last_val = Some((epoch, v.top1_err(), v.top5_err()));
         }
-        state.position = StreamPosition { epoch: state.position.epoch + 1, batch: 0 };
+        state.position = StreamPosition {
+            epoch: state.position.epoch + 1,
+            batch: 0,
+        };
         state.last_checkpoint = Some(save(&state, &opt, val, observed.best)?);
     }
 
     // ------------------------------------------------------------------ summary
-    let Session { images, loop_s, stall_s } = session;
+    let Session {
+        images,
+        loop_s,
+        stall_s,
+    } = session;
     let best = state.schedule.best;
     let summary = TrainSummary {
         run: run.path.clone(),
@@ -473,7 +565,8 @@ pub fn train(options: &TrainOptions) -> Result<TrainSummary, TrainError> {
     };
     if finish == Finish::Completed {
         let json = serde_json::to_string_pretty(&summary).expect("summary serialises");
-        crate::dataset::atomic::write_file(&run.summary(), json.as_bytes()).map_err(super::error::io(&run.summary()))?;
+        crate::dataset::atomic::write_file(&run.summary(), json.as_bytes())
+            .map_err(super::error::io(&run.summary()))?;
     }
     Ok(summary)
 }
@@ -488,10 +581,19 @@ struct Accounting {
 
 impl Accounting {
     fn start(p: &EpochProgress) -> Self {
-        Self { segment: Instant::now(), stall_seen: 0.0, images_seen: p.images }
+        Self {
+            segment: Instant::now(),
+            stall_seen: 0.0,
+            images_seen: p.images,
+        }
     }
 
-    fn account(&mut self, p: &mut EpochProgress, session: &mut Session, stream: &crate::stream::Stream) {
+    fn account(
+        &mut self,
+        p: &mut EpochProgress,
+        session: &mut Session,
+        stream: &crate::stream::Stream,
+    ) {
         let secs = self.segment.elapsed().as_secs_f64();
         let stall = stream.timing().consumer_stall_s;
         let stall_new = (stall - self.stall_seen).max(0.0);
@@ -500,7 +602,11 @@ impl Accounting {
         session.images += p.images - self.images_seen;
         session.loop_s += secs;
         session.stall_s += stall_new;
-        *self = Self { segment: Instant::now(), stall_seen: stall, images_seen: p.images };
+        *self = Self {
+            segment: Instant::now(),
+            stall_seen: stall,
+            images_seen: p.images,
+        };
     }
 }
 
@@ -537,7 +643,10 @@ fn save_checkpoint(
         input_size: recipe.data.crop_size,
     };
     let mut tensors = net.weight_tensors();
-    tensors.extend(opt.velocity_tensors().map_err(candle("reading the momentum"))?);
+    tensors.extend(
+        opt.velocity_tensors()
+            .map_err(candle("reading the momentum"))?,
+    );
     let path = checkpoint::step_file(&run.checkpoints(), state.step);
     checkpoint::save(&path, &tensors, &meta)?;
     if best {
@@ -548,7 +657,11 @@ fn save_checkpoint(
 }
 
 fn bar(show: bool, total: u64, unit: &str) -> ProgressBar {
-    if show { crate::progress::bar(total, unit) } else { ProgressBar::hidden() }
+    if show {
+        crate::progress::bar(total, unit)
+    } else {
+        ProgressBar::hidden()
+    }
 }
 
 fn bar_for(show: bool, total: u64, prefix: &str) -> ProgressBar {
@@ -560,13 +673,21 @@ fn bar_for(show: bool, total: u64, prefix: &str) -> ProgressBar {
 /// A learning rate for people: 0.01, 1.000e-4 (not 0.00010000000000000002).
 fn fmt_lr(lr: f64) -> String {
     let plain = lr.to_string();
-    if plain.len() <= 6 { plain } else { format!("{lr:.3e}") }
+    if plain.len() <= 6 {
+        plain
+    } else {
+        format!("{lr:.3e}")
+    }
 }
 
 /// One stdout line per epoch.
 fn epoch_line(m: &EpochMetrics, epochs: usize) -> String {
     let val = match (m.val_top1_err, m.val_top5_err) {
-        (Some(t1), Some(t5)) => format!("val top-1 err {:6.2} %  top-5 err {:6.2} %", 100.0 * t1, 100.0 * t5),
+        (Some(t1), Some(t5)) => format!(
+            "val top-1 err {:6.2} %  top-5 err {:6.2} %",
+            100.0 * t1,
+            100.0 * t5
+        ),
         _ => "val -".into(),
     };
     format!(

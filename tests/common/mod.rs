@@ -23,7 +23,10 @@ pub fn run(args: &[&str]) -> Output {
 /// Runs `pipeline ARGS` expecting failure; returns stderr.
 pub fn run_fails(args: &[&str]) -> String {
     let output = bin().args(args).output().expect("pipeline binary runs");
-    assert!(!output.status.success(), "pipeline {args:?} unexpectedly succeeded");
+    assert!(
+        !output.status.success(),
+        "pipeline {args:?} unexpectedly succeeded"
+    );
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
@@ -36,7 +39,12 @@ pub fn path_str(path: &Path) -> &str {
 }
 
 /// Renders a small sample tree (per-class counts kept low for speed).
-pub fn render_sample(dir: &Path, layout: &str, train_per_class: usize, val_per_class: usize) -> PathBuf {
+pub fn render_sample(
+    dir: &Path,
+    layout: &str,
+    train_per_class: usize,
+    val_per_class: usize,
+) -> PathBuf {
     let out = dir.join(format!("src-{layout}"));
     run(&[
         "sample",
@@ -56,7 +64,15 @@ pub fn render_sample(dir: &Path, layout: &str, train_per_class: usize, val_per_c
 /// (64 rows, 16 per row group, unless `extra` sets them).
 pub fn ingest(source: &Path, out: &Path, size: usize, extra: &[&str]) -> Output {
     let size = size.to_string();
-    let mut args = vec!["ingest", path_str(source), "--out", path_str(out), "--image-size", &size, "--quiet"];
+    let mut args = vec![
+        "ingest",
+        path_str(source),
+        "--out",
+        path_str(out),
+        "--image-size",
+        &size,
+        "--quiet",
+    ];
     if !extra.contains(&"--rows-per-shard") {
         args.extend(["--rows-per-shard", "64"]);
     }
@@ -77,7 +93,11 @@ pub fn tree_bytes(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
             if path.is_dir() {
                 stack.push(path);
             } else {
-                let rel = path.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+                let rel = path
+                    .strip_prefix(dir)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
                 files.insert(rel, std::fs::read(&path).unwrap());
             }
         }
