@@ -4,16 +4,16 @@
 //! distribution; the builder, the initialiser and [`parameter_count`] all read it, so
 //! they cannot disagree.
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::ModelError;
-use super::config::{LrnConfig, ModelConfig, PoolConfig};
+use super::config::{Kernels, LrnConfig, ModelConfig, PoolConfig};
 use super::conv::{Conv2d, ConvParams};
 use super::dropout::{DropoutRng, dropout};
 use super::linear::Linear;
-use super::lrn::lrn;
-use super::max_pool::max_pool2d;
+use super::lrn::{lrn, lrn_composite};
+use super::max_pool::{max_pool2d, max_pool2d_reference};
 
 /// Which activations [`AlexNet::forward_features`] returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,10 +181,12 @@ pub fn parameter_count(
 
 /// AlexNet: five conv layers and three fully connected ones.
 ///
-/// Ops: on the CPU (f32/f64) every layer is one of this module's custom ops — conv +
-/// bias + ReLU ([`Conv2d::forward_relu`]), LRN, max-pool, fc + bias (+ ReLU) — each with
-/// a hand-written backward; elsewhere conv/fc/LRN fall back to candle ops and max-pool
-/// runs its forward on the backend kernel (its backward is CPU-only for now).
+/// Ops (`[model] kernels = "custom"`): on the CPU (f32/f64) every layer is one of this
+/// module's custom ops — conv + bias + ReLU ([`Conv2d::forward_relu`]), LRN, max-pool,
+/// fc + bias (+ ReLU) — each with a hand-written backward; on CUDA LRN and max-pool run
+/// our kernels, conv runs cuDNN (`cudnn` builds) and fc candle's cuBLAS matmul. With
+/// `kernels = "reference"`, and wherever no custom op exists, conv, LRN and max-pool are
+/// the reference composites of candle ops.
 /// The image batch is not a `Var`, so no gradient is computed for it: candle's own conv
 /// would compute (and discard) a full `conv_transpose2d` for conv1's input; ours checks
 /// `Tensor::track_op` and skips it.
@@ -201,6 +203,7 @@ pub struct AlexNet {
     lrn: LrnConfig,
     pool: PoolConfig,
     dropout: f32,
+    kernels: Kernels,
     input_size: usize,
 }
 
@@ -263,6 +266,7 @@ pub fn alexnet(
         lrn: cfg.lrn,
         pool: cfg.pool,
         dropout: cfg.dropout,
+        kernels: cfg.kernels,
         input_size,
     })
 }
@@ -307,14 +311,14 @@ impl AlexNet {
             None => Ok(t),
         };
         // Shapes for the paper's network (width 1, groups 2) on 224x224 inputs.
-        let x = self.conv1.forward_relu(x)?; //                   (b, 96, 55, 55)
-        let x = max_pool2d(&lrn(&x, self.lrn)?, self.pool)?; //   (b, 96, 27, 27)
-        let x = self.conv2.forward_relu(&x)?; //                  (b, 256, 27, 27)
-        let x = max_pool2d(&lrn(&x, self.lrn)?, self.pool)?; //   (b, 256, 13, 13)
-        let x = self.conv3.forward_relu(&x)?; //                  (b, 384, 13, 13)
-        let x = self.conv4.forward_relu(&x)?; //                  (b, 384, 13, 13)
-        let x = self.conv5.forward_relu(&x)?; //                  (b, 256, 13, 13)
-        let x = max_pool2d(&x, self.pool)?.flatten_from(1)?; //   (b, 9216)
+        let x = self.conv_relu(&self.conv1, x)?; //               (b, 96, 55, 55)
+        let x = self.pool(&self.lrn(&x)?)?; //                    (b, 96, 27, 27)
+        let x = self.conv_relu(&self.conv2, &x)?; //              (b, 256, 27, 27)
+        let x = self.pool(&self.lrn(&x)?)?; //                    (b, 256, 13, 13)
+        let x = self.conv_relu(&self.conv3, &x)?; //              (b, 384, 13, 13)
+        let x = self.conv_relu(&self.conv4, &x)?; //              (b, 384, 13, 13)
+        let x = self.conv_relu(&self.conv5, &x)?; //              (b, 256, 13, 13)
+        let x = self.pool(&x)?.flatten_from(1)?; //               (b, 9216)
         let x = self.fc6.forward_relu(&x)?; //                    (b, 4096)
         if upto == FeatureLayer::Fc6 {
             return Ok(x);
@@ -324,6 +328,60 @@ impl AlexNet {
             return Ok(x);
         }
         self.fc8.forward(&drop(x)?) //                            (b, num_classes)
+    }
+
+    fn conv_relu(&self, conv: &Conv2d, x: &Tensor) -> Result<Tensor> {
+        match self.kernels {
+            Kernels::Custom => conv.forward_relu(x),
+            Kernels::Reference => conv.forward_relu_reference(x),
+        }
+    }
+
+    fn lrn(&self, x: &Tensor) -> Result<Tensor> {
+        match self.kernels {
+            Kernels::Custom => lrn(x, self.lrn),
+            Kernels::Reference => lrn_composite(x, self.lrn),
+        }
+    }
+
+    fn pool(&self, x: &Tensor) -> Result<Tensor> {
+        match self.kernels {
+            Kernels::Custom => max_pool2d(x, self.pool),
+            Kernels::Reference => max_pool2d_reference(x, self.pool),
+        }
+    }
+
+    /// The same network computing in `dtype` (bf16 for mixed precision): every weight is
+    /// cast with `to_dtype`, which candle differentiates, so the gradients of a step
+    /// taken with the cast net arrive at the original (f32) parameters in their dtype.
+    pub fn cast(&self, dtype: DType) -> Result<AlexNet> {
+        if self.conv1.weight().dtype() == dtype {
+            return Ok(self.clone());
+        }
+        let conv = |c: &Conv2d| -> Result<Conv2d> {
+            Ok(Conv2d::new(
+                c.weight().to_dtype(dtype)?,
+                c.bias().to_dtype(dtype)?,
+                c.params(),
+            ))
+        };
+        let linear = |l: &Linear| -> Result<Linear> {
+            Ok(Linear::new(
+                l.weight().to_dtype(dtype)?,
+                l.bias().to_dtype(dtype)?,
+            ))
+        };
+        Ok(AlexNet {
+            conv1: conv(&self.conv1)?,
+            conv2: conv(&self.conv2)?,
+            conv3: conv(&self.conv3)?,
+            conv4: conv(&self.conv4)?,
+            conv5: conv(&self.conv5)?,
+            fc6: linear(&self.fc6)?,
+            fc7: linear(&self.fc7)?,
+            fc8: linear(&self.fc8)?,
+            ..self.clone()
+        })
     }
 }
 

@@ -34,6 +34,23 @@ pub struct ModelConfig {
     /// ReLUs start with positive inputs; conv1, conv3 and fc8 biases start at 0.
     /// false: every bias starts at 0.
     pub init_bias_one: bool,
+    /// Which implementation of conv, LRN and max-pool runs: "custom" (our CPU ops on
+    /// the CPU; our CUDA kernels and cuDNN on a GPU) or "reference" (compositions of
+    /// candle ops, differentiated by candle, on any device: slower, and the oracle the
+    /// custom ops are tested against). Both compute the same network.
+    pub kernels: Kernels,
+}
+
+/// The implementation of the model's ops (`[model] kernels`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kernels {
+    /// Hand-written ops where the device has them (CPU: f32/f64; CUDA: f32/f64/bf16),
+    /// the reference composition elsewhere.
+    #[default]
+    Custom,
+    /// Compositions of candle ops on every device.
+    Reference,
 }
 
 impl Default for ModelConfig {
@@ -46,6 +63,7 @@ impl Default for ModelConfig {
             pool: PoolConfig::default(),
             init_std: 0.01,
             init_bias_one: true,
+            kernels: Kernels::Custom,
         }
     }
 }
@@ -98,6 +116,15 @@ impl Default for PoolConfig {
 }
 
 impl ModelConfig {
+    /// Whether both describe the same network (everything but `kernels`, which only
+    /// chooses how it is computed): a run may resume with other kernels.
+    pub fn same_network(&self, other: &ModelConfig) -> bool {
+        ModelConfig {
+            kernels: other.kernels,
+            ..*self
+        } == *other
+    }
+
     /// Checks the values a recipe could get wrong, naming the offending key.
     pub fn validate(&self) -> Result<(), super::ModelError> {
         use super::ModelError::InvalidConfig;

@@ -23,8 +23,14 @@
 //! The im2col matrix is `K x B*P` floats per group (conv1 at batch 128: 363 x 387,200,
 //! 560 MB in f32), allocated per call and freed at once.
 //!
-//! On other devices and dtypes [`conv2d`] falls back to candle's `Tensor::conv2d`
-//! (cuDNN on CUDA), whose backward is correct there.
+//! On CUDA in `cudnn` builds the same layer is [`super::cudnn::CudnnConv2d`]: cuDNN's
+//! forward, backward-data and backward-filter with the groups passed to cuDNN, bias and
+//! ReLU fused in one kernel, no input gradient for conv1.
+//!
+//! Elsewhere, and always with `[model] kernels = "reference"`, the layer is the
+//! reference composite of candle ops ([`Conv2d::forward_relu_reference`]:
+//! `Tensor::conv2d` with its chunk + cat groups, a broadcast bias add, `relu`),
+//! differentiated by candle: the oracle the custom ops are tested against.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{
@@ -76,54 +82,58 @@ impl Conv2d {
         &self.bias
     }
 
+    pub fn params(&self) -> ConvParams {
+        self.params
+    }
+
     /// `relu(conv(x) + bias)` — every conv of AlexNet is followed by a ReLU. On the CPU
     /// the bias and the ReLU are applied while the GEMM result is copied out, and their
     /// backward is folded into the one pass that reorders the output gradient: this saves
     /// about six full passes over each activation (candle's broadcast add, its reduction
     /// for the bias gradient, the ReLU and the four ops of its backward).
     pub fn forward_relu(&self, x: &Tensor) -> Result<Tensor> {
+        self.apply(x, true)
+    }
+
+    /// `relu(conv(x) + bias)` from candle ops only (any device and dtype).
+    pub fn forward_relu_reference(&self, x: &Tensor) -> Result<Tensor> {
+        self.reference(x)?.relu()
+    }
+
+    /// The custom op where the device has one, else the reference composite.
+    fn apply(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
+        let p = self.params;
         if use_custom(x) {
-            x.apply_op3(
+            return x.apply_op3(&self.weight, &self.bias, Conv2dOp { p, relu });
+        }
+        #[cfg(feature = "cudnn")]
+        if super::custom_op_runs(x, &[], true) {
+            return x.apply_op3(
                 &self.weight,
                 &self.bias,
-                Conv2dOp {
-                    p: self.params,
-                    relu: true,
-                },
-            )
-        } else {
-            self.forward(x)?.relu()
+                super::cudnn::CudnnConv2d { p, relu },
+            );
         }
+        let y = self.reference(x)?;
+        if relu { y.relu() } else { Ok(y) }
+    }
+
+    fn reference(&self, x: &Tensor) -> Result<Tensor> {
+        let p = self.params;
+        let y = x.conv2d(&self.weight, p.padding, p.stride, 1, p.groups)?;
+        y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
     }
 }
 
 impl Module for Conv2d {
     /// `conv(x) + bias`: `(b, c_in, h, w) -> (b, c_out, h', w')`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if use_custom(x) {
-            x.apply_op3(
-                &self.weight,
-                &self.bias,
-                Conv2dOp {
-                    p: self.params,
-                    relu: false,
-                },
-            )
-        } else {
-            let y = x.conv2d(
-                &self.weight,
-                self.params.padding,
-                self.params.stride,
-                1,
-                self.params.groups,
-            )?;
-            y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
-        }
+        self.apply(x, false)
     }
 }
 
 fn use_custom(x: &Tensor) -> bool {
-    x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
+    super::custom_op_runs(x, &[DType::F32, DType::F64], false)
 }
 
 /// Convolution without bias: the custom CPU op for f32/f64 on the CPU, candle's
@@ -147,21 +157,21 @@ pub struct Conv2dOp {
 
 /// Sizes of one convolution, derived from the input and kernel shapes.
 #[derive(Debug, Clone, Copy)]
-struct Geom {
-    b: usize,
-    c_in: usize,
-    h: usize,
-    w: usize,
-    c_out: usize,
-    kh: usize,
-    kw: usize,
-    oh: usize,
-    ow: usize,
-    p: ConvParams,
+pub(super) struct Geom {
+    pub(super) b: usize,
+    pub(super) c_in: usize,
+    pub(super) h: usize,
+    pub(super) w: usize,
+    pub(super) c_out: usize,
+    pub(super) kh: usize,
+    pub(super) kw: usize,
+    pub(super) oh: usize,
+    pub(super) ow: usize,
+    pub(super) p: ConvParams,
 }
 
 impl Geom {
-    fn new(x: &[usize], k: &[usize], p: ConvParams) -> Result<Self> {
+    pub(super) fn new(x: &[usize], k: &[usize], p: ConvParams) -> Result<Self> {
         let (&[b, c_in, h, w], &[c_out, c_in_g, kh, kw]) = (x, k) else {
             candle_core::bail!("conv2d: expects 4-D input and kernel, got {x:?} and {k:?}")
         };
@@ -192,7 +202,7 @@ impl Geom {
             p,
         })
     }
-    fn cin_g(&self) -> usize {
+    pub(super) fn cin_g(&self) -> usize {
         self.c_in / self.p.groups
     }
     fn cout_g(&self) -> usize {

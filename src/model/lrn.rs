@@ -3,12 +3,13 @@
 //! `b_i = a_i / (k + alpha * sum_{j=max(0,i-n/2)}^{min(N-1,i+n/2)} a_j^2)^beta`
 //!
 //! Two implementations with the same maths:
-//! - [`Lrn`], a candle `CustomOp1` with a hand-written CPU forward and backward
-//!   (the backward is a second custom op, [`LrnBackward`]). One pass over memory, rayon
-//!   over the batch; used for f32/f64 tensors on the CPU.
+//! - [`Lrn`], a candle `CustomOp1` with a hand-written forward and backward (the
+//!   backward is a second custom op, [`LrnBackward`]): on the CPU one pass over memory,
+//!   rayon over the batch (f32/f64); on CUDA the kernels of `lrn.cu`, one thread per
+//!   element (f32/f64/bf16, `cuda` builds).
 //! - [`lrn_composite`], a chain of candle ops (square, pad, shifted sums, powf, div),
-//!   differentiated by candle itself; used on every other device/dtype until a CUDA
-//!   kernel exists (the custom op is the place to add `cuda_fwd` later).
+//!   differentiated by candle itself; any device and dtype. The reference the custom op
+//!   is tested against, and what runs where no custom op exists.
 //!
 //! Why the custom op on CPU: at conv1's size (batch 128, 96x55x55, f32) the composite
 //! makes ~12 full-size temporaries and a generic `powf`, and candle differentiates each
@@ -36,10 +37,10 @@ use rayon::prelude::*;
 use super::config::LrnConfig;
 
 /// Applies LRN across dim 1 of a `(batch, channels, height, width)` tensor.
-/// Picks the custom CPU op for f32/f64 on the CPU and the composite elsewhere.
+/// Picks the custom op for f32/f64 on the CPU and f32/f64/bf16 on CUDA (`cuda` builds),
+/// the composite elsewhere.
 pub fn lrn(x: &Tensor, cfg: LrnConfig) -> Result<Tensor> {
-    let custom_ok = x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64);
-    if custom_ok {
+    if super::custom_op_runs(x, &[DType::F32, DType::F64], cfg!(feature = "cuda")) {
         x.contiguous()?.apply_op1(Lrn(cfg))
     } else {
         lrn_composite(x, cfg)
@@ -240,6 +241,18 @@ impl CustomOp1 for Lrn {
         Ok((out, l.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        Ok((
+            gpu::launch("lrn_fwd", s, l, None, &self.0)?,
+            l.shape().clone(),
+        ))
+    }
+
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         let g = grad_res.contiguous()?;
         Ok(Some(arg.apply_op2_no_bwd(&g, &LrnBackward(self.0))?))
@@ -283,6 +296,88 @@ impl CustomOp2 for LrnBackward {
             _ => candle_core::bail!("{op}: CPU kernel supports f32/f64, got {:?}", s1.dtype()),
         };
         Ok((out, l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        if l1.shape() != l2.shape() || s1.dtype() != s2.dtype() {
+            candle_core::bail!(
+                "lrn-backward: input {:?} {:?} vs grad {:?} {:?}",
+                l1.shape(),
+                s1.dtype(),
+                l2.shape(),
+                s2.dtype()
+            );
+        }
+        Ok((
+            gpu::launch("lrn_bwd", s1, l1, Some((s2, l2)), &self.0)?,
+            l1.shape().clone(),
+        ))
+    }
+}
+
+/// The CUDA side: launches of `lrn.cu`.
+#[cfg(feature = "cuda")]
+mod gpu {
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::WrapErr;
+    use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
+    use candle_core::{CudaStorage, DType, Layout, Result};
+
+    use super::{LrnConfig, dims_of};
+    use crate::model::cuda::{self, LRN, dim32, with_float_type};
+
+    /// `lrn_fwd` (x -> y) or, with `grad`, `lrn_bwd` ((x, g) -> dx).
+    pub(super) fn launch(
+        kernel: &'static str,
+        x: &CudaStorage,
+        xl: &Layout,
+        grad: Option<(&CudaStorage, &Layout)>,
+        cfg: &LrnConfig,
+    ) -> Result<CudaStorage> {
+        let (b, c, hw) = dims_of(xl, kernel)?;
+        let (b32, c32, hw64, half) = (
+            dim32(b, kernel)?,
+            dim32(c, kernel)?,
+            hw as u64,
+            dim32(cfg.n / 2, kernel)?,
+        );
+        let n = b * c * hw;
+        let dev = x.device().clone();
+        let func = LRN.func(&dev, kernel, x.dtype())?;
+        // f64 kernels take f64 constants; f32 and bf16 ones f32.
+        let (k, alpha, beta) = (cfg.k, cfg.alpha, cfg.beta);
+        let (k32, alpha32, beta32) = (k as f32, alpha as f32, beta as f32);
+        with_float_type!(x.dtype(), kernel, |T| {
+            let xv = cuda::view::<T>(x, xl, kernel)?;
+            let gv = grad
+                .map(|(g, gl)| cuda::view::<T>(g, gl, kernel))
+                .transpose()?;
+            // SAFETY: the kernel writes every element.
+            let out = unsafe { dev.alloc::<T>(n)? };
+            let stream = dev.cuda_stream();
+            let mut args = stream.launch_builder(&func);
+            args.arg(&xv);
+            if let Some(gv) = &gv {
+                args.arg(gv);
+            }
+            args.arg(&out).arg(&b32).arg(&c32).arg(&hw64).arg(&half);
+            if x.dtype() == DType::F64 {
+                args.arg(&k).arg(&alpha).arg(&beta);
+            } else {
+                args.arg(&k32).arg(&alpha32).arg(&beta32);
+            }
+            // SAFETY: argument types and order match `lrn_fwd_*` / `lrn_bwd_*` in lrn.cu.
+            unsafe { args.launch(cuda::grid(n)) }.w()?;
+            drop(args);
+            Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
+        })
     }
 }
 

@@ -6,37 +6,67 @@
 //! `avg_pool2d` of the argmax mask). Both are pinned by the test
 //! `candle_max_pool_backward_is_broken` below, so an upgrade that fixes candle shows up.
 //!
-//! [`MaxPool`] is a `CustomOp1`: the CPU forward is ours and records, for every output,
-//! the position of its window's maximum — the first maximum in row-major order on ties
-//! (PyTorch's rule; a NaN counts as the maximum). The backward routes each output
-//! gradient to that position with [`MaxPoolScatter`] (overlapping windows that share a
-//! maximum add up), like PyTorch's `max_pool2d_with_indices`; recording costs 4 bytes per
-//! output and makes the backward a single scatter instead of a second argmax search.
-//! [`MaxPoolBackward`] `(input, grad_output) -> grad_input` recomputes the argmaxes
-//! instead, for when no record exists.
-//!
-//! On CUDA/Metal the forward delegates to the backend's own `max_pool2d` kernel (a
-//! correct forward); the backward runs on the CPU only for now and returns
-//! [`ModelError::UnsupportedDevice`](super::ModelError) elsewhere until a later issue
-//! adds the CUDA kernel (the place is `MaxPool::cuda_fwd` recording indices, and a
-//! `MaxPoolScatter::cuda_fwd`).
+//! Three implementations of one rule — every output is its window's first maximum in
+//! row-major order (PyTorch's rule; a NaN counts as the maximum), and its gradient goes
+//! to that position, overlapping windows that share a maximum adding up:
+//! - [`MaxPool`], a `CustomOp1`: the CPU forward (rayon over planes) and the CUDA
+//!   forward (`max_pool.cu`) record the argmax of every output (4 bytes each), and the
+//!   backward [`MaxPoolScatter`] routes each output gradient to it, like PyTorch's
+//!   `max_pool2d_with_indices`. On the GPU the backward runs per input element, summing
+//!   the windows that picked it, so it needs no atomics and is deterministic.
+//!   [`MaxPoolBackward`] `(input, grad_output) -> grad_input` recomputes the argmaxes
+//!   instead (CPU), for when no record exists.
+//! - [`max_pool2d_reference`], candle ops only (`index_select`, `stack`, `argmax`,
+//!   `gather`), differentiated by candle on any device: the oracle the custom op is
+//!   tested against, and what `[model] kernels = "reference"` runs.
 
 use std::sync::{Arc, Mutex};
 
 use candle_core::backend::BackendStorage;
 use candle_core::{
-    CpuStorage, CudaStorage, CustomOp1, CustomOp2, Layout, MetalStorage, Result, Shape, Tensor,
-    WithDType,
+    CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType,
 };
 use rayon::prelude::*;
 
-use super::ModelError;
 use super::config::PoolConfig;
 
 /// Max-pools a `(batch, channels, height, width)` tensor with square `size` windows every
 /// `stride` pixels, no padding, floor mode: output side `(side - size) / stride + 1`.
+/// The custom op where the device has it (CPU; CUDA in `cuda` builds), else
+/// [`max_pool2d_reference`].
 pub fn max_pool2d(x: &Tensor, cfg: PoolConfig) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(MaxPool::new(cfg))
+    const CPU: &[DType] = &[DType::F32, DType::F64, DType::F16, DType::BF16];
+    if super::custom_op_runs(x, CPU, cfg!(feature = "cuda")) {
+        x.contiguous()?.apply_op1(MaxPool::new(cfg))
+    } else {
+        max_pool2d_reference(x, cfg)
+    }
+}
+
+/// Max-pooling from candle ops only (any device, any float dtype). Each of the size²
+/// offsets within a window picks its elements with `index_select` on rows and columns;
+/// the offsets are stacked on a last axis in row-major order, and `gather` at the
+/// `argmax` takes each window's maximum. candle differentiates `index_select` and
+/// `gather`, so the gradient goes to that maximum and overlapping windows add up.
+/// Ties go to the first offset where candle's `argmax` picks the first maximum (its CPU
+/// kernel does; the tests pin it), so compare with the custom op on tie-free data.
+pub fn max_pool2d_reference(x: &Tensor, cfg: PoolConfig) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    let (oh, ow) = (out_side(h, &cfg)?, out_side(w, &cfg)?);
+    let picks = |offset: usize, n: usize| {
+        let idx: Vec<u32> = (0..n).map(|i| (offset + i * cfg.stride) as u32).collect();
+        Tensor::from_vec(idx, n, x.device())
+    };
+    let mut taps = Vec::with_capacity(cfg.size * cfg.size);
+    for dy in 0..cfg.size {
+        let rows = x.index_select(&picks(dy, oh)?, 2)?; // (b, c, oh, w)
+        for dx in 0..cfg.size {
+            taps.push(rows.index_select(&picks(dx, ow)?, 3)?); // (b, c, oh, ow)
+        }
+    }
+    let windows = Tensor::stack(&taps, 4)?; // (b, c, oh, ow, size²)
+    let first_max = windows.argmax_keepdim(4)?; // (b, c, oh, ow, 1), no gradient
+    windows.gather(&first_max, 4)?.squeeze(4)
 }
 
 /// The max-pool forward as a candle custom op. One instance per call: it keeps the
@@ -45,7 +75,25 @@ pub fn max_pool2d(x: &Tensor, cfg: PoolConfig) -> Result<Tensor> {
 pub struct MaxPool {
     cfg: PoolConfig,
     /// Per output, the index within its input plane of the window's maximum.
-    argmax: Mutex<Option<Arc<Vec<u32>>>>,
+    argmax: Mutex<Option<Argmax>>,
+}
+
+/// The argmax record of a forward, where the forward ran.
+#[derive(Debug, Clone)]
+enum Argmax {
+    Cpu(Arc<Vec<u32>>),
+    #[cfg(feature = "cuda")]
+    Cuda(Arc<candle_core::cuda_backend::cudarc::driver::CudaSlice<u32>>),
+}
+
+impl Argmax {
+    fn len(&self) -> usize {
+        match self {
+            Argmax::Cpu(v) => v.len(),
+            #[cfg(feature = "cuda")]
+            Argmax::Cuda(v) => v.len(),
+        }
+    }
 }
 
 impl MaxPool {
@@ -58,11 +106,14 @@ impl MaxPool {
 }
 
 /// Scatters an output gradient `(b, c, oh, ow)` to the recorded argmax positions:
-/// `grad_output -> grad_input (b, c, h, w)` (CPU, no backward).
+/// `grad_output -> grad_input (b, c, h, w)` (CPU and CUDA, no backward).
 #[derive(Debug)]
 pub struct MaxPoolScatter {
-    argmax: Arc<Vec<u32>>,
+    argmax: Argmax,
     in_dims: (usize, usize, usize, usize),
+    /// The windows (the CUDA backward walks them per input element).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    cfg: PoolConfig,
 }
 
 /// The max-pool backward: `(input, grad_output) -> grad_input` (CPU).
@@ -246,47 +297,33 @@ impl CustomOp1 for MaxPool {
             }
             _ => candle_core::bail!("{op}: unsupported dtype {:?}", s.dtype()),
         };
-        *self.argmax.lock().expect("max-pool argmax lock") = Some(Arc::new(idx));
+        *self.argmax.lock().expect("max-pool argmax lock") = Some(Argmax::Cpu(Arc::new(idx)));
         Ok((out, Shape::from((b, c, oh, ow))))
     }
 
-    // Off the CPU the forward is the backend's own kernel: candle's max_pool2d forward is
-    // right, only its backward is not.
-    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
         let (b, c, _, _, oh, ow) = out_shape(l, &self.cfg)?;
-        let k = (self.cfg.size, self.cfg.size);
-        Ok((
-            s.max_pool2d(l, k, (self.cfg.stride, self.cfg.stride))?,
-            Shape::from((b, c, oh, ow)),
-        ))
-    }
-
-    fn metal_fwd(&self, s: &MetalStorage, l: &Layout) -> Result<(MetalStorage, Shape)> {
-        let (b, c, _, _, oh, ow) = out_shape(l, &self.cfg)?;
-        let k = (self.cfg.size, self.cfg.size);
-        Ok((
-            s.max_pool2d(l, k, (self.cfg.stride, self.cfg.stride))?,
-            Shape::from((b, c, oh, ow)),
-        ))
+        let (out, idx) = gpu::forward(s, l, &self.cfg)?;
+        *self.argmax.lock().expect("max-pool argmax lock") = Some(Argmax::Cuda(Arc::new(idx)));
+        Ok((out, Shape::from((b, c, oh, ow))))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        if !arg.device().is_cpu() {
-            // TODO(cuda kernels issue): a CUDA MaxPoolBackward::cuda_fwd.
-            return Err(ModelError::UnsupportedDevice {
-                op: "max-pool backward",
-                device: format!("{:?}", arg.device().location()),
-            }
-            .into());
-        }
         let g = grad_res.contiguous()?;
         let recorded = self.argmax.lock().expect("max-pool argmax lock").clone();
         match recorded {
             Some(argmax) => {
-                let in_dims = arg.dims4()?;
-                Ok(Some(
-                    g.apply_op1_no_bwd(&MaxPoolScatter { argmax, in_dims })?,
-                ))
+                let (in_dims, cfg) = (arg.dims4()?, self.cfg);
+                Ok(Some(g.apply_op1_no_bwd(&MaxPoolScatter {
+                    argmax,
+                    in_dims,
+                    cfg,
+                })?))
             }
             None => Ok(Some(arg.apply_op2_no_bwd(&g, &MaxPoolBackward(self.cfg))?)),
         }
@@ -312,7 +349,11 @@ impl CustomOp1 for MaxPoolScatter {
             )
         }
         let op = "max-pool2d-scatter";
-        let idx = &self.argmax[..];
+        let idx = match &self.argmax {
+            Argmax::Cpu(v) => &v[..],
+            #[cfg(feature = "cuda")]
+            Argmax::Cuda(_) => candle_core::bail!("{op}: the argmax record is on the GPU"),
+        };
         let out = match s {
             CpuStorage::F32(_) => {
                 CpuStorage::F32(scatter(contiguous::<f32>(s, l, op)?, idx, h * w, out_plane))
@@ -329,6 +370,112 @@ impl CustomOp1 for MaxPoolScatter {
             _ => candle_core::bail!("{op}: unsupported dtype {:?}", s.dtype()),
         };
         Ok((out, Shape::from(self.in_dims)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let Argmax::Cuda(argmax) = &self.argmax else {
+            candle_core::bail!("max-pool2d-scatter: the argmax record is on the CPU")
+        };
+        let out = gpu::scatter(s, l, argmax, self.in_dims, &self.cfg)?;
+        Ok((out, Shape::from(self.in_dims)))
+    }
+}
+
+/// The CUDA side: launches of `max_pool.cu`.
+#[cfg(feature = "cuda")]
+mod gpu {
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::WrapErr;
+    use candle_core::cuda_backend::cudarc::driver::{CudaSlice, PushKernelArg};
+    use candle_core::{CudaStorage, Layout, Result};
+
+    use super::{PoolConfig, out_shape};
+    use crate::model::cuda::{self, MAX_POOL, dim32, with_float_type};
+
+    /// `(planes, h, w, oh, ow, size, stride)` as the kernels take them.
+    fn dims(
+        d: (usize, usize, usize, usize),
+        oh: usize,
+        ow: usize,
+        cfg: &PoolConfig,
+    ) -> Result<[u32; 7]> {
+        let op = "max-pool2d";
+        Ok([
+            dim32(d.0 * d.1, op)?,
+            dim32(d.2, op)?,
+            dim32(d.3, op)?,
+            oh as u32,
+            ow as u32,
+            cfg.size as u32,
+            cfg.stride as u32,
+        ])
+    }
+
+    pub(super) fn forward(
+        s: &CudaStorage,
+        l: &Layout,
+        cfg: &PoolConfig,
+    ) -> Result<(CudaStorage, CudaSlice<u32>)> {
+        let (b, c, h, w, oh, ow) = out_shape(l, cfg)?;
+        dim32(b * c * h * w, "max-pool2d")?; // plane indices are u32
+        let dims = dims((b, c, h, w), oh, ow, cfg)?;
+        let n = b * c * oh * ow;
+        let dev = s.device().clone();
+        let func = MAX_POOL.func(&dev, "max_pool_fwd", s.dtype())?;
+        let idx = unsafe { dev.alloc::<u32>(n)? };
+        with_float_type!(s.dtype(), "max-pool2d", |T| {
+            let x = cuda::view::<T>(s, l, "max-pool2d")?;
+            // SAFETY: the kernel writes every output and index.
+            let y = unsafe { dev.alloc::<T>(n)? };
+            let stream = dev.cuda_stream();
+            let mut args = stream.launch_builder(&func);
+            args.arg(&x).arg(&y).arg(&idx);
+            for d in &dims {
+                args.arg(d);
+            }
+            // SAFETY: argument types and order match `max_pool_fwd_*` in max_pool.cu.
+            unsafe { args.launch(cuda::grid(n)) }.w()?;
+            drop(args);
+            Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), idx))
+        })
+    }
+
+    pub(super) fn scatter(
+        s: &CudaStorage,
+        l: &Layout,
+        argmax: &CudaSlice<u32>,
+        in_dims: (usize, usize, usize, usize),
+        cfg: &PoolConfig,
+    ) -> Result<CudaStorage> {
+        let (b, c, h, w) = in_dims;
+        let (oh, ow) = match l.dims() {
+            &[gb, gc, oh, ow] if gb == b && gc == c && argmax.len() == b * c * oh * ow => (oh, ow),
+            d => candle_core::bail!("max-pool2d-scatter: grad {d:?} vs input {in_dims:?}"),
+        };
+        let dims = dims(in_dims, oh, ow, cfg)?;
+        let n = b * c * h * w;
+        let dev = s.device().clone();
+        let func = MAX_POOL.func(&dev, "max_pool_bwd", s.dtype())?;
+        with_float_type!(s.dtype(), "max-pool2d-scatter", |T| {
+            let gy = cuda::view::<T>(s, l, "max-pool2d-scatter")?;
+            // SAFETY: the kernel writes every input gradient.
+            let gx = unsafe { dev.alloc::<T>(n)? };
+            let stream = dev.cuda_stream();
+            let mut args = stream.launch_builder(&func);
+            args.arg(&gy).arg(argmax).arg(&gx);
+            for d in &dims {
+                args.arg(d);
+            }
+            // SAFETY: argument types and order match `max_pool_bwd_*` in max_pool.cu.
+            unsafe { args.launch(cuda::grid(n)) }.w()?;
+            drop(args);
+            Ok(CudaStorage::wrap_cuda_slice(gx, dev.clone()))
+        })
     }
 }
 
@@ -625,6 +772,7 @@ mod tests {
             g.apply_op1_no_bwd(&MaxPoolScatter {
                 argmax: argmax.clone(),
                 in_dims,
+                cfg: paper(),
             })
         })?;
         println!(

@@ -1,11 +1,20 @@
 //! AlexNet (Krizhevsky, Sutskever, Hinton 2012) in candle, layer by layer as in the
 //! paper (PAPER.md §3): the network, its initialisation, dropout with a resumable RNG,
-//! and the two ops candle lacks or gets wrong on CPU (cross-channel LRN; overlapping
-//! max-pooling with a correct backward), plus a faster CPU convolution.
+//! and the two ops candle lacks or gets wrong (cross-channel LRN; overlapping
+//! max-pooling with a correct backward), plus a faster CPU convolution and cuDNN's.
+//!
+//! Each op keeps its implementations side by side in its file: the CPU code, the CUDA
+//! kernel (the `.cu` file of the same name, `cuda` builds) and a reference composite of
+//! candle ops that runs on any device — the oracle the others are tested against, and
+//! what `[model] kernels = "reference"` selects.
 
 mod alexnet;
 mod config;
 pub mod conv;
+#[cfg(feature = "cuda")]
+mod cuda;
+#[cfg(feature = "cudnn")]
+mod cudnn;
 mod dropout;
 mod init;
 pub mod linear;
@@ -17,7 +26,7 @@ mod test_util;
 pub use alexnet::{
     AlexNet, FeatureLayer, ParamInit, ParamSpec, alexnet, param_specs, parameter_count,
 };
-pub use config::{LrnConfig, ModelConfig, PoolConfig};
+pub use config::{Kernels, LrnConfig, ModelConfig, PoolConfig};
 pub use dropout::{DropoutRng, DropoutState};
 pub use init::{PARAM_ORDER_DOC, init_paper};
 
@@ -50,9 +59,18 @@ pub enum ModelError {
     /// The input batch does not have the shape the network was built for.
     #[error("input has shape {got:?}, expected (batch, 3, {size}, {size})")]
     BadInput { got: Vec<usize>, size: usize },
-    /// An op was asked to run where it has no implementation yet.
-    #[error("{op} is not yet supported on {device} (CPU only for now)")]
-    UnsupportedDevice { op: &'static str, device: String },
+}
+
+/// Whether one of our hand-written ops runs for `x`: on the CPU for the dtypes in `cpu`;
+/// on a CUDA device for f32, f64 and bf16 when `cuda` (the build has the op's kernel).
+/// Elsewhere the op's reference composite runs.
+fn custom_op_runs(x: &candle_core::Tensor, cpu: &[candle_core::DType], cuda: bool) -> bool {
+    use candle_core::{DType, Device};
+    match x.device() {
+        Device::Cpu => cpu.contains(&x.dtype()),
+        Device::Cuda(_) => cuda && matches!(x.dtype(), DType::F32 | DType::F64 | DType::BF16),
+        _ => false,
+    }
 }
 
 impl From<ModelError> for candle_core::Error {

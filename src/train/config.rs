@@ -16,12 +16,38 @@ pub enum ScheduleKind {
     Step,
 }
 
+/// The number format of the forward and backward passes (`[train] precision`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Everything in f32 (the paper's setting, and what the exactness tests check).
+    #[default]
+    F32,
+    /// Mixed precision: the step casts the f32 weights and the batch to bfloat16, so
+    /// the forward, the backward and their activations are bf16 (cuDNN and cuBLAS on
+    /// tensor cores), while the loss, the master weights, the momentum and the paper's
+    /// update rule stay f32. bf16 keeps f32's exponent range, so no loss scaling.
+    Bf16,
+}
+
+impl Precision {
+    /// The dtype the network computes in.
+    pub fn dtype(self) -> candle_core::DType {
+        match self {
+            Precision::F32 => candle_core::DType::F32,
+            Precision::Bf16 => candle_core::DType::BF16,
+        }
+    }
+}
+
 /// `[train]`: everything the loop needs besides the data and the network.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
     /// "cpu", "cuda" (GPU 0) or "cuda:N". CUDA needs a binary built with `--features cuda`.
     pub device: String,
+    /// "f32" or "bf16" (forward/backward in bfloat16, f32 master weights and update).
+    pub precision: Precision,
     /// Passes over the training set (paper: "roughly 90 cycles").
     pub epochs: usize,
     /// Images per SGD step (paper: 128). Training batches are always full (the last
@@ -69,6 +95,7 @@ impl Default for TrainConfig {
     fn default() -> Self {
         Self {
             device: "cuda".into(),
+            precision: Precision::F32,
             epochs: 90,
             batch_size: 128,
             lr: 0.01,

@@ -275,7 +275,7 @@ pub fn train(options: &TrainOptions) -> Result<TrainSummary, TrainError> {
         Some(path) => {
             let (tensors, meta) = checkpoint::load(path, &device)?;
             check_classes(&dataset, &train_src, &meta, path)?;
-            if meta.model != recipe.model || meta.input_size != crop {
+            if !meta.model.same_network(&recipe.model) || meta.input_size != crop {
                 return Err(TrainError::Checkpoint {
                     path: path.display().to_string(),
                     message: format!(
@@ -375,24 +375,34 @@ pub fn train(options: &TrainOptions) -> Result<TrainSummary, TrainError> {
         bar.set_position((state.position.batch * cfg.batch_size) as u64);
         let mut clock = Accounting::start(&state.progress);
 
-        while let Some(batch) = stream.next_batch() {
-            let batch = batch?;
-
-            // -- host batch → device tensors
-            let x = Tensor::from_slice(&batch.images, batch.shape().as_slice(), &device)
-                .map_err(candle("input batch"))?;
-            let y = Tensor::from_slice(&batch.labels, batch.len(), &device)
-                .map_err(candle("labels"))?;
-
-            // -- forward (train mode: dropout from our RNG) and loss
+        let dtype = cfg.precision.dtype();
+        let mut upcoming = Staged::next(&mut stream, &device)?;
+        while let Some(batch) = upcoming.take() {
+            // -- forward (train mode: dropout from our RNG) and loss, queued on the device;
+            //    bf16 casts the f32 weights and batch (the gradients come back in f32)
             let dropout_before = state.dropout.clone();
-            let logits = net
+            let model = net
                 .model
+                .cast(dtype)
+                .map_err(candle("casting the weights"))?;
+            let x = batch.x.to_dtype(dtype).map_err(candle("input batch"))?;
+            let logits = model
                 .forward(&x, Some(&mut state.dropout))
                 .map_err(candle("forward"))?;
-            let loss =
-                candle_nn::loss::cross_entropy(&logits, &y).map_err(candle("cross-entropy"))?;
+            let logits = logits
+                .to_dtype(candle_core::DType::F32)
+                .map_err(candle("logits"))?;
+            let loss = candle_nn::loss::cross_entropy(&logits, &batch.y)
+                .map_err(candle("cross-entropy"))?;
+
+            // -- the next batch onto the device while this forward runs
+            upcoming = Staged::next(&mut stream, &device)?;
+
             let loss_value = loss.to_scalar::<f32>().map_err(candle("loss"))?; // sync point with the GPU
+            let predicted = logits
+                .argmax(1)
+                .and_then(|p| p.to_vec1::<u32>())
+                .map_err(candle("predictions"))?;
             if !loss_value.is_finite() {
                 // Nothing of this step is applied or saved: the last checkpoint stays the
                 // last good one.
@@ -418,17 +428,15 @@ pub fn train(options: &TrainOptions) -> Result<TrainSummary, TrainError> {
                 });
             }
 
-            // -- backward and update: v ← m·v − wd·ε·w − ε·g; w ← w + v
+            // -- backward and update: v ← m·v − wd·ε·w − ε·g; w ← w + v (queued; the next
+            //    forward follows them on the device's stream)
             let grads = loss.backward().map_err(candle("backward"))?;
+            // (data parallel: the gradients would be all-reduced across ranks here)
             opt.step(&grads, lr).map_err(candle("SGD step"))?;
             state.step += 1;
-            state.position = stream.position();
+            state.position = batch.position;
 
             // -- bookkeeping (all exact: sums of the same f32 values in the same order)
-            let predicted = logits
-                .argmax(1)
-                .and_then(|p| p.to_vec1::<u32>())
-                .map_err(candle("predictions"))?;
             let wrong = predicted
                 .iter()
                 .zip(&batch.labels)
@@ -569,6 +577,46 @@ pub fn train(options: &TrainOptions) -> Result<TrainSummary, TrainError> {
             .map_err(super::error::io(&run.summary()))?;
     }
     Ok(summary)
+}
+
+/// A training batch on the device, with what the loop needs of the host batch. The
+/// loop stages batch i+1 while the device computes step i, so the wait for the stream
+/// overlaps the GPU's work (on the CPU both run in turn, as before).
+struct Staged {
+    index: usize,
+    labels: Vec<i64>,
+    x: Tensor,
+    y: Tensor,
+    /// The stream position after this batch: where a checkpoint taken after its step
+    /// resumes.
+    position: StreamPosition,
+}
+
+impl Staged {
+    fn next(
+        stream: &mut crate::stream::Stream,
+        device: &candle_core::Device,
+    ) -> Result<Option<Staged>, TrainError> {
+        let Some(batch) = stream.next_batch() else {
+            return Ok(None);
+        };
+        let batch = batch?;
+        let x = Tensor::from_slice(&batch.images, batch.shape().as_slice(), device)
+            .map_err(candle("input batch"))?;
+        let y = Tensor::from_slice(&batch.labels, batch.len(), device).map_err(candle("labels"))?;
+        // The host batch goes back to the stream's buffer pool here.
+        Ok(Some(Staged {
+            index: batch.index,
+            labels: batch.labels.clone(),
+            x,
+            y,
+            position: stream.position(),
+        }))
+    }
+
+    fn len(&self) -> usize {
+        self.labels.len()
+    }
 }
 
 /// Moves the loop time, data stall and images since the last call into the epoch's

@@ -1,0 +1,579 @@
+//! The convolution layer through cuDNN (`cudnn` builds), the CUDA twin of the CPU op in
+//! `conv.rs`: [`CudnnConv2d`] `(input, kernel, bias) -> relu?(conv + bias)`.
+//!
+//! - Forward: one `cudnnConvolutionForward` per layer with the group count set on the
+//!   descriptor (no chunk + cat), then bias and ReLU in one in-place pass (`conv.cu`).
+//!   cuDNN's own fused conv + bias + activation is left aside: it supports ReLU only with
+//!   one algorithm (implicit precomputed GEMM) and not for every data type.
+//! - Backward: the ReLU mask on the output gradient (one pass), the bias gradient as its
+//!   sum over batch and pixels, `cudnnConvolutionBackwardFilter`, and
+//!   `cudnnConvolutionBackwardData` only when the input needs a gradient
+//!   (`Tensor::track_op`): never for conv1, whose input is the image batch.
+//! - Algorithms: cuDNN's heuristic choice (`cudnnGetConvolution*Algorithm_v7`) once per
+//!   pass, shape and dtype, kept for the process; one workspace per device, grown to the
+//!   largest any chosen algorithm needs and reused by every call (all run on the
+//!   device's one stream, in order).
+//! - Precision: f32 uses FMA math (no TF32), so f32 training matches the CPU and the
+//!   PyTorch goldens; bf16 computes in f32 on tensor cores; f64 is plain.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::cudnn::{
+    ConvBackwardData, ConvBackwardFilter, ConvDescriptor, ConvForward, Cudnn, CudnnDataType,
+    FilterDescriptor, TensorDescriptor, sys,
+};
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr, PushKernelArg};
+use candle_core::cuda_backend::{CudaDType, CudaDevice, DeviceId, WrapErr};
+use candle_core::{
+    CudaStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType,
+};
+
+use super::conv::{ConvParams, Geom};
+use super::cuda::{self, CONV, with_float_type};
+
+/// The conv layer as a custom op on CUDA: `(input, kernel, bias) -> output`.
+#[derive(Debug, Clone, Copy)]
+pub struct CudnnConv2d {
+    pub p: ConvParams,
+    /// Apply ReLU after the bias (every conv of AlexNet).
+    pub relu: bool,
+}
+
+/// `(kernel, grad_output) -> grad_input` through cuDNN.
+struct BackwardData {
+    p: ConvParams,
+    x_dims: [usize; 4],
+}
+
+/// `(input, grad_output) -> grad_kernel` through cuDNN.
+struct BackwardFilter {
+    p: ConvParams,
+    w_dims: [usize; 4],
+}
+
+/// `(grad_output, output) -> grad_output where output > 0, else 0`.
+struct ReluMask;
+
+/// The element types cuDNN runs for us, with the math each computes in.
+trait Element: CudnnDataType + DeviceRepr + WithDType + CudaDType {
+    type Compute: CudnnDataType;
+    const MATH: sys::cudnnMathType_t;
+}
+
+impl Element for f32 {
+    type Compute = f32;
+    const MATH: sys::cudnnMathType_t = sys::cudnnMathType_t::CUDNN_FMA_MATH;
+}
+
+impl Element for f64 {
+    type Compute = f64;
+    const MATH: sys::cudnnMathType_t = sys::cudnnMathType_t::CUDNN_DEFAULT_MATH;
+}
+
+impl Element for half::bf16 {
+    type Compute = f32;
+    const MATH: sys::cudnnMathType_t = sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH;
+}
+
+/// Which of the three convolution passes an algorithm is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Pass {
+    Forward,
+    Data,
+    Filter,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct PlanKey {
+    pass: Pass,
+    dtype: DType,
+    x: [usize; 4],
+    w: [usize; 4],
+    stride: usize,
+    padding: usize,
+    groups: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Algo {
+    Forward(sys::cudnnConvolutionFwdAlgo_t),
+    Data(sys::cudnnConvolutionBwdDataAlgo_t),
+    Filter(sys::cudnnConvolutionBwdFilterAlgo_t),
+}
+
+/// Per device: the cuDNN handle (bound to candle's stream), the chosen algorithms and
+/// their workspace sizes, and the shared workspace.
+struct DeviceState {
+    handle: Arc<Cudnn>,
+    plans: HashMap<PlanKey, (Algo, usize)>,
+    workspace: Option<CudaSlice<u8>>,
+}
+
+// cuDNN handles are neither Send nor Sync: one per thread and device, as candle does.
+thread_local! {
+    static STATE: RefCell<HashMap<DeviceId, DeviceState>> = RefCell::new(HashMap::new());
+}
+
+fn with_state<R>(dev: &CudaDevice, f: impl FnOnce(&mut DeviceState) -> Result<R>) -> Result<R> {
+    STATE.with(|cell| {
+        let mut map = cell.borrow_mut();
+        let state = match map.entry(dev.id()) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(DeviceState {
+                handle: Cudnn::new(dev.cuda_stream())?,
+                plans: HashMap::new(),
+                workspace: None,
+            }),
+        };
+        f(state)
+    })
+}
+
+impl DeviceState {
+    /// The chosen algorithm of `key` and its workspace size, chosen on first use.
+    fn plan(
+        &mut self,
+        key: PlanKey,
+        choose: impl FnOnce() -> Result<(Algo, usize)>,
+    ) -> Result<(Algo, usize)> {
+        if let Some(p) = self.plans.get(&key) {
+            return Ok(*p);
+        }
+        let p = choose()?;
+        self.plans.insert(key, p);
+        Ok(p)
+    }
+
+    /// A workspace of at least `bytes` (None for 0), grown and kept for later calls.
+    fn workspace(&mut self, dev: &CudaDevice, bytes: usize) -> Result<Option<&mut CudaSlice<u8>>> {
+        if bytes == 0 {
+            return Ok(None);
+        }
+        if self.workspace.as_ref().is_none_or(|w| w.len() < bytes) {
+            self.workspace = None; // free the old one first
+            self.workspace = Some(dev.alloc_zeros::<u8>(bytes)?);
+        }
+        Ok(self.workspace.as_mut())
+    }
+}
+
+/// The four descriptors of one convolution.
+struct Descriptors<T: Element> {
+    x: TensorDescriptor<T>,
+    w: FilterDescriptor<T>,
+    conv: ConvDescriptor<T::Compute>,
+    y: TensorDescriptor<T>,
+}
+
+fn descriptors<T: Element>(h: &Arc<Cudnn>, g: &Geom) -> Result<Descriptors<T>> {
+    let nchw = sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
+    let i = |v: usize| v as i32;
+    let (pad, stride) = (i(g.p.padding), i(g.p.stride));
+    let mut conv = h.create_conv2d::<T::Compute>(
+        [pad, pad],
+        [stride, stride],
+        [1, 1],
+        sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
+    )?;
+    conv.set_group_count(i(g.p.groups))?;
+    conv.set_math_type(T::MATH)?;
+    Ok(Descriptors {
+        x: h.create_4d_tensor::<T>(nchw, [i(g.b), i(g.c_in), i(g.h), i(g.w)])?,
+        w: h.create_4d_filter::<T>(nchw, [i(g.c_out), i(g.cin_g()), i(g.kh), i(g.kw)])?,
+        conv,
+        y: h.create_4d_tensor::<T>(nchw, [i(g.b), i(g.c_out), i(g.oh), i(g.ow)])?,
+    })
+}
+
+fn key(pass: Pass, dtype: DType, g: &Geom) -> PlanKey {
+    PlanKey {
+        pass,
+        dtype,
+        x: [g.b, g.c_in, g.h, g.w],
+        w: [g.c_out, g.cin_g(), g.kh, g.kw],
+        stride: g.p.stride,
+        padding: g.p.padding,
+        groups: g.p.groups,
+    }
+}
+
+fn dims4(l: &Layout, what: &str) -> Result<[usize; 4]> {
+    match l.dims() {
+        &[a, b, c, d] => Ok([a, b, c, d]),
+        d => candle_core::bail!("cudnn conv2d: {what} must be 4-D, got {d:?}"),
+    }
+}
+
+/// `y = conv(x, w)` (fresh output).
+fn forward<T: Element>(
+    dev: &CudaDevice,
+    g: &Geom,
+    x: &CudaStorage,
+    xl: &Layout,
+    w: &CudaStorage,
+    wl: &Layout,
+) -> Result<CudaSlice<T>> {
+    let xv = cuda::view::<T>(x, xl, "cudnn conv2d")?;
+    let wv = cuda::view::<T>(w, wl, "cudnn conv2d")?;
+    // SAFETY: cuDNN writes every output (beta = 0).
+    let mut y = unsafe { dev.alloc::<T>(g.b * g.c_out * g.oh * g.ow)? };
+    with_state(dev, |st| {
+        let d = descriptors::<T>(&st.handle, g)?;
+        let op = ConvForward {
+            conv: &d.conv,
+            x: &d.x,
+            w: &d.w,
+            y: &d.y,
+        };
+        let (algo, bytes) = st.plan(key(Pass::Forward, T::DTYPE, g), || {
+            let a = op.pick_algorithm()?;
+            Ok((Algo::Forward(a), op.get_workspace_size(a)?))
+        })?;
+        let Algo::Forward(algo) = algo else {
+            unreachable!("forward plan")
+        };
+        let ws = st.workspace(dev, bytes)?;
+        // SAFETY: the views and the output match the descriptors' shapes and type.
+        unsafe {
+            op.launch(
+                algo,
+                ws,
+                (T::from_f64(1.0), T::from_f64(0.0)),
+                &xv,
+                &wv,
+                &mut y,
+            )
+        }?;
+        Ok(())
+    })?;
+    Ok(y)
+}
+
+/// `dx = conv_backward_data(w, dy)`.
+fn backward_data<T: Element>(
+    dev: &CudaDevice,
+    g: &Geom,
+    w: &CudaStorage,
+    wl: &Layout,
+    dy: &CudaStorage,
+    dyl: &Layout,
+) -> Result<CudaSlice<T>> {
+    let wv = cuda::view::<T>(w, wl, "cudnn conv2d backward-data")?;
+    let dyv = cuda::view::<T>(dy, dyl, "cudnn conv2d backward-data")?;
+    // SAFETY: cuDNN writes every element (beta = 0).
+    let mut dx = unsafe { dev.alloc::<T>(g.b * g.c_in * g.h * g.w)? };
+    with_state(dev, |st| {
+        let d = descriptors::<T>(&st.handle, g)?;
+        let op = ConvBackwardData {
+            conv: &d.conv,
+            dx: &d.x,
+            w: &d.w,
+            dy: &d.y,
+        };
+        let (algo, bytes) = st.plan(key(Pass::Data, T::DTYPE, g), || {
+            let a = op.pick_algorithm()?;
+            Ok((Algo::Data(a), op.get_workspace_size(a)?))
+        })?;
+        let Algo::Data(algo) = algo else {
+            unreachable!("backward-data plan")
+        };
+        let ws = st.workspace(dev, bytes)?;
+        // SAFETY: as in `forward`.
+        unsafe {
+            op.launch(
+                algo,
+                ws,
+                (T::from_f64(1.0), T::from_f64(0.0)),
+                &mut dx,
+                &wv,
+                &dyv,
+            )
+        }?;
+        Ok(())
+    })?;
+    Ok(dx)
+}
+
+/// `dw = conv_backward_filter(x, dy)`.
+fn backward_filter<T: Element>(
+    dev: &CudaDevice,
+    g: &Geom,
+    x: &CudaStorage,
+    xl: &Layout,
+    dy: &CudaStorage,
+    dyl: &Layout,
+) -> Result<CudaSlice<T>> {
+    let xv = cuda::view::<T>(x, xl, "cudnn conv2d backward-filter")?;
+    let dyv = cuda::view::<T>(dy, dyl, "cudnn conv2d backward-filter")?;
+    // SAFETY: cuDNN writes every element (beta = 0).
+    let mut dw = unsafe { dev.alloc::<T>(g.c_out * g.cin_g() * g.kh * g.kw)? };
+    with_state(dev, |st| {
+        let d = descriptors::<T>(&st.handle, g)?;
+        let op = ConvBackwardFilter {
+            conv: &d.conv,
+            x: &d.x,
+            dw: &d.w,
+            dy: &d.y,
+        };
+        let (algo, bytes) = st.plan(key(Pass::Filter, T::DTYPE, g), || {
+            let a = op.pick_algorithm()?;
+            Ok((Algo::Filter(a), op.get_workspace_size(a)?))
+        })?;
+        let Algo::Filter(algo) = algo else {
+            unreachable!("backward-filter plan")
+        };
+        let ws = st.workspace(dev, bytes)?;
+        // SAFETY: as in `forward`.
+        unsafe {
+            op.launch(
+                algo,
+                ws,
+                (T::from_f64(1.0), T::from_f64(0.0)),
+                &xv,
+                &mut dw,
+                &dyv,
+            )
+        }?;
+        Ok(())
+    })?;
+    Ok(dw)
+}
+
+/// `y <- relu?(y + bias)` in place (`bias_act_*` in conv.cu).
+fn bias_act<T: Element>(
+    dev: &CudaDevice,
+    y: &mut CudaSlice<T>,
+    b: &CudaStorage,
+    bl: &Layout,
+    g: &Geom,
+    relu: bool,
+) -> Result<()> {
+    let bias = cuda::view::<T>(b, bl, "cudnn conv2d bias")?;
+    let func = CONV.func(dev, "bias_act", T::DTYPE)?;
+    let n = y.len();
+    let (n64, c, hw, relu) = (n as u64, g.c_out as u32, (g.oh * g.ow) as u64, relu as u32);
+    let stream = dev.cuda_stream();
+    let mut args = stream.launch_builder(&func);
+    args.arg(y).arg(&bias).arg(&n64).arg(&c).arg(&hw).arg(&relu);
+    // SAFETY: argument types and order match `bias_act_*`.
+    unsafe { args.launch(cuda::grid(n)) }.w()?;
+    Ok(())
+}
+
+impl CustomOp3 for CudnnConv2d {
+    fn name(&self) -> &'static str {
+        "conv2d-cudnn"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::CpuStorage, Shape)> {
+        cuda_only(self.name())
+    }
+
+    fn cuda_fwd(
+        &self,
+        x: &CudaStorage,
+        xl: &Layout,
+        w: &CudaStorage,
+        wl: &Layout,
+        b: &CudaStorage,
+        bl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let g = Geom::new(xl.dims(), wl.dims(), self.p)?;
+        if bl.dims() != [g.c_out] || x.dtype() != w.dtype() || x.dtype() != b.dtype() {
+            candle_core::bail!(
+                "conv2d-cudnn: bias {:?} / dtypes {:?} {:?} {:?} do not match the kernel {:?}",
+                bl.dims(),
+                x.dtype(),
+                w.dtype(),
+                b.dtype(),
+                wl.dims()
+            )
+        }
+        let dev = x.device().clone();
+        let out = with_float_type!(x.dtype(), "conv2d-cudnn", |T| {
+            let mut y = forward::<T>(&dev, &g, x, xl, w, wl)?;
+            bias_act::<T>(&dev, &mut y, b, bl, &g, self.relu)?;
+            CudaStorage::wrap_cuda_slice(y, dev.clone())
+        });
+        Ok((out, Shape::from((g.b, g.c_out, g.oh, g.ow))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let dy = if self.relu {
+            grad.apply_op2_no_bwd(res, &ReluMask)?
+        } else {
+            grad
+        };
+        let db = dy.sum((0, 2, 3))?;
+        let x_dims = x.dims4().map(|(a, b, c, d)| [a, b, c, d])?;
+        let w_dims = w.dims4().map(|(a, b, c, d)| [a, b, c, d])?;
+        let dw = x
+            .contiguous()?
+            .apply_op2_no_bwd(&dy, &BackwardFilter { p: self.p, w_dims })?;
+        // The input gradient only when something upstream wants it (not for conv1).
+        let dx = if x.track_op() {
+            Some(
+                w.contiguous()?
+                    .apply_op2_no_bwd(&dy, &BackwardData { p: self.p, x_dims })?,
+            )
+        } else {
+            None
+        };
+        Ok((dx, Some(dw), Some(db)))
+    }
+}
+
+/// The CPU refusal every CUDA-only op of this file shares.
+fn cuda_only(op: &str) -> Result<(candle_core::CpuStorage, Shape)> {
+    candle_core::bail!("{op} runs on CUDA only")
+}
+
+impl CustomOp2 for BackwardData {
+    fn name(&self) -> &'static str {
+        "conv2d-cudnn-backward-data"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::CpuStorage, Shape)> {
+        cuda_only(self.name())
+    }
+
+    fn cuda_fwd(
+        &self,
+        w: &CudaStorage,
+        wl: &Layout,
+        dy: &CudaStorage,
+        dyl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let g = Geom::new(&self.x_dims, &dims4(wl, "kernel")?, self.p)?;
+        if dims4(dyl, "grad")? != [g.b, g.c_out, g.oh, g.ow] {
+            candle_core::bail!(
+                "{}: grad {:?} for input {:?}",
+                self.name(),
+                dyl.dims(),
+                self.x_dims
+            )
+        }
+        let dev = w.device().clone();
+        let out = with_float_type!(w.dtype(), self.name(), |T| {
+            CudaStorage::wrap_cuda_slice(backward_data::<T>(&dev, &g, w, wl, dy, dyl)?, dev.clone())
+        });
+        Ok((out, Shape::from(self.x_dims.to_vec())))
+    }
+}
+
+impl CustomOp2 for BackwardFilter {
+    fn name(&self) -> &'static str {
+        "conv2d-cudnn-backward-filter"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::CpuStorage, Shape)> {
+        cuda_only(self.name())
+    }
+
+    fn cuda_fwd(
+        &self,
+        x: &CudaStorage,
+        xl: &Layout,
+        dy: &CudaStorage,
+        dyl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let g = Geom::new(&dims4(xl, "input")?, &self.w_dims, self.p)?;
+        if dims4(dyl, "grad")? != [g.b, g.c_out, g.oh, g.ow] {
+            candle_core::bail!(
+                "{}: grad {:?} for input {:?}",
+                self.name(),
+                dyl.dims(),
+                xl.dims()
+            )
+        }
+        let dev = x.device().clone();
+        let out = with_float_type!(x.dtype(), self.name(), |T| {
+            CudaStorage::wrap_cuda_slice(
+                backward_filter::<T>(&dev, &g, x, xl, dy, dyl)?,
+                dev.clone(),
+            )
+        });
+        Ok((out, Shape::from(self.w_dims.to_vec())))
+    }
+}
+
+impl CustomOp2 for ReluMask {
+    fn name(&self) -> &'static str {
+        "relu-mask"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::CpuStorage, Shape)> {
+        cuda_only(self.name())
+    }
+
+    fn cuda_fwd(
+        &self,
+        gy: &CudaStorage,
+        gl: &Layout,
+        y: &CudaStorage,
+        yl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        if gl.shape() != yl.shape() || gy.dtype() != y.dtype() {
+            candle_core::bail!(
+                "relu-mask: grad {:?} vs output {:?}",
+                gl.shape(),
+                yl.shape()
+            )
+        }
+        let dev = gy.device().clone();
+        let n = gl.shape().elem_count();
+        let func = CONV.func(&dev, "relu_mask", gy.dtype())?;
+        let out = with_float_type!(gy.dtype(), "relu-mask", |T| {
+            let g = cuda::view::<T>(gy, gl, "relu-mask")?;
+            let yv = cuda::view::<T>(y, yl, "relu-mask")?;
+            // SAFETY: the kernel writes every element.
+            let out = unsafe { dev.alloc::<T>(n)? };
+            let n64 = n as u64;
+            let stream = dev.cuda_stream();
+            let mut args = stream.launch_builder(&func);
+            args.arg(&g).arg(&yv).arg(&out).arg(&n64);
+            // SAFETY: argument types and order match `relu_mask_*`.
+            unsafe { args.launch(cuda::grid(n)) }.w()?;
+            drop(args);
+            CudaStorage::wrap_cuda_slice(out, dev.clone())
+        });
+        Ok((out, gl.shape().clone()))
+    }
+}
