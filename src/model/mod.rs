@@ -20,6 +20,7 @@ mod init;
 pub mod linear;
 pub mod lrn;
 pub mod max_pool;
+pub mod parity;
 #[cfg(test)]
 mod test_util;
 
