@@ -20,6 +20,66 @@ const DEFAULT_DATASET: &str = train::DEFAULT_DATASET;
 /// The recipe bare `train` uses when it exists (else the built-in paper defaults).
 const PAPER_RECIPE: &str = "pipeline/paper.toml";
 
+/// `pipeline check …`.
+#[derive(Subcommand)]
+enum CheckCommand {
+    /// The custom ops (CPU ops; CUDA kernels and cuDNN) against the reference composites
+    /// of candle ops at AlexNet's layer shapes, and the whole network: values and every
+    /// gradient. Fails when any comparison exceeds its tolerance.
+    Kernels {
+        /// cpu, cuda or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// f32, bf16 or f64.
+        #[arg(long, default_value = "f32")]
+        precision: String,
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
+        batch: u64,
+        /// Width multiplier of the layer shapes (1 = the paper's).
+        #[arg(long, default_value_t = 1.0)]
+        width: f64,
+        /// Input side (224 = the paper's; at least 67).
+        #[arg(long, default_value_t = 224, value_parser = clap::value_parser!(u64).range(67..))]
+        input: u64,
+    },
+    /// The PyTorch golden fixture (logits, loss, every gradient, two SGD steps).
+    Golden {
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// f32, bf16 or f64.
+        #[arg(long, default_value = "f32")]
+        precision: String,
+        /// The fixture (default: the one in tests/fixtures/golden).
+        #[arg(long)]
+        fixture: Option<PathBuf>,
+        /// Use the reference composites instead of the custom ops.
+        #[arg(long)]
+        reference: bool,
+    },
+    /// Training-step throughput (forward + backward + SGD) on synthetic batches.
+    Step {
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// f32 or bf16.
+        #[arg(long, default_value = "f32")]
+        precision: String,
+        #[arg(long, default_value_t = 1.0)]
+        width: f64,
+        #[arg(long, default_value_t = 224)]
+        input: usize,
+        #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..))]
+        batch: u64,
+        #[arg(long, default_value_t = 1000)]
+        classes: usize,
+        /// Timed steps after one warm-up step.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+        steps: u64,
+        /// Use the reference composites instead of the custom ops.
+        #[arg(long)]
+        reference: bool,
+    },
+}
+
 #[derive(Parser)]
 #[command(
     name = "pipeline",
@@ -174,6 +234,11 @@ enum Command {
         /// No progress bars.
         #[arg(long)]
         quiet: bool,
+    },
+    /// Checks of a build on a device (what `benches/gpu/check.sh` runs on a GPU).
+    Check {
+        #[command(subcommand)]
+        what: CheckCommand,
     },
     /// Top-1/top-5 error of a run's checkpoint on a dataset's validation split.
     Eval {
@@ -511,6 +576,7 @@ fn main() -> Result<()> {
                 std::process::exit(train::interrupt::EXIT_INTERRUPTED);
             }
         }
+        Command::Check { what } => check(what)?,
         Command::Eval {
             run,
             dataset,
@@ -617,6 +683,114 @@ fn main() -> Result<()> {
             let report = commands::retrieval_eval_command(&features, codes.as_deref(), max_rows)?;
             println!("{}", report.table());
             println!("{}", report.to_json());
+        }
+    }
+    Ok(())
+}
+
+/// `pipeline check …`: prints one line per comparison (or the timing) and fails when a
+/// comparison is outside its tolerance.
+fn check(what: CheckCommand) -> Result<()> {
+    use pipeline::model::Kernels;
+    use pipeline::model::parity::{ParityScale, check_kernels};
+    use pipeline::train::{golden, step_timing};
+    let open =
+        |device: &str, precision: &str| -> Result<(candle_core::Device, candle_core::DType)> {
+            let dtype = golden::check_dtype(precision).map_err(anyhow::Error::msg)?;
+            Ok((train::device::open(device)?, dtype))
+        };
+    let kernels = |reference: bool| {
+        if reference {
+            Kernels::Reference
+        } else {
+            Kernels::Custom
+        }
+    };
+    match what {
+        CheckCommand::Kernels {
+            device,
+            precision,
+            batch,
+            width,
+            input,
+        } => {
+            let (dev, dtype) = open(&device, &precision)?;
+            let scale = ParityScale {
+                batch: batch as usize,
+                width,
+                input: input as usize,
+            };
+            let rows = check_kernels(&dev, dtype, scale)?;
+            println!(
+                "kernels on {device} in {precision}, batch {batch}, width {width}, input {input}:"
+            );
+            for r in &rows {
+                let verdict = if r.ok() { "ok" } else { "FAIL" };
+                println!(
+                    "  {:8} {:20} {:9.2e}  (tolerance {:.0e})  {verdict}",
+                    r.op, r.tensor, r.rel_err, r.tolerance
+                );
+            }
+            let failed = rows.iter().filter(|r| !r.ok()).count();
+            println!("{} passed, {failed} failed", rows.len() - failed);
+            anyhow::ensure!(
+                failed == 0,
+                "{failed} kernel comparisons are outside their tolerance"
+            );
+        }
+        CheckCommand::Golden {
+            device,
+            precision,
+            fixture,
+            reference,
+        } => {
+            let (dev, dtype) = open(&device, &precision)?;
+            let path = fixture.unwrap_or_else(golden::fixture_path);
+            let rows = golden::check(&path, &dev, dtype, kernels(reference))?;
+            let tol = golden::Tolerance::of(dtype);
+            println!(
+                "golden {} on {device} in {precision} (rtol {:.0e}, atol {:.0e} of each tensor's scale):",
+                path.display(),
+                tol.rtol,
+                tol.atol
+            );
+            for r in &rows {
+                println!(
+                    "  {:24} {:9.2e}  {}",
+                    r.tensor,
+                    r.rel_err,
+                    r.failure.as_deref().unwrap_or("ok")
+                );
+            }
+            let failed = rows.iter().filter(|r| r.failure.is_some()).count();
+            println!("{} passed, {failed} failed", rows.len() - failed);
+            anyhow::ensure!(
+                failed == 0,
+                "{failed} tensors differ from the PyTorch fixture"
+            );
+        }
+        CheckCommand::Step {
+            device,
+            precision,
+            width,
+            input,
+            batch,
+            classes,
+            steps,
+            reference,
+        } => {
+            let (dev, dtype) = open(&device, &precision)?;
+            let case = step_timing::StepCase {
+                width,
+                input,
+                batch: batch as usize,
+                classes,
+                steps: steps as usize,
+                dtype,
+                kernels: kernels(reference),
+            };
+            let timing = step_timing::time_steps(&dev, &case)?;
+            println!("{} on {device}", timing.line(&case));
         }
     }
     Ok(())

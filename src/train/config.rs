@@ -27,6 +27,7 @@ pub enum Precision {
     /// the forward, the backward and their activations are bf16 (cuDNN and cuBLAS on
     /// tensor cores), while the loss, the master weights, the momentum and the paper's
     /// update rule stay f32. bf16 keeps f32's exponent range, so no loss scaling.
+    /// CUDA only: candle's CPU backend has no bf16 matmul.
     Bf16,
 }
 

@@ -51,6 +51,20 @@ pub fn open(name: &str) -> Result<Device, TrainError> {
     }
 }
 
+/// Checks that `device` can compute in `dtype`: bf16 needs CUDA (candle's CPU backend
+/// has no bf16 matmul).
+pub fn check_precision(device: &Device, dtype: candle_core::DType) -> Result<(), TrainError> {
+    if dtype == candle_core::DType::BF16 && !device.is_cuda() {
+        return Err(TrainError::Device {
+            device: format!("{:?}", device.location()),
+            message: "precision \"bf16\" runs on CUDA only (candle's CPU backend has no bf16 \
+                      matmul); use precision = \"f32\" on the CPU"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -62,5 +76,14 @@ mod tests {
         assert_eq!(parse_device_name("cuda:3"), Ok(DeviceSpec::Cuda(3)));
         assert!(parse_device_name("cuda:x").is_err());
         assert!(parse_device_name("metal").is_err());
+    }
+
+    #[test]
+    fn bf16_is_refused_on_the_cpu() {
+        let err = check_precision(&Device::Cpu, candle_core::DType::BF16)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("CUDA only"), "{err}");
+        assert!(check_precision(&Device::Cpu, candle_core::DType::F32).is_ok());
     }
 }

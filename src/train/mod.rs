@@ -12,15 +12,17 @@ pub mod config;
 pub mod device;
 mod error;
 pub mod eval;
+pub mod golden;
 pub mod interrupt;
 pub mod metrics;
 pub mod net;
 pub mod run_dir;
 pub mod schedule;
 pub mod sgd;
+pub mod step_timing;
 pub mod trainer;
 
-pub use config::{ScheduleKind, TrainConfig};
+pub use config::{Precision, ScheduleKind, TrainConfig};
 pub use error::TrainError;
 pub use eval::{EvalOptions, EvalReport, WhichCheckpoint, run_eval};
 pub use trainer::{Finish, Start, TrainOptions, TrainSummary, train};

@@ -195,6 +195,7 @@ pub fn train(options: &TrainOptions) -> Result<TrainSummary, TrainError> {
         (None, _) => PathBuf::from(super::DEFAULT_DATASET),
     };
     let device = device::open(&cfg.device)?;
+    device::check_precision(&device, cfg.precision.dtype())?;
 
     // ------------------------------------------------------------------ the data
     let train_src = DataSource::open(&dataset, Split::Train, recipe.stream.clone())?;
