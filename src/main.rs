@@ -697,7 +697,9 @@ fn check(what: CheckCommand) -> Result<()> {
     let open =
         |device: &str, precision: &str| -> Result<(candle_core::Device, candle_core::DType)> {
             let dtype = golden::check_dtype(precision).map_err(anyhow::Error::msg)?;
-            Ok((train::device::open(device)?, dtype))
+            let dev = train::device::open(device)?;
+            train::device::check_precision(&dev, dtype)?;
+            Ok((dev, dtype))
         };
     let kernels = |reference: bool| {
         if reference {

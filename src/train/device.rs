@@ -56,7 +56,11 @@ pub fn open(name: &str) -> Result<Device, TrainError> {
 pub fn check_precision(device: &Device, dtype: candle_core::DType) -> Result<(), TrainError> {
     if dtype == candle_core::DType::BF16 && !device.is_cuda() {
         return Err(TrainError::Device {
-            device: format!("{:?}", device.location()),
+            device: if device.is_cpu() {
+                "cpu".into()
+            } else {
+                format!("{:?}", device.location())
+            },
             message: "precision \"bf16\" runs on CUDA only (candle's CPU backend has no bf16 \
                       matmul); use precision = \"f32\" on the CPU"
                 .into(),

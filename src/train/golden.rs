@@ -131,7 +131,7 @@ fn compare(
     for (i, (a, b)) in g.iter().zip(&w).enumerate() {
         let err = (a - b).abs();
         let allowed = tol.atol * scale + tol.rtol * b.abs() + slack.map_or(0.0, |s| s[i]);
-        if !(err <= allowed) && failure.is_none() {
+        if (err.is_nan() || err > allowed) && failure.is_none() {
             failure = Some(format!(
                 "{name}[{i}]: got {a:e}, want {b:e} (scale {scale:e})"
             ));
