@@ -34,6 +34,7 @@ fn main() {
     let cap = std::env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "90".into());
     let cap = cap.trim_end_matches(['a', 'f']);
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    println!("cargo::rerun-if-changed=src/model/float_io.cuh");
     for name in KERNELS {
         let src = format!("src/model/{name}.cu");
         println!("cargo::rerun-if-changed={src}");

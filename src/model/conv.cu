@@ -1,15 +1,8 @@
 // CUDA kernels around the cuDNN convolution (conv.rs, cudnn.rs): the bias and the ReLU
 // that cuDNN's plain convolution leaves out, fused into one in-place pass, and the ReLU
 // mask of the backward. Contiguous (batch, channels, h, w) tensors, one thread per element.
-#include <cuda_bf16.h>
-#include <stdint.h>
+#include "float_io.cuh"
 
-__device__ __forceinline__ float widen(float v) { return v; }
-__device__ __forceinline__ double widen(double v) { return v; }
-__device__ __forceinline__ float widen(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ void store(float *p, float v) { *p = v; }
-__device__ __forceinline__ void store(double *p, double v) { *p = v; }
-__device__ __forceinline__ void store(__nv_bfloat16 *p, float v) { *p = __float2bfloat16(v); }
 
 // y <- y + bias[channel], then max(., 0) when relu != 0.
 template <typename T>

@@ -168,6 +168,35 @@ struct Descriptors<T: Element> {
     y: TensorDescriptor<T>,
 }
 
+impl<T: Element> Descriptors<T> {
+    fn forward(&self) -> ConvForward<'_, T, T::Compute, T> {
+        ConvForward {
+            conv: &self.conv,
+            x: &self.x,
+            w: &self.w,
+            y: &self.y,
+        }
+    }
+
+    fn backward_data(&self) -> ConvBackwardData<'_, T, T::Compute, T> {
+        ConvBackwardData {
+            conv: &self.conv,
+            dx: &self.x,
+            w: &self.w,
+            dy: &self.y,
+        }
+    }
+
+    fn backward_filter(&self) -> ConvBackwardFilter<'_, T, T::Compute, T> {
+        ConvBackwardFilter {
+            conv: &self.conv,
+            x: &self.x,
+            dw: &self.w,
+            dy: &self.y,
+        }
+    }
+}
+
 fn descriptors<T: Element>(h: &Arc<Cudnn>, g: &Geom) -> Result<Descriptors<T>> {
     let nchw = sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
     let i = |v: usize| v as i32;
@@ -207,48 +236,58 @@ fn dims4(l: &Layout, what: &str) -> Result<[usize; 4]> {
     }
 }
 
+/// Runs one pass of the convolution `g` in `T`: builds the descriptors, takes the pass's
+/// algorithm (`choose` picks it and its workspace size on the first call for this pass,
+/// shape and dtype) and the shared workspace, and hands them to `launch`.
+fn run_pass<T: Element>(
+    dev: &CudaDevice,
+    g: &Geom,
+    pass: Pass,
+    choose: impl FnOnce(&Descriptors<T>) -> Result<(Algo, usize)>,
+    launch: impl FnOnce(&Descriptors<T>, Algo, Option<&mut CudaSlice<u8>>) -> Result<()>,
+) -> Result<()> {
+    with_state(dev, |st| {
+        let d = descriptors::<T>(&st.handle, g)?;
+        let (algo, bytes) = st.plan(key(pass, T::DTYPE, g), || choose(&d))?;
+        launch(&d, algo, st.workspace(dev, bytes)?)
+    })
+}
+
+/// cuDNN's scaling factors: `out = 1 · result + 0 · out`.
+fn overwrite<T: Element>() -> (T, T) {
+    (T::from_f64(1.0), T::from_f64(0.0))
+}
+
 /// `y = conv(x, w)` (fresh output).
 fn forward<T: Element>(
     dev: &CudaDevice,
     g: &Geom,
-    x: &CudaStorage,
-    xl: &Layout,
-    w: &CudaStorage,
-    wl: &Layout,
+    (x, xl): (&CudaStorage, &Layout),
+    (w, wl): (&CudaStorage, &Layout),
 ) -> Result<CudaSlice<T>> {
-    let xv = cuda::view::<T>(x, xl, "cudnn conv2d")?;
-    let wv = cuda::view::<T>(w, wl, "cudnn conv2d")?;
+    let op_name = "cudnn conv2d";
+    let (xv, wv) = (
+        cuda::view::<T>(x, xl, op_name)?,
+        cuda::view::<T>(w, wl, op_name)?,
+    );
     // SAFETY: cuDNN writes every output (beta = 0).
     let mut y = unsafe { dev.alloc::<T>(g.b * g.c_out * g.oh * g.ow)? };
-    with_state(dev, |st| {
-        let d = descriptors::<T>(&st.handle, g)?;
-        let op = ConvForward {
-            conv: &d.conv,
-            x: &d.x,
-            w: &d.w,
-            y: &d.y,
-        };
-        let (algo, bytes) = st.plan(key(Pass::Forward, T::DTYPE, g), || {
-            let a = op.pick_algorithm()?;
-            Ok((Algo::Forward(a), op.get_workspace_size(a)?))
-        })?;
-        let Algo::Forward(algo) = algo else {
-            unreachable!("forward plan")
-        };
-        let ws = st.workspace(dev, bytes)?;
-        // SAFETY: the views and the output match the descriptors' shapes and type.
-        unsafe {
-            op.launch(
-                algo,
-                ws,
-                (T::from_f64(1.0), T::from_f64(0.0)),
-                &xv,
-                &wv,
-                &mut y,
-            )
-        }?;
-        Ok(())
-    })?;
+    run_pass::<T>(
+        dev,
+        g,
+        Pass::Forward,
+        |d| {
+            let a = d.forward().pick_algorithm()?;
+            Ok((Algo::Forward(a), d.forward().get_workspace_size(a)?))
+        },
+        |d, algo, ws| {
+            let Algo::Forward(algo) = algo else {
+                unreachable!("a forward plan")
+            };
+            // SAFETY: the views and the output match the descriptors' shapes and type.
+            Ok(unsafe { d.forward().launch(algo, ws, overwrite(), &xv, &wv, &mut y) }?)
+        },
+    )?;
     Ok(y)
 }
 
@@ -256,44 +295,35 @@ fn forward<T: Element>(
 fn backward_data<T: Element>(
     dev: &CudaDevice,
     g: &Geom,
-    w: &CudaStorage,
-    wl: &Layout,
-    dy: &CudaStorage,
-    dyl: &Layout,
+    (w, wl): (&CudaStorage, &Layout),
+    (dy, dyl): (&CudaStorage, &Layout),
 ) -> Result<CudaSlice<T>> {
-    let wv = cuda::view::<T>(w, wl, "cudnn conv2d backward-data")?;
-    let dyv = cuda::view::<T>(dy, dyl, "cudnn conv2d backward-data")?;
+    let op_name = "cudnn conv2d backward-data";
+    let (wv, dyv) = (
+        cuda::view::<T>(w, wl, op_name)?,
+        cuda::view::<T>(dy, dyl, op_name)?,
+    );
     // SAFETY: cuDNN writes every element (beta = 0).
     let mut dx = unsafe { dev.alloc::<T>(g.b * g.c_in * g.h * g.w)? };
-    with_state(dev, |st| {
-        let d = descriptors::<T>(&st.handle, g)?;
-        let op = ConvBackwardData {
-            conv: &d.conv,
-            dx: &d.x,
-            w: &d.w,
-            dy: &d.y,
-        };
-        let (algo, bytes) = st.plan(key(Pass::Data, T::DTYPE, g), || {
-            let a = op.pick_algorithm()?;
-            Ok((Algo::Data(a), op.get_workspace_size(a)?))
-        })?;
-        let Algo::Data(algo) = algo else {
-            unreachable!("backward-data plan")
-        };
-        let ws = st.workspace(dev, bytes)?;
-        // SAFETY: as in `forward`.
-        unsafe {
-            op.launch(
-                algo,
-                ws,
-                (T::from_f64(1.0), T::from_f64(0.0)),
-                &mut dx,
-                &wv,
-                &dyv,
-            )
-        }?;
-        Ok(())
-    })?;
+    run_pass::<T>(
+        dev,
+        g,
+        Pass::Data,
+        |d| {
+            let a = d.backward_data().pick_algorithm()?;
+            Ok((Algo::Data(a), d.backward_data().get_workspace_size(a)?))
+        },
+        |d, algo, ws| {
+            let Algo::Data(algo) = algo else {
+                unreachable!("a backward-data plan")
+            };
+            // SAFETY: as in `forward`.
+            Ok(unsafe {
+                d.backward_data()
+                    .launch(algo, ws, overwrite(), &mut dx, &wv, &dyv)
+            }?)
+        },
+    )?;
     Ok(dx)
 }
 
@@ -301,44 +331,35 @@ fn backward_data<T: Element>(
 fn backward_filter<T: Element>(
     dev: &CudaDevice,
     g: &Geom,
-    x: &CudaStorage,
-    xl: &Layout,
-    dy: &CudaStorage,
-    dyl: &Layout,
+    (x, xl): (&CudaStorage, &Layout),
+    (dy, dyl): (&CudaStorage, &Layout),
 ) -> Result<CudaSlice<T>> {
-    let xv = cuda::view::<T>(x, xl, "cudnn conv2d backward-filter")?;
-    let dyv = cuda::view::<T>(dy, dyl, "cudnn conv2d backward-filter")?;
+    let op_name = "cudnn conv2d backward-filter";
+    let (xv, dyv) = (
+        cuda::view::<T>(x, xl, op_name)?,
+        cuda::view::<T>(dy, dyl, op_name)?,
+    );
     // SAFETY: cuDNN writes every element (beta = 0).
     let mut dw = unsafe { dev.alloc::<T>(g.c_out * g.cin_g() * g.kh * g.kw)? };
-    with_state(dev, |st| {
-        let d = descriptors::<T>(&st.handle, g)?;
-        let op = ConvBackwardFilter {
-            conv: &d.conv,
-            x: &d.x,
-            dw: &d.w,
-            dy: &d.y,
-        };
-        let (algo, bytes) = st.plan(key(Pass::Filter, T::DTYPE, g), || {
-            let a = op.pick_algorithm()?;
-            Ok((Algo::Filter(a), op.get_workspace_size(a)?))
-        })?;
-        let Algo::Filter(algo) = algo else {
-            unreachable!("backward-filter plan")
-        };
-        let ws = st.workspace(dev, bytes)?;
-        // SAFETY: as in `forward`.
-        unsafe {
-            op.launch(
-                algo,
-                ws,
-                (T::from_f64(1.0), T::from_f64(0.0)),
-                &xv,
-                &mut dw,
-                &dyv,
-            )
-        }?;
-        Ok(())
-    })?;
+    run_pass::<T>(
+        dev,
+        g,
+        Pass::Filter,
+        |d| {
+            let a = d.backward_filter().pick_algorithm()?;
+            Ok((Algo::Filter(a), d.backward_filter().get_workspace_size(a)?))
+        },
+        |d, algo, ws| {
+            let Algo::Filter(algo) = algo else {
+                unreachable!("a backward-filter plan")
+            };
+            // SAFETY: as in `forward`.
+            Ok(unsafe {
+                d.backward_filter()
+                    .launch(algo, ws, overwrite(), &xv, &mut dw, &dyv)
+            }?)
+        },
+    )?;
     Ok(dw)
 }
 
@@ -402,7 +423,7 @@ impl CustomOp3 for CudnnConv2d {
         }
         let dev = x.device().clone();
         let out = with_float_type!(x.dtype(), "conv2d-cudnn", |T| {
-            let mut y = forward::<T>(&dev, &g, x, xl, w, wl)?;
+            let mut y = forward::<T>(&dev, &g, (x, xl), (w, wl))?;
             bias_act::<T>(&dev, &mut y, b, bl, &g, self.relu)?;
             CudaStorage::wrap_cuda_slice(y, dev.clone())
         });
@@ -480,7 +501,10 @@ impl CustomOp2 for BackwardData {
         }
         let dev = w.device().clone();
         let out = with_float_type!(w.dtype(), self.name(), |T| {
-            CudaStorage::wrap_cuda_slice(backward_data::<T>(&dev, &g, w, wl, dy, dyl)?, dev.clone())
+            CudaStorage::wrap_cuda_slice(
+                backward_data::<T>(&dev, &g, (w, wl), (dy, dyl))?,
+                dev.clone(),
+            )
         });
         Ok((out, Shape::from(self.x_dims.to_vec())))
     }
@@ -520,7 +544,7 @@ impl CustomOp2 for BackwardFilter {
         let dev = x.device().clone();
         let out = with_float_type!(x.dtype(), self.name(), |T| {
             CudaStorage::wrap_cuda_slice(
-                backward_filter::<T>(&dev, &g, x, xl, dy, dyl)?,
+                backward_filter::<T>(&dev, &g, (x, xl), (dy, dyl))?,
                 dev.clone(),
             )
         });

@@ -9,15 +9,8 @@
 // n neighbours instead of keeping them from the forward: n^2 = 25 cached loads per
 // element cost less than writing and re-reading a full-size tensor. bf16 is computed in
 // f32, f64 in f64.
-#include <cuda_bf16.h>
-#include <stdint.h>
+#include "float_io.cuh"
 
-__device__ __forceinline__ float widen(float v) { return v; }
-__device__ __forceinline__ double widen(double v) { return v; }
-__device__ __forceinline__ float widen(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ void store(float *p, float v) { *p = v; }
-__device__ __forceinline__ void store(double *p, double v) { *p = v; }
-__device__ __forceinline__ void store(__nv_bfloat16 *p, float v) { *p = __float2bfloat16(v); }
 __device__ __forceinline__ float power(float b, float e) { return powf(b, e); }
 __device__ __forceinline__ double power(double b, double e) { return pow(b, e); }
 

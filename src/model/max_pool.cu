@@ -9,16 +9,8 @@
 // element. Overlapping windows that share a maximum add up, as on the CPU, and with no
 // atomics the sum is in a fixed order: the backward is deterministic, which keeps a GPU
 // run reproducible from its checkpoints.
-#include <cuda_bf16.h>
-#include <stdint.h>
+#include "float_io.cuh"
 
-// Accumulate in f32 (f64 for f64); load and store through these overloads.
-__device__ __forceinline__ float widen(float v) { return v; }
-__device__ __forceinline__ double widen(double v) { return v; }
-__device__ __forceinline__ float widen(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ void store(float *p, float v) { *p = v; }
-__device__ __forceinline__ void store(double *p, double v) { *p = v; }
-__device__ __forceinline__ void store(__nv_bfloat16 *p, float v) { *p = __float2bfloat16(v); }
 
 // planes = batch * channels; x is (planes, h, w); y and argmax are (planes, oh, ow).
 template <typename T>

@@ -5,11 +5,10 @@
 
 use std::time::Instant;
 
-use candle_core::{DType, Device, Result, Tensor, Var};
-use candle_nn::VarBuilder;
+use candle_core::{DType, Device, Result, Tensor};
 
 use super::sgd::PaperSgd;
-use crate::model::{DropoutRng, Kernels, ModelConfig, alexnet, init_paper};
+use crate::model::{DropoutRng, Kernels, ModelConfig};
 
 /// One configuration to time.
 #[derive(Debug, Clone, Copy)]
@@ -63,21 +62,10 @@ pub fn time_steps(device: &Device, case: &StepCase) -> Result<StepTiming> {
         kernels: case.kernels,
         ..Default::default()
     };
-    let varmap = init_paper(&cfg, case.input, case.classes, 1, DType::F32, device)?;
-    let model = alexnet(
-        &cfg,
-        case.input,
-        case.classes,
-        VarBuilder::from_varmap(&varmap, DType::F32, device),
-    )?;
-    let named: Vec<(String, Var)> = varmap
-        .data()
-        .lock()
-        .expect("VarMap lock")
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let mut opt = PaperSgd::new(named, 0.9, 0.0005)?;
+    let net = super::net::fresh(&cfg, case.input, case.classes, 1, device)
+        .map_err(candle_core::Error::wrap)?;
+    let model = net.model;
+    let mut opt = PaperSgd::new(net.vars, 0.9, 0.0005)?;
     let mut rng = DropoutRng::new(2);
     // Inputs on the scale of centred raw RGB; fixed labels.
     let x = Tensor::rand(0f32, 1f32, (case.batch, 3, case.input, case.input), device)?
