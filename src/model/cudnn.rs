@@ -42,16 +42,13 @@ pub struct CudnnConv2d {
     pub relu: bool,
 }
 
-/// `(kernel, grad_output) -> grad_input` through cuDNN.
-struct BackwardData {
+/// A backward pass through cuDNN: `Pass::Data` is `(kernel, grad_output) -> grad_input`
+/// with `dims` the input's; `Pass::Filter` is `(input, grad_output) -> grad_kernel` with
+/// `dims` the kernel's.
+struct Backward {
     p: ConvParams,
-    x_dims: [usize; 4],
-}
-
-/// `(input, grad_output) -> grad_kernel` through cuDNN.
-struct BackwardFilter {
-    p: ConvParams,
-    w_dims: [usize; 4],
+    pass: Pass,
+    dims: [usize; 4],
 }
 
 /// `(grad_output, output) -> grad_output where output > 0, else 0`.
@@ -445,17 +442,24 @@ impl CustomOp3 for CudnnConv2d {
             grad
         };
         let db = dy.sum((0, 2, 3))?;
-        let x_dims = x.dims4().map(|(a, b, c, d)| [a, b, c, d])?;
-        let w_dims = w.dims4().map(|(a, b, c, d)| [a, b, c, d])?;
-        let dw = x
-            .contiguous()?
-            .apply_op2_no_bwd(&dy, &BackwardFilter { p: self.p, w_dims })?;
+        let dims = |t: &Tensor| t.dims4().map(|(a, b, c, d)| [a, b, c, d]);
+        let (p, filter) = (self.p, Pass::Filter);
+        let dw = x.contiguous()?.apply_op2_no_bwd(
+            &dy,
+            &Backward {
+                p,
+                pass: filter,
+                dims: dims(w)?,
+            },
+        )?;
         // The input gradient only when something upstream wants it (not for conv1).
         let dx = if x.track_op() {
-            Some(
-                w.contiguous()?
-                    .apply_op2_no_bwd(&dy, &BackwardData { p: self.p, x_dims })?,
-            )
+            let data = Backward {
+                p,
+                pass: Pass::Data,
+                dims: dims(x)?,
+            };
+            Some(w.contiguous()?.apply_op2_no_bwd(&dy, &data)?)
         } else {
             None
         };
@@ -468,9 +472,12 @@ fn cuda_only(op: &str) -> Result<(candle_core::CpuStorage, Shape)> {
     candle_core::bail!("{op} runs on CUDA only")
 }
 
-impl CustomOp2 for BackwardData {
+impl CustomOp2 for Backward {
     fn name(&self) -> &'static str {
-        "conv2d-cudnn-backward-data"
+        match self.pass {
+            Pass::Data => "conv2d-cudnn-backward-data",
+            _ => "conv2d-cudnn-backward-filter",
+        }
     }
 
     fn cpu_fwd(
@@ -483,72 +490,35 @@ impl CustomOp2 for BackwardData {
         cuda_only(self.name())
     }
 
+    /// `(kernel or input, grad_output) -> grad_input or grad_kernel`.
     fn cuda_fwd(
         &self,
-        w: &CudaStorage,
-        wl: &Layout,
+        a: &CudaStorage,
+        al: &Layout,
         dy: &CudaStorage,
         dyl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let g = Geom::new(&self.x_dims, &dims4(wl, "kernel")?, self.p)?;
+        let (x_dims, w_dims) = match self.pass {
+            Pass::Data => (self.dims, dims4(al, "kernel")?),
+            _ => (dims4(al, "input")?, self.dims),
+        };
+        let g = Geom::new(&x_dims, &w_dims, self.p)?;
         if dims4(dyl, "grad")? != [g.b, g.c_out, g.oh, g.ow] {
             candle_core::bail!(
-                "{}: grad {:?} for input {:?}",
+                "{}: grad {:?} for input {x_dims:?}",
                 self.name(),
-                dyl.dims(),
-                self.x_dims
+                dyl.dims()
             )
         }
-        let dev = w.device().clone();
-        let out = with_float_type!(w.dtype(), self.name(), |T| {
-            CudaStorage::wrap_cuda_slice(
-                backward_data::<T>(&dev, &g, (w, wl), (dy, dyl))?,
-                dev.clone(),
-            )
+        let dev = a.device().clone();
+        let out = with_float_type!(a.dtype(), self.name(), |T| {
+            let grad = match self.pass {
+                Pass::Data => backward_data::<T>(&dev, &g, (a, al), (dy, dyl))?,
+                _ => backward_filter::<T>(&dev, &g, (a, al), (dy, dyl))?,
+            };
+            CudaStorage::wrap_cuda_slice(grad, dev.clone())
         });
-        Ok((out, Shape::from(self.x_dims.to_vec())))
-    }
-}
-
-impl CustomOp2 for BackwardFilter {
-    fn name(&self) -> &'static str {
-        "conv2d-cudnn-backward-filter"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-    ) -> Result<(candle_core::CpuStorage, Shape)> {
-        cuda_only(self.name())
-    }
-
-    fn cuda_fwd(
-        &self,
-        x: &CudaStorage,
-        xl: &Layout,
-        dy: &CudaStorage,
-        dyl: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        let g = Geom::new(&dims4(xl, "input")?, &self.w_dims, self.p)?;
-        if dims4(dyl, "grad")? != [g.b, g.c_out, g.oh, g.ow] {
-            candle_core::bail!(
-                "{}: grad {:?} for input {:?}",
-                self.name(),
-                dyl.dims(),
-                xl.dims()
-            )
-        }
-        let dev = x.device().clone();
-        let out = with_float_type!(x.dtype(), self.name(), |T| {
-            CudaStorage::wrap_cuda_slice(
-                backward_filter::<T>(&dev, &g, (x, xl), (dy, dyl))?,
-                dev.clone(),
-            )
-        });
-        Ok((out, Shape::from(self.w_dims.to_vec())))
+        Ok((out, Shape::from(self.dims.to_vec())))
     }
 }
 
