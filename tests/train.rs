@@ -638,13 +638,13 @@ fn reference_kernels_train_the_same_network() {
     let custom = tiny_recipe(tmp.path(), 1, "");
     let text = std::fs::read_to_string(&custom).unwrap();
     assert!(
-        text.contains("[model]\n"),
-        "the sample recipe has a [model] section"
+        text.contains("\nkernels = \"custom\""),
+        "the sample recipe names its kernels"
     );
     let reference = tmp.path().join("reference.toml");
     std::fs::write(
         &reference,
-        text.replace("[model]\n", "[model]\nkernels = \"reference\"\n"),
+        text.replace("\nkernels = \"custom\"", "\nkernels = \"reference\""),
     )
     .unwrap();
     let mut weights = Vec::new();
@@ -707,7 +707,17 @@ fn check_kernels_passes_on_the_cpu_and_bf16_is_cuda_only() {
 
     let dataset = small_dataset();
     let tmp = tempfile::tempdir().unwrap();
-    let recipe = tiny_recipe(tmp.path(), 1, "precision = \"bf16\"\n");
+    let recipe = tiny_recipe(tmp.path(), 1, "");
+    let text = std::fs::read_to_string(&recipe).unwrap();
+    assert!(
+        text.contains("\nprecision = \"f32\""),
+        "the sample recipe names its precision"
+    );
+    std::fs::write(
+        &recipe,
+        text.replace("\nprecision = \"f32\"", "\nprecision = \"bf16\""),
+    )
+    .unwrap();
     let run_dir = tmp.path().join("run");
     let err = run_fails(&[
         "train",
