@@ -1,7 +1,8 @@
 //! Parity of the custom ops with their reference composites, on any device: each op's
 //! output and every gradient (input, and kernel and bias for conv) on seeded data at
 //! AlexNet's layer shapes, then the whole network (logits and the gradient of every
-//! parameter) with `kernels = "custom"` against `kernels = "reference"`.
+//! parameter) with `kernels = "custom"` against `kernels = "reference"`. The reference
+//! runs in f64 (the truth) and in the checked precision (the yardstick: see [`judge`]).
 //!
 //! On the CPU this checks our CPU ops (the unit tests below, f32 and f64); on a GPU the
 //! CUDA kernels and cuDNN (`pipeline check kernels --device cuda`, run by
@@ -140,12 +141,18 @@ fn compare_unary(
             .ok_or_else(|| missing(name, "input"))?;
         Ok((y, gx))
     };
-    let (y, gx) = run(Kernels::Custom, dtype)?;
-    let (y_ref, gx_ref) = run(Kernels::Reference, reference_dtype(dtype))?;
-    Ok(vec![
-        row(name, "output", &y, &y_ref, dtype)?,
-        row(name, "grad input", &gx, &gx_ref, dtype)?,
-    ])
+    let pair = |(y, gx): (Tensor, Tensor)| vec![y, gx];
+    let got = pair(run(Kernels::Custom, dtype)?);
+    let truth = pair(run(Kernels::Reference, DType::F64)?);
+    let peer = pair(run(Kernels::Reference, reference_dtype(dtype))?);
+    judge(
+        name,
+        ["output", "grad input"].map(String::from),
+        &got,
+        &truth,
+        &peer,
+        dtype,
+    )
 }
 
 /// `relu(conv(x) + b)`: output and the gradients of input (when tracked), kernel, bias.
@@ -193,13 +200,10 @@ fn compare_conv(
         Ok(out)
     };
     let got = run(Kernels::Custom, dtype)?;
-    let want = run(Kernels::Reference, reference_dtype(dtype))?;
-    let names = ["output", "grad kernel", "grad bias", "grad input"];
-    got.iter()
-        .zip(&want)
-        .zip(names)
-        .map(|((g, w), what)| row(name, what, g, w, dtype))
-        .collect()
+    let truth = run(Kernels::Reference, DType::F64)?;
+    let peer = run(Kernels::Reference, reference_dtype(dtype))?;
+    let names = ["output", "grad kernel", "grad bias", "grad input"].map(String::from);
+    judge(name, names, &got, &truth, &peer, dtype)
 }
 
 /// The whole network, custom kernels against reference: logits and every gradient.
@@ -212,6 +216,8 @@ fn compare_network(
     let classes = 10;
     let cfg = ModelConfig {
         width: scale.width,
+        // Wider than the paper's 0.01: with it the conv gradients of this random batch
+        // are cancellation-dominated (f32 results differ from f64 by ~3e-2, measured).
         init_std: 0.05,
         ..Default::default()
     };
@@ -253,13 +259,34 @@ fn compare_network(
         Ok(out)
     };
     let got = run(Kernels::Custom, dtype)?;
-    let want = run(Kernels::Reference, reference_dtype(dtype))?;
+    let truth = run(Kernels::Reference, DType::F64)?;
+    let peer = run(Kernels::Reference, reference_dtype(dtype))?;
     let names =
         std::iter::once("logits".to_string()).chain(vars.iter().map(|(n, _)| format!("grad {n}")));
+    judge("alexnet", names, &got, &truth, &peer, dtype)
+}
+
+/// Rows of `got` (the custom op in `dtype`) against `truth` (the reference composite in
+/// f64 on the same rounded inputs). A row passes within the dtype's tolerance, or
+/// within twice the error of `peer` (the reference in `dtype`'s own precision), so a sum
+/// that no f32 computation gets closer than the reference does is not held against us.
+fn judge(
+    op: &str,
+    names: impl IntoIterator<Item = String>,
+    got: &[Tensor],
+    truth: &[Tensor],
+    peer: &[Tensor],
+    dtype: DType,
+) -> Result<Vec<ParityRow>> {
     got.iter()
-        .zip(&want)
+        .zip(truth)
+        .zip(peer)
         .zip(names)
-        .map(|((g, w), what)| row("alexnet", &what, g, w, dtype))
+        .map(|(((g, t), p), what)| {
+            let mut r = row(op, &what, g, t, dtype)?;
+            r.tolerance = r.tolerance.max(2.0 * row(op, &what, p, t, dtype)?.rel_err);
+            Ok(r)
+        })
         .collect()
 }
 
