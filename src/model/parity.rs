@@ -105,10 +105,19 @@ pub fn check_kernels(device: &Device, dtype: DType, scale: ParityScale) -> Resul
         ("conv5", (c4, p2), (c5, 3), ConvParams { stride: 1, padding: 1, groups: 2 }),
     ];
     for (name, (c_in, side), (c_out, k), p) in convs {
-        let x = uniform((b, c_in, side, side), next_seed(), device)?;
+        // Away from the ReLU's kink, where the gradient jumps: non-negative inputs and
+        // kernels make every pre-activation clearly positive, and a large negative bias
+        // masks every other output channel whole. (One mask flipped between two f32
+        // summation orders moves a bias gradient by ~1e-2 of its scale: measured.)
+        let x = uniform((b, c_in, side, side), next_seed(), device)?.abs()?;
         let fan_in = (c_in / p.groups * k * k) as f64;
-        let w = (uniform((c_out, c_in / p.groups, k, k), next_seed(), device)? / fan_in.sqrt())?;
-        let bias = (uniform(c_out, next_seed(), device)? * 0.1)?;
+        let w =
+            (uniform((c_out, c_in / p.groups, k, k), next_seed(), device)?.abs()? / fan_in.sqrt())?;
+        let masked = -10.0 * fan_in.sqrt() as f32;
+        let bias: Vec<f32> = (0..c_out)
+            .map(|c| if c % 2 == 0 { masked } else { 0.1 })
+            .collect();
+        let bias = Tensor::from_vec(bias, c_out, device)?;
         rows.extend(compare_conv(
             name,
             [&x, &w, &bias],
@@ -145,9 +154,11 @@ fn compare_unary(
     let got = pair(run(Kernels::Custom, dtype)?);
     let truth = pair(run(Kernels::Reference, DType::F64)?);
     let peer = pair(run(Kernels::Reference, reference_dtype(dtype))?);
+    let names = ["output", "grad input"].map(String::from);
     judge(
+        Measure::MaxOverScale,
         name,
-        ["output", "grad input"].map(String::from),
+        names,
         &got,
         &truth,
         &peer,
@@ -203,7 +214,15 @@ fn compare_conv(
     let truth = run(Kernels::Reference, DType::F64)?;
     let peer = run(Kernels::Reference, reference_dtype(dtype))?;
     let names = ["output", "grad kernel", "grad bias", "grad input"].map(String::from);
-    judge(name, names, &got, &truth, &peer, dtype)
+    judge(
+        Measure::MaxOverScale,
+        name,
+        names,
+        &got,
+        &truth,
+        &peer,
+        dtype,
+    )
 }
 
 /// The whole network, custom kernels against reference: logits and every gradient.
@@ -263,7 +282,25 @@ fn compare_network(
     let peer = run(Kernels::Reference, reference_dtype(dtype))?;
     let names =
         std::iter::once("logits".to_string()).chain(vars.iter().map(|(n, _)| format!("grad {n}")));
-    judge("alexnet", names, &got, &truth, &peer, dtype)
+    // Through eight layers of ReLUs and pools, some pre-activation sits within rounding
+    // of zero (or two window values within rounding of each other), so a mask or an
+    // argmax can flip between two f32 summation orders and move the gradients of every
+    // layer below it: by 6e-4 in norm at the paper's size on one seed (measured; in f64
+    // the same comparison agrees to 1e-10). Outside f64 the network is judged by the
+    // norm of the difference, within 5e-3 (bf16: 5e-2); a wrong gradient is off by O(1).
+    let measure = if dtype == DType::F64 {
+        Measure::MaxOverScale
+    } else {
+        Measure::Norm
+    };
+    let mut rows = judge(measure, "alexnet", names, &got, &truth, &peer, dtype)?;
+    if dtype != DType::F64 {
+        let floor = if dtype == DType::BF16 { 5e-2 } else { 5e-3 };
+        for r in &mut rows {
+            r.tolerance = r.tolerance.max(floor);
+        }
+    }
+    Ok(rows)
 }
 
 /// Rows of `got` (the custom op in `dtype`) against `truth` (the reference composite in
@@ -271,6 +308,7 @@ fn compare_network(
 /// within twice the error of `peer` (the reference in `dtype`'s own precision), so a sum
 /// that no f32 computation gets closer than the reference does is not held against us.
 fn judge(
+    measure: Measure,
     op: &str,
     names: impl IntoIterator<Item = String>,
     got: &[Tensor],
@@ -283,8 +321,9 @@ fn judge(
         .zip(peer)
         .zip(names)
         .map(|(((g, t), p), what)| {
-            let mut r = row(op, &what, g, t, dtype)?;
-            r.tolerance = r.tolerance.max(2.0 * row(op, &what, p, t, dtype)?.rel_err);
+            let mut r = row_by(measure, op, &what, g, t, dtype)?;
+            let yardstick = row_by(measure, op, &what, p, t, dtype)?.rel_err;
+            r.tolerance = r.tolerance.max(2.0 * yardstick);
             Ok(r)
         })
         .collect()
@@ -309,7 +348,27 @@ fn rounded(t: &Tensor, dtype: DType) -> Result<Tensor> {
     t.to_dtype(dtype)?.to_dtype(wide)
 }
 
+/// How far two tensors are apart.
+#[derive(Clone, Copy, PartialEq)]
+enum Measure {
+    /// The largest elementwise difference over the largest magnitude of `want`.
+    MaxOverScale,
+    /// The L2 norm of the difference over the L2 norm of `want`.
+    Norm,
+}
+
 fn row(op: &str, tensor: &str, got: &Tensor, want: &Tensor, dtype: DType) -> Result<ParityRow> {
+    row_by(Measure::MaxOverScale, op, tensor, got, want, dtype)
+}
+
+fn row_by(
+    measure: Measure,
+    op: &str,
+    tensor: &str,
+    got: &Tensor,
+    want: &Tensor,
+    dtype: DType,
+) -> Result<ParityRow> {
     if got.dims() != want.dims() {
         candle_core::bail!(
             "{op} {tensor}: shape {:?} vs reference {:?}",
@@ -319,8 +378,14 @@ fn row(op: &str, tensor: &str, got: &Tensor, want: &Tensor, dtype: DType) -> Res
     }
     let got = got.to_dtype(DType::F64)?;
     let want = want.to_dtype(DType::F64)?;
-    let scale = want.abs()?.max_all()?.to_scalar::<f64>()?;
-    let diff = (got - &want)?.abs()?.max_all()?.to_scalar::<f64>()?;
+    let (scale, diff) = match measure {
+        Measure::MaxOverScale => (want.abs()?.max_all()?, (got - &want)?.abs()?.max_all()?),
+        Measure::Norm => (
+            want.sqr()?.sum_all()?.sqrt()?,
+            (got - &want)?.sqr()?.sum_all()?.sqrt()?,
+        ),
+    };
+    let (scale, diff) = (scale.to_scalar::<f64>()?, diff.to_scalar::<f64>()?);
     let rel_err = if scale > 0.0 { diff / scale } else { diff };
     // NaN anywhere fails the row (NaN > tolerance is false, so map it to infinity).
     let rel_err = if rel_err.is_nan() {
