@@ -321,8 +321,8 @@ fn judge(
         .zip(peer)
         .zip(names)
         .map(|(((g, t), p), what)| {
-            let mut r = row_by(measure, op, &what, g, t, dtype)?;
-            let yardstick = row_by(measure, op, &what, p, t, dtype)?.rel_err;
+            let mut r = row(measure, op, &what, g, t, dtype)?;
+            let yardstick = row(measure, op, &what, p, t, dtype)?.rel_err;
             r.tolerance = r.tolerance.max(2.0 * yardstick);
             Ok(r)
         })
@@ -357,11 +357,7 @@ enum Measure {
     Norm,
 }
 
-fn row(op: &str, tensor: &str, got: &Tensor, want: &Tensor, dtype: DType) -> Result<ParityRow> {
-    row_by(Measure::MaxOverScale, op, tensor, got, want, dtype)
-}
-
-fn row_by(
+fn row(
     measure: Measure,
     op: &str,
     tensor: &str,
