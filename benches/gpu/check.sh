@@ -25,8 +25,12 @@
 # Limits: about 6 minutes in all (each part has its own timeout, so one hang cannot eat
 # the lease); the sample is 6,000 train / 1,000 val images in 10 classes, so (c) and (d)
 # measure the pipeline, not ImageNet accuracy.
+# DEVICE=cpu runs the same flow on a CPU build, to try the script itself where no GPU is
+# (slow parts then stop at their timeouts; bf16 is refused there).
 set -uo pipefail
 OUT=${1:?usage: check.sh OUT_DIR [PIPELINE_BINARY_GZ]}
+DEVICE=${DEVICE:-cuda}
+FIXTURE=tests/fixtures/golden/alexnet_w0.0625_s95.safetensors
 BIN_GZ=${2:-target/pipeline-cuda.gz}
 mkdir -p "$OUT"
 WORK=$(mktemp -d)
@@ -50,16 +54,16 @@ part() {
 }
 
 # a. parity
-part kernels-f32   60 "$BIN" check kernels --device cuda --precision f32 --batch 16
-part kernels-f64   60 "$BIN" check kernels --device cuda --precision f64 --batch 4
-part kernels-bf16  60 "$BIN" check kernels --device cuda --precision bf16 --batch 16
-part golden-f32    30 "$BIN" check golden --device cuda --precision f32
-part golden-ref    30 "$BIN" check golden --device cuda --precision f32 --reference
-part golden-bf16   30 "$BIN" check golden --device cuda --precision bf16
+part kernels-f32   60 "$BIN" check kernels --device "$DEVICE" --precision f32 --batch 16
+part kernels-f64   60 "$BIN" check kernels --device "$DEVICE" --precision f64 --batch 4
+part kernels-bf16  60 "$BIN" check kernels --device "$DEVICE" --precision bf16 --batch 16
+part golden-f32    30 "$BIN" check golden --fixture "$FIXTURE" --device "$DEVICE" --precision f32
+part golden-ref    30 "$BIN" check golden --fixture "$FIXTURE" --device "$DEVICE" --precision f32 --reference
+part golden-bf16   30 "$BIN" check golden --fixture "$FIXTURE" --device "$DEVICE" --precision bf16
 
 # b. throughput, ours then the peer on the same card
-part step-f32      60 "$BIN" check step --device cuda --precision f32 --batch 128 --steps 20
-part step-bf16     60 "$BIN" check step --device cuda --precision bf16 --batch 128 --steps 20
+part step-f32      60 "$BIN" check step --device "$DEVICE" --precision f32 --batch 128 --steps 20
+part step-bf16     60 "$BIN" check step --device "$DEVICE" --precision bf16 --batch 128 --steps 20
 part torch-step   150 python3 benches/gpu/torch_step.py --batch 128 --steps 20
 python3 - "$OUT" <<'PY' | tee -a "$OUT/summary.txt"
 import re, sys
@@ -84,13 +88,13 @@ PY
 # c. the sample recipe on CUDA
 part sample-tree   60 "$BIN" sample --out "$WORK/sample"
 part ingest-sample 60 "$BIN" ingest "$WORK/sample" --out "$WORK/ds72" --recipe pipeline/sample.toml --quiet
-sed 's/^device = "cpu"/device = "cuda"/' pipeline/sample.toml > "$WORK/sample-cuda.toml"
+sed "s/^device = \"cpu\"/device = \"$DEVICE\"/" pipeline/sample.toml > "$WORK/sample-cuda.toml"
 part train-sample 240 "$BIN" train --recipe "$WORK/sample-cuda.toml" --dataset "$WORK/ds72" --out "$WORK/run-sample" --quiet
 
 # d. the stream on every core with the paper's recipe, and the trainer's data stall
 part ingest-256    90 "$BIN" ingest "$WORK/sample" --out "$WORK/ds256" --recipe pipeline/paper.toml --quiet
 part stream-paper  90 "$BIN" stream --dataset "$WORK/ds256" --recipe pipeline/paper.toml --epochs 2
-part train-paper  120 "$BIN" train --recipe pipeline/paper.toml --dataset "$WORK/ds256" --out "$WORK/run-paper" --stop-after-steps 60 --quiet
+part train-paper  120 "$BIN" train --recipe pipeline/paper.toml --device "$DEVICE" --dataset "$WORK/ds256" --out "$WORK/run-paper" --stop-after-steps 60 --quiet
 
 echo "failed parts: $FAILED" | tee -a "$OUT/summary.txt"
 rm -rf "$WORK"
