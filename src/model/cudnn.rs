@@ -6,7 +6,7 @@
 //!   cuDNN's own fused conv + bias + activation is left aside: it supports ReLU only with
 //!   one algorithm (implicit precomputed GEMM) and not for every data type.
 //! - Backward: the ReLU mask on the output gradient (one pass), the bias gradient as its
-//!   sum over batch and pixels, `cudnnConvolutionBackwardFilter`, and
+//!   sum over batch and pixels (in f32 for bf16), `cudnnConvolutionBackwardFilter`, and
 //!   `cudnnConvolutionBackwardData` only when the input needs a gradient
 //!   (`Tensor::track_op`): never for conv1, whose input is the image batch.
 //! - Algorithms: cuDNN's heuristic choice (`cudnnGetConvolution*Algorithm_v7`) once per
@@ -441,7 +441,15 @@ impl CustomOp3 for CudnnConv2d {
         } else {
             grad
         };
-        let db = dy.sum((0, 2, 3))?;
+        // The bias gradient sums batch × pixels terms (387,200 for conv1 at batch 128):
+        // in f32 for bf16, whose 8-bit mantissa would lose most of them.
+        let db = match dy.dtype() {
+            DType::BF16 => dy
+                .to_dtype(DType::F32)?
+                .sum((0, 2, 3))?
+                .to_dtype(DType::BF16)?,
+            _ => dy.sum((0, 2, 3))?,
+        };
         let dims = |t: &Tensor| t.dims4().map(|(a, b, c, d)| [a, b, c, d]);
         let (p, filter) = (self.p, Pass::Filter);
         let dw = x.contiguous()?.apply_op2_no_bwd(
