@@ -139,7 +139,7 @@ fn compare_unary(
     seed: u64,
     op: impl Fn(&Tensor, Kernels) -> Result<Tensor>,
 ) -> Result<Vec<ParityRow>> {
-    let run = |k: Kernels, dt: DType| -> Result<(Tensor, Tensor)> {
+    let run = |k: Kernels, dt: DType| -> Result<Vec<Tensor>> {
         let var = Var::from_tensor(&rounded(x, dtype)?.to_dtype(dt)?)?;
         let y = op(var.as_tensor(), k)?;
         let r = uniform(y.dims(), seed, x.device())?.to_dtype(dt)?;
@@ -148,22 +148,10 @@ fn compare_unary(
             .get(var.as_tensor())
             .cloned()
             .ok_or_else(|| missing(name, "input"))?;
-        Ok((y, gx))
+        Ok(vec![y, gx])
     };
-    let pair = |(y, gx): (Tensor, Tensor)| vec![y, gx];
-    let got = pair(run(Kernels::Custom, dtype)?);
-    let truth = pair(run(Kernels::Reference, DType::F64)?);
-    let peer = pair(run(Kernels::Reference, reference_dtype(dtype))?);
     let names = ["output", "grad input"].map(String::from);
-    judge(
-        Measure::MaxOverScale,
-        name,
-        names,
-        &got,
-        &truth,
-        &peer,
-        dtype,
-    )
+    judge(Measure::MaxOverScale, name, names, dtype, run)
 }
 
 /// `relu(conv(x) + b)`: output and the gradients of input (when tracked), kernel, bias.
@@ -210,19 +198,8 @@ fn compare_conv(
         }
         Ok(out)
     };
-    let got = run(Kernels::Custom, dtype)?;
-    let truth = run(Kernels::Reference, DType::F64)?;
-    let peer = run(Kernels::Reference, reference_dtype(dtype))?;
     let names = ["output", "grad kernel", "grad bias", "grad input"].map(String::from);
-    judge(
-        Measure::MaxOverScale,
-        name,
-        names,
-        &got,
-        &truth,
-        &peer,
-        dtype,
-    )
+    judge(Measure::MaxOverScale, name, names, dtype, run)
 }
 
 /// The whole network, custom kernels against reference: logits and every gradient.
@@ -277,9 +254,6 @@ fn compare_network(
         }
         Ok(out)
     };
-    let got = run(Kernels::Custom, dtype)?;
-    let truth = run(Kernels::Reference, DType::F64)?;
-    let peer = run(Kernels::Reference, reference_dtype(dtype))?;
     let names =
         std::iter::once("logits".to_string()).chain(vars.iter().map(|(n, _)| format!("grad {n}")));
     // Through eight layers of ReLUs and pools, some pre-activation sits within rounding
@@ -293,7 +267,7 @@ fn compare_network(
     } else {
         Measure::Norm
     };
-    let mut rows = judge(measure, "alexnet", names, &got, &truth, &peer, dtype)?;
+    let mut rows = judge(measure, "alexnet", names, dtype, run)?;
     if dtype != DType::F64 {
         let floor = if dtype == DType::BF16 { 5e-2 } else { 5e-3 };
         for r in &mut rows {
@@ -303,22 +277,24 @@ fn compare_network(
     Ok(rows)
 }
 
-/// Rows of `got` (the custom op in `dtype`) against `truth` (the reference composite in
-/// f64 on the same rounded inputs). A row passes within the dtype's tolerance, or
-/// within twice the error of `peer` (the reference in `dtype`'s own precision), so a sum
-/// that no f32 computation gets closer than the reference does is not held against us.
+/// Runs `run` three times — the custom op in `dtype` (got), the reference composite in
+/// f64 on the same rounded inputs (truth), the reference in `dtype`'s own precision
+/// (peer) — and gives a row per tensor of got against truth. A row passes within the
+/// dtype's tolerance, or within twice the error of peer, so a sum that no f32
+/// computation gets closer than the reference does is not held against us.
 fn judge(
     measure: Measure,
     op: &str,
     names: impl IntoIterator<Item = String>,
-    got: &[Tensor],
-    truth: &[Tensor],
-    peer: &[Tensor],
     dtype: DType,
+    run: impl Fn(Kernels, DType) -> Result<Vec<Tensor>>,
 ) -> Result<Vec<ParityRow>> {
+    let got = run(Kernels::Custom, dtype)?;
+    let truth = run(Kernels::Reference, DType::F64)?;
+    let peer = run(Kernels::Reference, reference_dtype(dtype))?;
     got.iter()
-        .zip(truth)
-        .zip(peer)
+        .zip(&truth)
+        .zip(&peer)
         .zip(names)
         .map(|(((g, t), p), what)| {
             let mut r = row(measure, op, &what, g, t, dtype)?;

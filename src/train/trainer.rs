@@ -601,14 +601,14 @@ impl Staged {
         let Some(batch) = stream.next_batch() else {
             return Ok(None);
         };
-        let batch = batch?;
+        let mut batch = batch?;
         let x = Tensor::from_slice(&batch.images, batch.shape().as_slice(), device)
             .map_err(candle("input batch"))?;
         let y = Tensor::from_slice(&batch.labels, batch.len(), device).map_err(candle("labels"))?;
-        // The host batch goes back to the stream's buffer pool here.
+        // The host batch goes back to the stream's buffer pool here; its labels stay.
         Ok(Some(Staged {
             index: batch.index,
-            labels: batch.labels.clone(),
+            labels: std::mem::take(&mut batch.labels),
             x,
             y,
             position: stream.position(),
