@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: run the `pipeline` binary as a user would.
 #![allow(dead_code)]
 
+pub mod python;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
