@@ -245,8 +245,8 @@ fn summaries_count_one_thing_in_the_singular() {
 /// class, then the lower-numbered row of the class below.
 fn features_file(dir: &Path) -> (PathBuf, Vec<(String, i32)>) {
     let path = dir.join("features.parquet");
-    let rows: Vec<(String, i32)> = (0..20)
-        .map(|i| (format!("val/img-{i:02}.JPEG"), (i % 10) as i32))
+    let rows: Vec<(String, i32)> = (0..20i32)
+        .map(|i| (format!("val/img-{i:02}.JPEG"), i % 10))
         .collect();
     let metadata = vec![
         (META_LAYER.to_string(), "fc7".to_string()),
