@@ -59,6 +59,14 @@ fn refused_by_parser(args: &[&str]) -> String {
     stderr
 }
 
+/// A recipe that fits the shared dataset (crop 32 of 40), so a command reaches the
+/// stream whatever else it checks.
+fn fitting_recipe(dir: &Path) -> PathBuf {
+    let path = dir.join("fits.toml");
+    std::fs::write(&path, format!("[data]\nimage_size = {S}\ncrop_size = 32\n")).unwrap();
+    path
+}
+
 fn json_of(output: &Output) -> serde_json::Value {
     let text = stdout(output);
     serde_json::from_str(text.lines().last().unwrap()).unwrap()
@@ -67,6 +75,9 @@ fn json_of(output: &Output) -> serde_json::Value {
 #[test]
 fn zero_batch_sizes_grid_sides_counts_and_k_are_refused_before_running() {
     let ds = path_str(dataset());
+    let tmp = tempfile::tempdir().unwrap();
+    let recipe = fitting_recipe(tmp.path());
+    let recipe = path_str(&recipe);
     let at_least_one = "must be at least 1";
     let expect = |err: &str, value: &str, flag: &str, why: &str| {
         assert!(
@@ -80,7 +91,7 @@ fn zero_batch_sizes_grid_sides_counts_and_k_are_refused_before_running() {
         ("--batches", "0"),
         ("--world-size", "0"),
     ] {
-        let err = refused_by_parser(&["stream", "--dataset", ds, flag, value]);
+        let err = refused_by_parser(&["stream", "--dataset", ds, "--recipe", recipe, flag, value]);
         expect(&err, value, flag, at_least_one);
     }
     let grid = dataset().parent().unwrap().join("never.png");
@@ -89,7 +100,15 @@ fn zero_batch_sizes_grid_sides_counts_and_k_are_refused_before_running() {
         ("--rows", "0", at_least_one),
         ("--columns", "65", "must be at most 64"),
     ] {
-        let args = ["preview", "--dataset", ds, "--out", path_str(&grid)];
+        let args = [
+            "preview",
+            "--dataset",
+            ds,
+            "--recipe",
+            recipe,
+            "--out",
+            path_str(&grid),
+        ];
         let err = refused_by_parser(&[&args[..], &[flag, value]].concat());
         expect(&err, value, flag, why);
     }
@@ -201,10 +220,14 @@ fn stream_batches_default_to_the_recipes_batch_size_else_128() {
 #[test]
 fn summaries_count_one_thing_in_the_singular() {
     let rows = train_rows();
+    let tmp = tempfile::tempdir().unwrap();
+    let recipe = fitting_recipe(tmp.path());
     let output = run(&[
         "stream",
         "--dataset",
         path_str(dataset()),
+        "--recipe",
+        path_str(&recipe),
         "--views",
         "centre",
         "--batch-size",
@@ -220,12 +243,13 @@ fn summaries_count_one_thing_in_the_singular() {
     );
     assert!(first.ends_with("(1 augment worker)"), "{first}");
 
-    let tmp = tempfile::tempdir().unwrap();
     let grid = tmp.path().join("one.png");
     let output = run(&[
         "preview",
         "--dataset",
         path_str(dataset()),
+        "--recipe",
+        path_str(&recipe),
         "--out",
         path_str(&grid),
         "--columns",
