@@ -9,6 +9,7 @@ use pipeline::dataset::Split;
 use pipeline::features::FeatureTable;
 use pipeline::features::commands;
 use pipeline::ingest::{self, IngestOptions, ResizeFilter};
+use pipeline::progress::count;
 use pipeline::recipe::Recipe;
 use pipeline::sample::{self, SampleLayout, SampleOptions};
 use pipeline::stream::report::{self as stream_report, StreamRun};
@@ -19,6 +20,30 @@ use pipeline::train::{self, EvalOptions, Finish, Start, TrainOptions, WhichCheck
 const DEFAULT_DATASET: &str = train::DEFAULT_DATASET;
 /// The recipe bare `train` uses when it exists (else the built-in paper defaults).
 const PAPER_RECIPE: &str = "pipeline/paper.toml";
+/// The CPU-sized recipe for the bundled sample.
+const SAMPLE_RECIPE: &str = "pipeline/sample.toml";
+
+/// Counts and sizes that must be at least 1: refused while parsing, before they reach
+/// the stream's arithmetic (a batch of 0 rows, a grid of 0 columns).
+fn at_least_one(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("not a whole number ({e})")),
+    }
+}
+
+/// The most images on a side of the preview grid: a picture to look at, not an
+/// allocation failure.
+const MAX_GRID_SIDE: usize = 64;
+
+/// A side of the preview grid: 1 to [`MAX_GRID_SIDE`] images.
+fn grid_side(value: &str) -> Result<usize, String> {
+    match at_least_one(value)? {
+        n if n > MAX_GRID_SIDE => Err(format!("must be at most {MAX_GRID_SIDE}")),
+        n => Ok(n),
+    }
+}
 
 /// `pipeline check …`.
 #[derive(Subcommand)]
@@ -158,7 +183,9 @@ enum Command {
     Stream {
         #[arg(long, default_value = DEFAULT_DATASET)]
         dataset: PathBuf,
-        /// Recipe for crop size, buffers and augmentation (default: the paper's).
+        /// Recipe for crop size, buffers and augmentation, checked against the dataset
+        /// (default: the paper's settings at the dataset's own image size, with the
+        /// paper's crop proportion, 224/256 of it).
         #[arg(long)]
         recipe: Option<PathBuf>,
         #[arg(long, value_enum, default_value_t = Split::Train)]
@@ -167,12 +194,13 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Views::Train)]
         views: Views,
         /// Stop each epoch after N batches (default: the whole epoch).
-        #[arg(long)]
+        #[arg(long, value_parser = at_least_one)]
         batches: Option<usize>,
-        #[arg(long, default_value_t = 128)]
-        batch_size: usize,
+        /// Images per batch [default: the recipe's train.batch_size; 128 without --recipe].
+        #[arg(long, value_parser = at_least_one)]
+        batch_size: Option<usize>,
         /// Epochs to run back to back in this process, from --epoch.
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, value_parser = at_least_one)]
         epochs: usize,
         /// Augmentation threads (overrides the recipe; 0 = all cores).
         #[arg(long)]
@@ -184,7 +212,7 @@ enum Command {
         epoch: u64,
         #[arg(long, default_value_t = 0)]
         rank: usize,
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, value_parser = at_least_one)]
         world_size: usize,
         /// Write the first batches as images-K.npy, labels-K.npy, keys-K.txt here.
         #[arg(long)]
@@ -197,13 +225,17 @@ enum Command {
     Preview {
         #[arg(long, default_value = DEFAULT_DATASET)]
         dataset: PathBuf,
+        /// Recipe for the crop and augmentation, checked against the dataset (default:
+        /// as for `stream`).
         #[arg(long)]
         recipe: Option<PathBuf>,
         #[arg(long)]
         out: PathBuf,
-        #[arg(long, default_value_t = 8)]
+        /// Images per grid row (1 to 64).
+        #[arg(long, default_value_t = 8, value_parser = grid_side)]
         columns: usize,
-        #[arg(long, default_value_t = 4)]
+        /// Grid rows (1 to 64).
+        #[arg(long, default_value_t = 4, value_parser = grid_side)]
         rows: usize,
         #[arg(long)]
         seed: Option<u64>,
@@ -257,7 +289,7 @@ enum Command {
         #[arg(long)]
         device: Option<String>,
         /// Images per batch (default: the run's train.batch_size; ÷10 with --ten-crop).
-        #[arg(long)]
+        #[arg(long, value_parser = at_least_one)]
         batch_size: Option<usize>,
         /// No progress bar.
         #[arg(long)]
@@ -284,7 +316,7 @@ enum Command {
         out: PathBuf,
         #[arg(long)]
         device: Option<String>,
-        #[arg(long, default_value_t = 128)]
+        #[arg(long, default_value_t = 128, value_parser = at_least_one)]
         batch_size: usize,
         #[arg(long)]
         quiet: bool,
@@ -302,7 +334,8 @@ enum Command {
         /// The run whose network embeds --image (default: the newest under runs/).
         #[arg(long)]
         run: Option<PathBuf>,
-        #[arg(short, long, default_value_t = 8)]
+        /// Neighbours to list (at least 1).
+        #[arg(short, long, default_value_t = 8, value_parser = at_least_one)]
         k: usize,
         /// Search the binary codes by Hamming distance instead of fc7 by Euclidean.
         #[arg(long)]
@@ -358,6 +391,23 @@ impl From<Views> for ViewMode {
 
 fn load_recipe(path: Option<&PathBuf>) -> Result<Recipe> {
     Ok(Recipe::load_or_default(path.map(|p| p.as_path()))?)
+}
+
+/// The recipe of a stage that reads an existing dataset: the one given (checked
+/// against the dataset by [`open_source`]), or, without one, the paper's settings at
+/// the image size the dataset stores (`dataset.json`), with the paper's crop
+/// proportion of it (224 of 256).
+fn recipe_for_dataset(path: Option<&PathBuf>, dataset: &Path) -> Result<Recipe> {
+    if let Some(path) = path {
+        return Ok(Recipe::load(path)?);
+    }
+    let stored = pipeline::dataset::Manifest::load(dataset)?.image_size;
+    let mut recipe = Recipe::default();
+    let paper = recipe.data.clone();
+    recipe.data.image_size = stored;
+    recipe.data.crop_size =
+        ((stored * paper.crop_size + paper.image_size / 2) / paper.image_size).clamp(1, stored);
+    Ok(recipe)
 }
 
 /// Opens a dataset split for streaming, refusing one that does not fit the recipe.
@@ -477,12 +527,18 @@ fn main() -> Result<()> {
             dump,
             dump_batches,
         } => {
-            let mut recipe = load_recipe(recipe.as_ref())?;
+            let mut recipe = recipe_for_dataset(recipe.as_ref(), &dataset)?;
+            // Without --recipe this is the paper's 128 (§5), TrainConfig's default.
+            let batch_size = batch_size.unwrap_or(recipe.train.batch_size);
             recipe.stream.workers = workers.unwrap_or(recipe.stream.workers);
             recipe.stream.seed = seed.unwrap_or(recipe.stream.seed);
             anyhow::ensure!(
                 rank < world_size,
                 "--rank {rank} must be below --world-size {world_size}"
+            );
+            anyhow::ensure!(
+                epoch.checked_add(epochs as u64).is_some(),
+                "--epoch {epoch} plus --epochs {epochs} runs past the last epoch number"
             );
             let source = open_source(&dataset, split, &recipe)?;
             let run = StreamRun {
@@ -511,7 +567,7 @@ fn main() -> Result<()> {
             rows,
             seed,
         } => {
-            let mut recipe = load_recipe(recipe.as_ref())?;
+            let mut recipe = recipe_for_dataset(recipe.as_ref(), &dataset)?;
             recipe.stream.seed = seed.unwrap_or(recipe.stream.seed);
             // Channel mean: the exact inverse is then known per pixel (see preview::grid).
             recipe.stream.mean = MeanMode::Channel;
@@ -532,9 +588,9 @@ fn main() -> Result<()> {
             pipeline::stream::preview::save(&out, &grid)
                 .with_context(|| format!("writing {}", out.display()))?;
             println!(
-                "wrote {} ({} augmented samples)",
+                "wrote {} ({})",
                 out.display(),
-                batch.len()
+                count(batch.len(), "augmented sample", "augmented samples")
             );
         }
         Command::Train {
@@ -550,10 +606,13 @@ fn main() -> Result<()> {
             let start = match resume {
                 Some(run) => Start::Resume { run },
                 None => {
+                    let given = recipe.is_some();
                     let default = PathBuf::from(PAPER_RECIPE);
                     let path = recipe.or_else(|| default.exists().then_some(default));
+                    let recipe = load_recipe(path.as_ref())?;
+                    refuse_missing_cuda(&recipe, path.as_deref(), given, device.as_deref())?;
                     Start::New {
-                        recipe: Box::new(load_recipe(path.as_ref())?),
+                        recipe: Box::new(recipe),
                         out,
                     }
                 }
@@ -632,7 +691,7 @@ fn main() -> Result<()> {
             dataset,
         } => {
             let table = FeatureTable::read(&features)?;
-            let found = match (key, image) {
+            let neighbours = match (key, image) {
                 (Some(key), _) => commands::neighbours_of_key(
                     &table,
                     &key,
@@ -649,18 +708,15 @@ fn main() -> Result<()> {
                         }
                     };
                     let loaded = commands::load_run(&run, dataset.as_deref(), Split::Val, None)?;
-                    commands::neighbours_of_image(&table, &loaded, &image, k)?
+                    commands::neighbours_of_image(&table, &loaded, &image, k, dataset.as_deref())?
                 }
                 (None, None) => anyhow::bail!("give --key KEY or --image PATH"),
             };
-            for (rank, f) in found.iter().enumerate() {
-                println!(
-                    "{:>3}  {:>10.3}  label {:>4}  {}",
-                    rank + 1,
-                    f.distance,
-                    f.label,
-                    f.key
-                );
+            if let Some(why) = &neighbours.classes_unknown {
+                eprintln!("note: class names unavailable ({why})");
+            }
+            for line in neighbours.lines() {
+                println!("{line}");
             }
             if let Some(sheet) = sheet {
                 println!("wrote {}", sheet.display());
@@ -686,6 +742,38 @@ fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A new training run asking for CUDA in a build without it stops here, saying where
+/// the device came from and how to go on (bare `train` takes the paper's GPU recipe).
+fn refuse_missing_cuda(
+    recipe: &Recipe,
+    path: Option<&Path>,
+    recipe_given: bool,
+    device: Option<&str>,
+) -> Result<()> {
+    let name = device.unwrap_or(&recipe.train.device);
+    if !train::device::is_missing_cuda(name) {
+        return Ok(());
+    }
+    let origin = match (device, path) {
+        (Some(_), _) => format!("--device {name}"),
+        (None, Some(path)) if recipe_given => {
+            format!("train.device = {name:?} in {}", path.display())
+        }
+        (None, Some(path)) => format!(
+            "train.device = {name:?} in {} (the default recipe: the paper's, for ImageNet on a GPU)",
+            path.display()
+        ),
+        (None, None) => format!("train.device = {name:?} (the built-in paper recipe)"),
+    };
+    anyhow::bail!(
+        "{origin}, but this build has no CUDA (built without the `cuda` feature).\n\
+         To train on the CPU, use --device cpu, or the CPU-sized recipe for the bundled \
+         sample: --recipe {SAMPLE_RECIPE}.\n\
+         To train on a GPU, rebuild with CUDA: `{}` (README, \"Training on a GPU\").",
+        train::device::CUDA_BUILD
+    )
 }
 
 /// `pipeline check …`: prints one line per comparison (or the timing) and fails when a

@@ -492,6 +492,13 @@ fn the_stream_command_reports_json_and_dumps_model_inputs() {
     assert_eq!(png.width() as usize, 8 * (C + 2) + 2);
 
     // A dataset that does not fit the recipe is refused with the reason.
-    let err = run_fails(&["stream", "--dataset", path_str(dataset())]);
+    let paper = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipeline/paper.toml");
+    let err = run_fails(&[
+        "stream",
+        "--dataset",
+        path_str(dataset()),
+        "--recipe",
+        path_str(&paper),
+    ]);
     assert!(err.contains("image_size") && err.contains("256"), "{err}");
 }

@@ -91,8 +91,11 @@ impl RetrievalReport {
     /// A fixed-width text table, one method per line.
     pub fn table(&self) -> String {
         let mut out = format!(
-            "retrieval on {}: {} queries (leave-one-out), {} classes, chance precision {:.3}\n",
-            self.features, self.rows, self.classes, self.chance
+            "retrieval on {}: {} (leave-one-out), {}, chance precision {:.3}\n",
+            self.features,
+            crate::progress::count(self.rows, "query", "queries"),
+            crate::progress::count(self.classes, "class", "classes"),
+            self.chance
         );
         out += &format!("{:<8} {:<10} {:>10}", "method", "metric", "bytes/item");
         for k in &self.ks {

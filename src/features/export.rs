@@ -71,9 +71,9 @@ impl std::fmt::Display for ExportSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{}: {} rows of {} ({}-d",
+            "{}: {} of {} ({}-d",
             self.path.display(),
-            self.rows,
+            crate::progress::count(self.rows, "row", "rows"),
             self.layer,
             self.dim
         )?;

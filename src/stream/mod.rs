@@ -260,7 +260,11 @@ impl DataSource {
     }
 
     /// Starts streaming one epoch from `options.position`.
+    ///
+    /// Fails on an empty batch or a rank outside the world size (the plan's
+    /// arithmetic assumes neither), and on a crop that does not fit the images.
     pub fn epoch(&self, options: EpochOptions) -> Result<Stream, StreamError> {
+        check_options(&options)?;
         let geometry = Geometry::new(self.image_size(), options.crop)?;
         let lighting =
             (options.mode == ViewMode::Train && self.config.lighting_std > 0.0).then_some(self.pca);
@@ -341,6 +345,23 @@ impl DataSource {
             _runtime: self.runtime.clone(),
         })
     }
+}
+
+/// The options that come from user input (flags, recipes), refused by name before
+/// they reach [`plan_epoch`]'s asserts.
+fn check_options(options: &EpochOptions) -> Result<(), StreamError> {
+    if options.batch_size == 0 {
+        return Err(StreamError::Setup(
+            "the batch size must be at least 1".into(),
+        ));
+    }
+    if options.rank >= options.world_size {
+        return Err(StreamError::Setup(format!(
+            "rank {} is outside a world of {} (ranks are 0 to world size - 1)",
+            options.rank, options.world_size
+        )));
+    }
+    Ok(())
 }
 
 /// One epoch's batches, in order, for a synchronous consumer (the trainer).

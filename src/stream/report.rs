@@ -9,6 +9,7 @@ use serde::Serialize;
 use super::timing::{TimingReport, peak_rss_bytes};
 use super::{DataSource, EpochOptions, StreamError, StreamPosition, ViewMode, dump};
 use crate::dataset::npy::NpyError;
+use crate::progress::count;
 
 #[derive(Clone, Debug)]
 pub struct StreamRun {
@@ -50,6 +51,17 @@ pub enum StreamRunError {
     Stream(#[from] StreamError),
     #[error(transparent)]
     Dump(#[from] NpyError),
+    #[error(
+        "{dataset}: the {split} split holds {rows} images for rank {rank}, fewer than one full \
+         batch of {batch_size} (training views drop a partial batch); lower --batch-size"
+    )]
+    NoBatch {
+        dataset: String,
+        split: &'static str,
+        rank: usize,
+        rows: usize,
+        batch_size: usize,
+    },
 }
 
 /// Pulls batches as fast as the pipeline delivers them (the consumer does no work).
@@ -70,6 +82,17 @@ pub fn run(source: &DataSource, run: &StreamRun) -> Result<StreamReport, StreamR
         };
         let epoch_started = Instant::now();
         let mut stream = source.epoch(options)?;
+        if stream.total_batches() == 0 {
+            // An empty report would read as a stream that runs at 0 images/s.
+            let plan = source.plan(&options);
+            return Err(StreamRunError::NoBatch {
+                dataset: source.dataset.display().to_string(),
+                split: source.split.name(),
+                rank: run.rank,
+                rows: plan.row_groups.iter().map(|g| g.rows).sum(),
+                batch_size: run.batch_size,
+            });
+        }
         let (mut epoch_images, mut epoch_batches) = (0, 0);
         while let Some(batch) = stream.next_batch() {
             let batch = batch?;
@@ -115,13 +138,13 @@ impl StreamReport {
         };
         vec![
             format!(
-                "{} images in {} batches over {} epoch(s), {:.2} s: {:.0} images/s ({} augment workers)",
-                self.images,
-                self.batches,
-                self.epochs,
+                "{} in {} over {}, {:.2} s: {:.0} images/s ({})",
+                count(self.images, "image", "images"),
+                count(self.batches, "batch", "batches"),
+                count(self.epochs, "epoch", "epochs"),
                 self.seconds,
                 self.images_per_s,
-                self.workers
+                count(self.workers, "augment worker", "augment workers")
             ),
             format!(
                 "per epoch {} images/s",

@@ -28,7 +28,17 @@ pub fn parse_device_name(name: &str) -> Result<DeviceSpec, String> {
     }
 }
 
-/// Opens the device named `name` (`what` names where the name came from, for errors).
+/// The command that builds the binary with CUDA.
+pub const CUDA_BUILD: &str = "cargo build --release --features cuda";
+
+/// Whether `name` asks for CUDA in a build (or on a machine) that has none: callers
+/// that know where the name came from check this first, to say so.
+pub fn is_missing_cuda(name: &str) -> bool {
+    matches!(parse_device_name(name), Ok(DeviceSpec::Cuda(_)))
+        && !candle_core::utils::cuda_is_available()
+}
+
+/// Opens the device named `name`.
 pub fn open(name: &str) -> Result<Device, TrainError> {
     let spec = parse_device_name(name).map_err(|message| TrainError::Device {
         device: name.into(),
@@ -39,9 +49,10 @@ pub fn open(name: &str) -> Result<Device, TrainError> {
         DeviceSpec::Cuda(_) if !candle_core::utils::cuda_is_available() => {
             Err(TrainError::Device {
                 device: name.into(),
-                message: "this binary was built without the `cuda` feature; rebuild with \
-                      `cargo build --release --features cuda`, or use --device cpu"
-                    .into(),
+                message: format!(
+                    "this build has no CUDA (built without the `cuda` feature); use \
+                     --device cpu, or rebuild with `{CUDA_BUILD}`"
+                ),
             })
         }
         DeviceSpec::Cuda(ordinal) => Device::new_cuda(ordinal).map_err(|e| TrainError::Device {

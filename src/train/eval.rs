@@ -148,9 +148,9 @@ impl EvalReport {
                 self.step
             ),
             format!(
-                "dataset  {} (val, {} images, {} view{})",
+                "dataset  {} (val, {}, {} view{})",
                 self.dataset.display(),
-                self.images,
+                crate::progress::count(self.images, "image", "images"),
                 self.views,
                 if self.views == "centre" { "" } else { "s" }
             ),

@@ -118,9 +118,9 @@ impl TrainSummary {
                 self.parameters, self.device
             ),
             format!(
-                "this session {:.1} s, {} images, {:.0} images/s, data stall {:.1} %",
+                "this session {:.1} s, {}, {:.0} images/s, data stall {:.1} %",
                 self.wall_s,
-                self.images,
+                crate::progress::count(self.images, "image", "images"),
                 self.images_per_s,
                 100.0 * self.data_stall_frac
             ),
@@ -345,13 +345,13 @@ pub fn train(options: &TrainOptions) -> Result<TrainSummary, TrainError> {
     let started = Instant::now();
     let mut session = Session::default();
     println!(
-        "training {} on {} ({} train / {} val images, {} classes): AlexNet width {} at {crop}×{crop}, \
-         {parameters} parameters, {} on {}; epoch {}/{}, step {}, {batches_per_epoch} steps per epoch",
+        "training {} on {} ({} train / {} val images, {}): AlexNet width {} at {crop}×{crop}, \
+         {parameters} parameters, {} on {}; epoch {}/{}, step {}, {} per epoch",
         run.path.display(),
         dataset.display(),
         train_src.manifest.split(Split::Train).map_or(0, |s| s.rows),
         val_src.manifest.split(Split::Val).map_or(0, |s| s.rows),
-        classes.len(),
+        crate::progress::count(classes.len(), "class", "classes"),
         recipe.model.width,
         if resume_from.is_some() {
             "resuming"
@@ -362,6 +362,7 @@ pub fn train(options: &TrainOptions) -> Result<TrainSummary, TrainError> {
         state.position.epoch,
         cfg.epochs,
         state.step,
+        crate::progress::count(batches_per_epoch, "step", "steps"),
     );
     let mut finish = Finish::Completed;
 
@@ -450,12 +451,11 @@ pub fn train(options: &TrainOptions) -> Result<TrainSummary, TrainError> {
             p.top1_errors += wrong;
 
             // -- timing and logging
-            bar.inc(batch.len() as u64);
-            bar.set_message(format!(
-                "step {} loss {loss_value:.4} lr {}",
-                state.step,
-                fmt_lr(lr)
-            ));
+            crate::progress::advance(
+                &bar,
+                batch.len() as u64,
+                format!("step {} loss {loss_value:.4} lr {}", state.step, fmt_lr(lr)),
+            );
 
             // -- checkpoint / stop on request
             let stop = options.stop_after_steps == Some(state.step);
