@@ -202,14 +202,22 @@ fn bytes_after_the_end_of_image_marker_are_ignored_as_pillow_does() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     let plain = jpeg(64, 48, 5, false);
-    // A motion-photo-like trailer: a megabyte holding markers and even a second JPEG.
+    // A motion-photo-like trailer: a megabyte holding markers and a second JPEG
+    // first, then video-like bytes, so no end-of-image marker sits near the end.
     let mut trailer = b"\0\0\0\x18ftypmp42".to_vec();
+    trailer.extend([0xFF, 0xD9, 0xFF, 0xD8, 0x13, 0x37, 0xFF, 0x00]);
     trailer.extend(jpeg(16, 16, 9, false));
     let mut state = 1u32;
     while trailer.len() < 1 << 20 {
         state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-        trailer.extend([0xFF, (state >> 24) as u8, (state >> 16) as u8, 0xFF, 0xD9]);
+        trailer.push((state >> 24) as u8 & 0x7F);
     }
+    assert!(
+        !trailer[trailer.len() - 65_536..]
+            .windows(2)
+            .any(|w| w == [0xFF, 0xD9]),
+        "the trailer's tail holds no end-of-image marker"
+    );
     let mut with_trailer = plain.clone();
     with_trailer.extend(&trailer);
     write(&src.join("train/n01/plain.JPEG"), &plain);
