@@ -436,6 +436,13 @@ fn a_split_without_a_usable_image_is_an_error_naming_the_split_and_the_files() {
         ),
         "{stderr}"
     );
+    assert!(
+        stderr.contains(&format!(
+            "{} holds this unfinished ingest; remove it before ingesting again",
+            tmp.path().join("ds").display()
+        )),
+        "{stderr}"
+    );
 
     // A val folder whose images are all corrupt: the same rule, naming val.
     let src = tmp.path().join("src-val");

@@ -545,12 +545,8 @@ pub fn ingest(opts: &IngestOptions) -> Result<IngestSummary, IngestError> {
     if state.train.rows_done == 0 {
         job.bar.finish_and_clear();
         let skipped = [&tree.train_skipped[..], &state.train.skipped[..]].concat();
-        return Err(no_usable_images(
-            &opts.source,
-            Split::Train,
-            tree.train.len(),
-            &skipped,
-        ));
+        let error = no_usable_images(&opts.source, Split::Train, tree.train.len(), &skipped);
+        return Err(with_restart_hint(error, out));
     }
     decoded += job.run_split(
         Split::Val,
@@ -561,12 +557,8 @@ pub fn ingest(opts: &IngestOptions) -> Result<IngestSummary, IngestError> {
     job.bar.finish_and_clear();
     if has_val && state.val.rows_done == 0 {
         let skipped = [&tree.val_skipped[..], &state.val.skipped[..]].concat();
-        return Err(no_usable_images(
-            &opts.source,
-            Split::Val,
-            tree.val.len(),
-            &skipped,
-        ));
+        let error = no_usable_images(&opts.source, Split::Val, tree.val.len(), &skipped);
+        return Err(with_restart_hint(error, out));
     }
 
     // Statistics, then the manifest last: its presence means the dataset is complete.
@@ -673,6 +665,18 @@ fn no_usable_images(
         }
     }
     IngestError::NoUsableImages(message)
+}
+
+/// Shards already written are not decoded again by a resume, so files
+/// repaired in place are only read once the unfinished dataset is gone.
+fn with_restart_hint(error: IngestError, out: &Path) -> IngestError {
+    match error {
+        IngestError::NoUsableImages(message) => IngestError::NoUsableImages(format!(
+            "{message}\n{} holds this unfinished ingest; remove it before ingesting again",
+            out.display()
+        )),
+        other => other,
+    }
 }
 
 /// Wnids of the classes that none of `images` (less the skipped) belongs to.
