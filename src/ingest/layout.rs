@@ -6,9 +6,13 @@
 //! - flat `val/` labelled by the devkit's `ILSVRC2012_validation_ground_truth.txt`
 //!   or by a `filename wnid` file given with `--val-labels`.
 //!
-//! Class index = position of the wnid in sorted order (torchvision/timm).
+//! Class index = position of the wnid in sorted order (torchvision/timm). A class
+//! folder is walked recursively, as torchvision's `ImageFolder` does: a folder's files
+//! in name order, then its sub-folders in name order, depth first. Entries that cannot
+//! be followed (dangling symlinks, symlink loops) are skipped and listed, never fatal.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
 use crate::dataset::{ClassInfo, SkippedImage};
@@ -18,8 +22,11 @@ use super::devkit;
 /// One source image and its class.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SourceImage {
-    /// Path relative to the source root, `/`-separated: the row's `key`.
+    /// Path relative to the source root, `/`-separated, in the escaped form of
+    /// [`key_of`]: the row's `key`.
     pub key: String,
+    /// The same path as the file system spells it (any bytes), for reading.
+    pub path: PathBuf,
     pub label: i32,
 }
 
@@ -55,8 +62,11 @@ pub struct SourceTree {
     pub train: Vec<SourceImage>,
     /// In sorted path order.
     pub val: Vec<SourceImage>,
-    /// Images that cannot be labelled (e.g. missing from the val solution file).
-    pub skipped: Vec<SkippedImage>,
+    /// Training entries that cannot be used (dangling symlinks, loops).
+    pub train_skipped: Vec<SkippedImage>,
+    /// Validation entries that cannot be used or labelled (e.g. missing from
+    /// the val solution file).
+    pub val_skipped: Vec<SkippedImage>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,41 +103,165 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LayoutError + '_ {
     }
 }
 
-/// Non-hidden entries of a directory, sorted by name, split into (dirs, files).
-fn list_dir(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>), LayoutError> {
-    let mut dirs = Vec::new();
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
-        let entry = entry.map_err(io_err(dir))?;
-        if entry.file_name().to_string_lossy().starts_with('.') {
-            continue;
-        }
-        let path = entry.path();
-        // Follow symlinks: people often link their ImageNet folders.
-        let meta = std::fs::metadata(&path).map_err(io_err(&path))?;
-        if meta.is_dir() {
-            dirs.push(path);
-        } else if meta.is_file() {
-            files.push(path);
-        }
-    }
-    dirs.sort();
-    files.sort();
-    Ok((dirs, files))
+/// Lists directories recursively, collecting what cannot be followed as skips.
+struct Walker<'a> {
+    root: &'a Path,
+    skipped: Vec<SkippedImage>,
 }
 
-fn key_of(root: &Path, path: &Path) -> String {
+impl Walker<'_> {
+    fn skip(&mut self, path: &Path, reason: String) {
+        self.skipped.push(SkippedImage {
+            path: key_of(self.root, path),
+            reason,
+        });
+    }
+
+    /// Non-hidden entries of a directory, sorted by name, split into (dirs, files).
+    /// Symlinks are followed (people often link their ImageNet folders); one
+    /// that leads nowhere is skipped with its reason.
+    fn list_dir(&mut self, dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>), LayoutError> {
+        let mut dirs = Vec::new();
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
+            let entry = entry.map_err(io_err(dir))?;
+            if entry.file_name().as_encoded_bytes().starts_with(b".") {
+                continue;
+            }
+            let path = entry.path();
+            match std::fs::metadata(&path) {
+                Ok(meta) if meta.is_dir() => dirs.push(path),
+                Ok(meta) if meta.is_file() => files.push(path),
+                Ok(_) => self.skip(&path, "not a regular file or folder".into()),
+                Err(error) => {
+                    let reason = unfollowable(&path, &error);
+                    self.skip(&path, reason);
+                }
+            }
+        }
+        dirs.sort();
+        files.sort();
+        Ok((dirs, files))
+    }
+
+    /// Every file under `dir`: its own files in name order, then each
+    /// sub-folder's, depth first. A folder that leads back to one being walked
+    /// (a symlink to an ancestor) is skipped rather than walked forever.
+    fn files_under(&mut self, dir: &Path) -> Result<Vec<PathBuf>, LayoutError> {
+        let real = std::fs::canonicalize(dir).map_err(io_err(dir))?;
+        let mut ancestors = vec![real];
+        let mut files = Vec::new();
+        self.walk(dir, &mut ancestors, &mut files)?;
+        Ok(files)
+    }
+
+    fn walk(
+        &mut self,
+        dir: &Path,
+        ancestors: &mut Vec<PathBuf>,
+        files: &mut Vec<PathBuf>,
+    ) -> Result<(), LayoutError> {
+        let (dirs, own) = self.list_dir(dir)?;
+        files.extend(own);
+        for sub in dirs {
+            let real = std::fs::canonicalize(&sub).map_err(io_err(&sub))?;
+            if ancestors.contains(&real) {
+                let reason = format!(
+                    "symlink loop: leads back to {}",
+                    key_of(self.root, &real_in_root(self.root, &real))
+                );
+                self.skip(&sub, reason);
+                continue;
+            }
+            ancestors.push(real);
+            self.walk(&sub, ancestors, files)?;
+            ancestors.pop();
+        }
+        Ok(())
+    }
+}
+
+/// `real` relative to the source root when it lies inside it (for messages).
+fn real_in_root(root: &Path, real: &Path) -> PathBuf {
+    match std::fs::canonicalize(root) {
+        Ok(root_real) => match real.strip_prefix(&root_real) {
+            Ok(rel) => root.join(rel),
+            Err(_) => real.to_path_buf(),
+        },
+        Err(_) => real.to_path_buf(),
+    }
+}
+
+/// Why an entry whose metadata cannot be read is unusable: a symlink to
+/// nothing, a chain of symlinks that comes back on itself, or the OS's error.
+fn unfollowable(path: &Path, error: &std::io::Error) -> String {
+    let is_symlink = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    if !is_symlink {
+        return format!("cannot read: {error}");
+    }
+    let target = std::fs::read_link(path)
+        .map(|t| t.display().to_string())
+        .unwrap_or_default();
+    if error.kind() == std::io::ErrorKind::NotFound {
+        return format!("dangling symlink: {target} does not exist");
+    }
+    // Follow the chain by hand: a link met twice is a loop.
+    let mut seen = HashSet::new();
+    let mut current = path.to_path_buf();
+    while let Ok(next) = std::fs::read_link(&current) {
+        let next = match current.parent() {
+            Some(parent) => parent.join(next),
+            None => next,
+        };
+        if !seen.insert(next.clone()) {
+            return format!("symlink loop: {target} leads back to itself");
+        }
+        current = next;
+    }
+    format!("cannot follow symlink to {target}: {error}")
+}
+
+/// The row key of a path: relative to the source root, components joined by `/`.
+/// File names are bytes, not always UTF-8: a byte that is not part of valid
+/// UTF-8 is written `\xNN` and a backslash `\\`, so distinct files always get
+/// distinct keys (a lossy conversion would merge names that differ only there).
+pub fn key_of(root: &Path, path: &Path) -> String {
     let rel = path.strip_prefix(root).unwrap_or(path);
     rel.components()
-        .map(|c| c.as_os_str().to_string_lossy())
+        .map(|c| escape_name(c.as_os_str()))
         .collect::<Vec<_>>()
         .join("/")
+}
+
+fn escape_name(name: &OsStr) -> String {
+    let mut out = String::with_capacity(name.len());
+    for chunk in name.as_encoded_bytes().utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c == '\\' {
+                out.push_str("\\\\");
+            } else {
+                out.push(c);
+            }
+        }
+        for byte in chunk.invalid() {
+            out.push_str(&format!("\\x{byte:02x}"));
+        }
+    }
+    out
 }
 
 fn file_name(path: &Path) -> String {
     path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default()
+}
+
+fn source_image(root: &Path, path: &Path, label: i32) -> SourceImage {
+    SourceImage {
+        key: key_of(root, path),
+        path: path.strip_prefix(root).unwrap_or(path).to_path_buf(),
+        label,
+    }
 }
 
 /// Finds the layout under `root` and lists every image with its label.
@@ -145,7 +279,11 @@ pub fn discover(root: &Path, val_labels: Option<&Path>) -> Result<SourceTree, La
 
     // Classes: the train folders, in sorted wnid order.
     let train_dir = base.join("train");
-    let (class_dirs, _) = list_dir(&train_dir)?;
+    let mut walker = Walker {
+        root,
+        skipped: Vec::new(),
+    };
+    let (class_dirs, _) = walker.list_dir(&train_dir)?;
     if class_dirs.is_empty() {
         return Err(LayoutError::NoClasses {
             dir: train_dir.display().to_string(),
@@ -170,34 +308,24 @@ pub fn discover(root: &Path, val_labels: Option<&Path>) -> Result<SourceTree, La
 
     let mut train = Vec::new();
     for (label, dir) in class_dirs.iter().enumerate() {
-        let (_, files) = list_dir(dir)?;
-        train.extend(files.iter().map(|f| SourceImage {
-            key: key_of(root, f),
-            label: label as i32,
-        }));
+        let files = walker.files_under(dir)?;
+        train.extend(files.iter().map(|f| source_image(root, f, label as i32)));
     }
+    let train_skipped = std::mem::take(&mut walker.skipped);
 
-    let mut skipped = Vec::new();
     let val_dir = base.join("val");
     let (val, layout) = if !val_dir.is_dir() {
         (Vec::new(), LayoutKind::TrainOnly)
     } else {
-        let (val_class_dirs, val_files) = list_dir(&val_dir)?;
+        let (val_class_dirs, val_files) = walker.list_dir(&val_dir)?;
         if !val_class_dirs.is_empty() && val_files.is_empty() {
             let mut val = Vec::new();
             for dir in &val_class_dirs {
                 let wnid = file_name(dir);
-                let (_, files) = list_dir(dir)?;
-                for f in files {
+                for f in walker.files_under(dir)? {
                     match label_of.get(wnid.as_str()) {
-                        Some(&label) => val.push(SourceImage {
-                            key: key_of(root, &f),
-                            label,
-                        }),
-                        None => skipped.push(SkippedImage {
-                            path: key_of(root, &f),
-                            reason: format!("val class {wnid} has no train folder"),
-                        }),
+                        Some(&label) => val.push(source_image(root, &f, label)),
+                        None => walker.skip(&f, format!("val class {wnid} has no train folder")),
                     }
                 }
             }
@@ -217,18 +345,11 @@ pub fn discover(root: &Path, val_labels: Option<&Path>) -> Result<SourceTree, La
                 let stem = name.split('.').next().unwrap_or(&name).to_string();
                 let wnid = wnid_of_file.get(&name).or_else(|| wnid_of_file.get(&stem));
                 match wnid.map(|w| (w, label_of.get(w.as_str()))) {
-                    Some((_, Some(&label))) => val.push(SourceImage {
-                        key: key_of(root, &f),
-                        label,
-                    }),
-                    Some((w, None)) => skipped.push(SkippedImage {
-                        path: key_of(root, &f),
-                        reason: format!("labelled {w}, which has no train folder"),
-                    }),
-                    None => skipped.push(SkippedImage {
-                        path: key_of(root, &f),
-                        reason: "no label for this file".into(),
-                    }),
+                    Some((_, Some(&label))) => val.push(source_image(root, &f, label)),
+                    Some((w, None)) => {
+                        walker.skip(&f, format!("labelled {w}, which has no train folder"))
+                    }
+                    None => walker.skip(&f, "no label for this file".into()),
                 }
             }
             (val, layout)
@@ -240,7 +361,8 @@ pub fn discover(root: &Path, val_labels: Option<&Path>) -> Result<SourceTree, La
         classes,
         train,
         val,
-        skipped,
+        train_skipped,
+        val_skipped: walker.skipped,
     })
 }
 

@@ -50,6 +50,10 @@ pub struct IngestSummary {
     pub train: SplitInfo,
     pub val: SplitInfo,
     pub skipped: Vec<SkippedImage>,
+    /// Wnids of the classes no training row was written for.
+    pub empty_train_classes: Vec<String>,
+    /// Wnids of the classes no validation row was written for (when there is a val split).
+    pub empty_val_classes: Vec<String>,
     /// Images decoded by this run (shards finished by an earlier run are not redone).
     pub images_this_run: usize,
     pub shards_resumed: usize,
@@ -77,15 +81,32 @@ pub enum IngestError {
     },
     #[error(
         "{out} holds an unfinished ingest made with other settings or another source listing; \
-         remove it or choose another --out"
+         re-run the command that started it to finish it, or remove {out} or choose another \
+         --out to start over"
     )]
     FingerprintMismatch { out: String },
+    #[error(
+        "{out} holds a complete dataset made with other settings or another source listing; \
+         to ingest with these settings, remove {out} or choose another --out"
+    )]
+    CompleteDatasetMismatch { out: String },
     #[error(
         "{out} already holds a dataset not made by this ingest (no {state} folder); choose another --out"
     )]
     ForeignDataset { out: String, state: &'static str },
-    #[error("{source_dir}: no training images found")]
-    NoTrainingImages { source_dir: String },
+    #[error(
+        "--out {out} is inside the source folder {source_dir}: the next ingest of \
+         {source_dir} would read the shards as images; choose an --out outside it"
+    )]
+    OutInsideSource { out: String, source_dir: String },
+    #[error(
+        "--out {out} is a folder that is neither empty nor a dataset (it holds {entry}); \
+         choose a new or empty folder"
+    )]
+    OutNotEmpty { out: String, entry: String },
+    /// A split (train, or a val folder that exists) with no image that could be used.
+    #[error("{0}")]
+    NoUsableImages(String),
     #[error("cannot start {workers} decode threads: {message}")]
     Threads { workers: usize, message: String },
 }
@@ -134,7 +155,7 @@ fn load_image(
     out: &mut [u8],
 ) -> Result<(), String> {
     let cannot_read = |e: std::io::Error| format!("cannot read: {e}");
-    let mut file = std::fs::File::open(root.join(&image.key)).map_err(cannot_read)?;
+    let mut file = std::fs::File::open(root.join(&image.path)).map_err(cannot_read)?;
     worker.file.clear();
     std::io::Read::read_to_end(&mut file, &mut worker.file).map_err(cannot_read)?;
     let decoded = decode::decode_reusing(
@@ -422,30 +443,54 @@ fn progress_of(state: &mut IngestState, split: Split) -> &mut SplitProgress {
 pub fn ingest(opts: &IngestOptions) -> Result<IngestSummary, IngestError> {
     let started = Instant::now();
     let tree = layout::discover(&opts.source, opts.val_labels.as_deref())?;
+    let has_val = tree.layout != LayoutKind::TrainOnly;
+    // Nothing to ingest in a split: refused before anything is written.
     if tree.train.is_empty() {
-        return Err(IngestError::NoTrainingImages {
-            source_dir: opts.source.display().to_string(),
-        });
+        return Err(no_usable_images(
+            &opts.source,
+            Split::Train,
+            0,
+            &tree.train_skipped,
+        ));
+    }
+    if has_val && tree.val.is_empty() {
+        return Err(no_usable_images(
+            &opts.source,
+            Split::Val,
+            0,
+            &tree.val_skipped,
+        ));
     }
     let out = &opts.out;
     let print = |p: &Path| p.display().to_string();
-    std::fs::create_dir_all(out).map_err(|source| IngestError::Io {
-        path: print(out),
-        source,
-    })?;
+    refuse_out_inside_source(&opts.source, out)?;
 
     let fingerprint = fingerprint(&tree, opts.image_size, &opts.config);
+    let complete = out.join(crate::dataset::MANIFEST_FILE).exists();
     let mut state = match IngestState::load(out)? {
         Some(state) if state.fingerprint == fingerprint => state,
+        Some(_) if complete => {
+            return Err(IngestError::CompleteDatasetMismatch { out: print(out) });
+        }
         Some(_) => return Err(IngestError::FingerprintMismatch { out: print(out) }),
-        None if out.join(crate::dataset::MANIFEST_FILE).exists() => {
+        None if complete => {
             return Err(IngestError::ForeignDataset {
                 out: print(out),
                 state: super::state::STATE_DIR,
             });
         }
-        None => IngestState::new(fingerprint),
+        None => {
+            refuse_out_not_empty(out)?;
+            IngestState::new(fingerprint)
+        }
     };
+    std::fs::create_dir_all(out).map_err(|source| IngestError::Io {
+        path: print(out),
+        source,
+    })?;
+    // Saved before the first shard, so a folder this ingest has written to is
+    // always recognised as its own (and resumed) by the next run.
+    state.save(out)?;
     let shards_resumed = state.train.shards_done + state.val.shards_done;
     let mut sums = state.load_sums(out, opts.image_size)?;
 
@@ -497,6 +542,12 @@ pub fn ingest(opts: &IngestOptions) -> Result<IngestSummary, IngestError> {
 
     let train_order = training_order(&tree.train, opts.config.seed);
     let mut decoded = job.run_split(Split::Train, &train_order, &mut state, &mut sums)?;
+    if state.train.rows_done == 0 {
+        job.bar.finish_and_clear();
+        let skipped = [&tree.train_skipped[..], &state.train.skipped[..]].concat();
+        let error = no_usable_images(&opts.source, Split::Train, tree.train.len(), &skipped);
+        return Err(with_restart_hint(error, out));
+    }
     decoded += job.run_split(
         Split::Val,
         &tree.val,
@@ -504,6 +555,11 @@ pub fn ingest(opts: &IngestOptions) -> Result<IngestSummary, IngestError> {
         &mut StatsAccumulator::new(0),
     )?;
     job.bar.finish_and_clear();
+    if has_val && state.val.rows_done == 0 {
+        let skipped = [&tree.val_skipped[..], &state.val.skipped[..]].concat();
+        let error = no_usable_images(&opts.source, Split::Val, tree.val.len(), &skipped);
+        return Err(with_restart_hint(error, out));
+    }
 
     // Statistics, then the manifest last: its presence means the dataset is complete.
     let mean_path = out.join(MEAN_FILE);
@@ -514,8 +570,18 @@ pub fn ingest(opts: &IngestOptions) -> Result<IngestSummary, IngestError> {
         mean_rgb: sums.mean_rgb(),
         pca: sums.pca(),
     };
-    let mut skipped = tree.skipped.clone();
+    let empty_classes = |images: &[SourceImage], skipped: &[SkippedImage]| {
+        classes_without_rows(&tree.classes, images, skipped)
+    };
+    let empty_train_classes = empty_classes(&tree.train, &state.train.skipped);
+    let empty_val_classes = if has_val {
+        empty_classes(&tree.val, &state.val.skipped)
+    } else {
+        Vec::new()
+    };
+    let mut skipped = tree.train_skipped.clone();
     skipped.extend(state.train.skipped.iter().cloned());
+    skipped.extend(tree.val_skipped.iter().cloned());
     skipped.extend(state.val.skipped.iter().cloned());
     let split_info = |p: &SplitProgress| SplitInfo {
         rows: p.rows_done,
@@ -542,12 +608,155 @@ pub fn ingest(opts: &IngestOptions) -> Result<IngestSummary, IngestError> {
         train: split_info(&state.train),
         val: split_info(&state.val),
         skipped,
+        empty_train_classes,
+        empty_val_classes,
         images_this_run: decoded,
         shards_resumed,
         seconds: started.elapsed().as_secs_f64(),
         workers,
         stats,
     })
+}
+
+/// How many skipped files the summary and errors show (all are in `dataset.json`).
+const SKIPPED_SHOWN: usize = 10;
+
+/// `1 shard`, `2 shards`, `2 classes`.
+fn count(n: usize, noun: &str) -> String {
+    match (n, noun.ends_with('s')) {
+        (1, _) => format!("{n} {noun}"),
+        (_, true) => format!("{n} {noun}es"),
+        (_, false) => format!("{n} {noun}s"),
+    }
+}
+
+/// The first skipped files with their reasons, one indented line each.
+fn skipped_lines(skipped: &[SkippedImage]) -> Vec<String> {
+    let mut lines: Vec<String> = skipped
+        .iter()
+        .take(SKIPPED_SHOWN)
+        .map(|skip| format!("  {}: {}", skip.path, skip.reason))
+        .collect();
+    if skipped.len() > SKIPPED_SHOWN {
+        lines.push(format!("  … and {} more", skipped.len() - SKIPPED_SHOWN));
+    }
+    lines
+}
+
+/// The error for a split without a single usable image, listing why.
+fn no_usable_images(
+    source: &Path,
+    split: Split,
+    found: usize,
+    skipped: &[SkippedImage],
+) -> IngestError {
+    let mut message = format!(
+        "{}: the {} split has no usable image",
+        source.display(),
+        split.name()
+    );
+    if found + skipped.len() == 0 {
+        message.push_str(" (no image files found)");
+    } else {
+        message.push_str(&format!(" ({} skipped):", count(skipped.len(), "file")));
+        for line in skipped_lines(skipped) {
+            message.push('\n');
+            message.push_str(&line);
+        }
+    }
+    IngestError::NoUsableImages(message)
+}
+
+/// Shards already written are not decoded again by a resume, so files
+/// repaired in place are only read once the unfinished dataset is gone.
+fn with_restart_hint(error: IngestError, out: &Path) -> IngestError {
+    match error {
+        IngestError::NoUsableImages(message) => IngestError::NoUsableImages(format!(
+            "{message}\n{} holds this unfinished ingest; remove it before ingesting again",
+            out.display()
+        )),
+        other => other,
+    }
+}
+
+/// Wnids of the classes that none of `images` (less the skipped) belongs to.
+fn classes_without_rows(
+    classes: &[crate::dataset::ClassInfo],
+    images: &[SourceImage],
+    skipped: &[SkippedImage],
+) -> Vec<String> {
+    let skipped: std::collections::HashSet<&str> =
+        skipped.iter().map(|s| s.path.as_str()).collect();
+    let mut rows = vec![0usize; classes.len()];
+    for image in images.iter().filter(|i| !skipped.contains(i.key.as_str())) {
+        if let Some(n) = usize::try_from(image.label)
+            .ok()
+            .and_then(|l| rows.get_mut(l))
+        {
+            *n += 1;
+        }
+    }
+    classes
+        .iter()
+        .zip(rows)
+        .filter(|(_, n)| *n == 0)
+        .map(|(c, _)| c.wnid.clone())
+        .collect()
+}
+
+/// `path` made absolute with its symlinks resolved, as far as it exists (the
+/// rest, not yet created, appended as given).
+fn resolved(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut existing = absolute.as_path();
+    let mut missing = Vec::new();
+    loop {
+        if let Ok(real) = std::fs::canonicalize(existing) {
+            return missing.iter().rev().fold(real, |p, c| p.join(c));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                missing.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => return absolute,
+        }
+    }
+}
+
+/// Shards written into the source tree would be listed as images by the next
+/// ingest of it, so an --out there is refused.
+fn refuse_out_inside_source(source: &Path, out: &Path) -> Result<(), IngestError> {
+    if resolved(out).starts_with(resolved(source)) {
+        return Err(IngestError::OutInsideSource {
+            out: out.display().to_string(),
+            source_dir: source.display().to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// A new ingest writes only into a new or empty folder (or one holding just the
+/// state folder a run killed at once left), never among someone's files.
+fn refuse_out_not_empty(out: &Path) -> Result<(), IngestError> {
+    let entries = match std::fs::read_dir(out) {
+        Ok(entries) => entries,
+        // Missing: created below. Not a folder: create_dir_all names the problem.
+        Err(_) => return Ok(()),
+    };
+    let mut names: Vec<_> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .filter(|name| name != super::state::STATE_DIR)
+        .collect();
+    names.sort();
+    match names.first() {
+        None => Ok(()),
+        Some(name) => Err(IngestError::OutNotEmpty {
+            out: out.display().to_string(),
+            entry: name.to_string_lossy().into_owned(),
+        }),
+    }
 }
 
 impl IngestSummary {
@@ -561,21 +770,23 @@ impl IngestSummary {
             format!("layout      {}", self.layout),
             format!("classes     {}", self.classes),
             format!(
-                "train       {} images in {} shards",
-                self.train.rows, self.train.shards
+                "train       {} in {}",
+                count(self.train.rows, "image"),
+                count(self.train.shards, "shard")
             ),
             format!(
-                "val         {} images in {} shards",
-                self.val.rows, self.val.shards
+                "val         {} in {}",
+                count(self.val.rows, "image"),
+                count(self.val.shards, "shard")
             ),
             format!(
-                "this run    {} images in {:.1} s ({:.0} images/s, {} workers{})",
-                self.images_this_run,
+                "this run    {} in {:.1} s ({:.0} images/s, {}{})",
+                count(self.images_this_run, "image"),
                 self.seconds,
                 self.images_this_run as f64 / self.seconds.max(1e-9),
-                self.workers,
+                count(self.workers, "worker"),
                 if self.shards_resumed > 0 {
-                    format!(", {} shards already done", self.shards_resumed)
+                    format!(", {} already done", count(self.shards_resumed, "shard"))
                 } else {
                     String::new()
                 }
@@ -590,14 +801,29 @@ impl IngestSummary {
             ),
             format!("skipped     {}", self.skipped.len()),
         ];
-        for skip in self.skipped.iter().take(10) {
-            lines.push(format!("  {}: {}", skip.path, skip.reason));
-        }
-        if self.skipped.len() > 10 {
+        lines.extend(
+            self.skipped
+                .iter()
+                .take(SKIPPED_SHOWN)
+                .map(|skip| format!("  {}: {}", skip.path, skip.reason)),
+        );
+        if self.skipped.len() > SKIPPED_SHOWN {
             lines.push(format!(
                 "  … and {} more (all listed in dataset.json)",
-                self.skipped.len() - 10
+                self.skipped.len() - SKIPPED_SHOWN
             ));
+        }
+        for (split, empty) in [
+            ("train", &self.empty_train_classes),
+            ("val", &self.empty_val_classes),
+        ] {
+            if !empty.is_empty() {
+                lines.push(format!(
+                    "warning     {} without a {split} image: {}",
+                    count(empty.len(), "class"),
+                    empty.join(", ")
+                ));
+            }
         }
         lines
     }
