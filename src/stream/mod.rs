@@ -97,6 +97,20 @@ impl Default for StreamConfig {
     }
 }
 
+impl StreamConfig {
+    /// Checks the values a recipe could get wrong, naming the offending key (before a
+    /// run creates anything).
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.lighting_std.is_finite() && self.lighting_std >= 0.0) {
+            return Err(format!(
+                "stream.lighting_std must be a number >= 0 (0 = no lighting), got {}",
+                self.lighting_std
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// How images become network inputs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ViewMode {
