@@ -274,6 +274,6 @@ fn inject_augment_panic(batch: usize) {
             .ok()
     });
     if *at == Some(batch) {
-        panic!("injected fault (PIPELINE_FAULT_INJECT): augment worker panics at batch {batch}");
+        panic!("injected fault (PIPELINE_FAULT_INJECT=augment-panic-at-batch:{batch})");
     }
 }

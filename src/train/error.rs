@@ -19,7 +19,7 @@ pub enum TrainError {
     )]
     StreamFailed {
         /// (Not `source`: the message already says it; anyhow would print it twice.)
-        cause: StreamError,
+        cause: Box<StreamError>,
         step: u64,
         checkpoint: String,
         run: String,

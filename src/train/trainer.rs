@@ -493,7 +493,7 @@ pub fn train(options: &TrainOptions) -> Result<TrainSummary, TrainError> {
             bar.abandon();
             let checkpoint = save(&state, &opt, None, false)?;
             return Err(TrainError::StreamFailed {
-                cause,
+                cause: Box::new(cause),
                 step: state.step,
                 checkpoint: checkpoint.display().to_string(),
                 run: run.path.display().to_string(),
