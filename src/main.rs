@@ -260,8 +260,9 @@ enum Command {
         /// Total epochs (overrides train.epochs; with --resume, extends a finished run).
         #[arg(long)]
         epochs: Option<usize>,
-        /// Save a checkpoint and stop once N steps are done in total (tests, profiling).
-        #[arg(long, value_name = "N")]
+        /// Save a checkpoint and stop after N more steps, counted from where this command
+        /// starts: from 0 for a new run, from its checkpoint with --resume (tests, profiling).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
         stop_after_steps: Option<u64>,
         /// No progress bars.
         #[arg(long)]
@@ -624,7 +625,7 @@ fn main() -> Result<()> {
                 epochs,
                 stop_after_steps,
                 progress: !quiet,
-                handle_ctrl_c: true,
+                handle_signals: true,
             };
             let summary = train::train(&options)?;
             for line in summary.lines() {
@@ -632,7 +633,9 @@ fn main() -> Result<()> {
             }
             println!("{}", serde_json::to_string(&summary)?);
             if summary.finish == Finish::Interrupted {
-                std::process::exit(train::interrupt::EXIT_INTERRUPTED);
+                // 128 + the signal: 130 for Ctrl-C, 143 for SIGTERM.
+                let signal = summary.signal.unwrap_or(train::interrupt::SIGINT);
+                std::process::exit(train::interrupt::exit_status(signal));
             }
         }
         Command::Check { what } => check(what)?,

@@ -92,6 +92,7 @@ impl Recipe {
             return Err("data.image_size must be positive".into());
         }
         self.ingest.validate()?;
+        self.stream.validate()?;
         self.model.validate().map_err(|e| e.to_string())?;
         self.train.validate()
     }

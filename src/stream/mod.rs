@@ -97,6 +97,20 @@ impl Default for StreamConfig {
     }
 }
 
+impl StreamConfig {
+    /// Checks the values a recipe could get wrong, naming the offending key (before a
+    /// run creates anything).
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.lighting_std.is_finite() && self.lighting_std >= 0.0) {
+            return Err(format!(
+                "stream.lighting_std must be a number >= 0 (0 = no lighting), got {}",
+                self.lighting_std
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// How images become network inputs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ViewMode {
@@ -144,6 +158,20 @@ pub enum StreamError {
     },
     #[error("augmentation setup: {0}")]
     Augment(#[from] AugmentError),
+    /// A stage's worker panicked (a bug): the stream ends with this instead of aborting
+    /// the process, so the trainer can keep its work.
+    #[error(
+        "the {stage} stage panicked while preparing batch {} of epoch {}: {message} (a bug in pipeline)",
+        batch + 1,
+        epoch + 1
+    )]
+    WorkerPanic {
+        stage: &'static str,
+        /// 0-based, like [`StreamPosition`].
+        epoch: u64,
+        batch: usize,
+        message: String,
+    },
     #[error("stream setup: {0}")]
     Setup(String),
     #[error("the stream stopped unexpectedly (a stage task ended early)")]
@@ -212,6 +240,9 @@ impl DataSource {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(workers)
             .thread_name(|i| format!("augment-{i}"))
+            // Each job catches its own panic and sends it on as a StreamError (stages.rs);
+            // this keeps rayon's default, aborting the process, from ever applying.
+            .panic_handler(|_| {})
             .build()
             .map_err(|e| StreamError::Setup(format!("augmentation threads: {e}")))?;
         Ok(Self {

@@ -2,7 +2,8 @@
 //! channel whose capacity is a named knob; a stage stops when its input ends or
 //! its output's receiver is gone (dropping the consumer unwinds the whole chain).
 
-use std::sync::Arc;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use futures::StreamExt;
@@ -153,6 +154,9 @@ impl AugmentContext {
                 .zip(plan.rows.par_iter())
                 .enumerate()
                 .for_each(|(i, (out, row))| {
+                    if i == 0 && self.mode == ViewMode::Train {
+                        inject_augment_panic(plan.index);
+                    }
                     match self.mode {
                         ViewMode::Train => {
                             // Each sample's randomness depends only on its position, so the
@@ -219,7 +223,18 @@ impl AugmentTask {
                 Ok(plan) => {
                     let context = self.context.clone();
                     self.context.pool.spawn(move || {
-                        let _ = tx.send(Ok(context.assemble(plan)));
+                        // A panic here (a bug) must not abort the run: it becomes this
+                        // batch's error, and the trainer checkpoints before reporting it.
+                        let batch = plan.index;
+                        let result =
+                            std::panic::catch_unwind(AssertUnwindSafe(|| context.assemble(plan)))
+                                .map_err(|payload| StreamError::WorkerPanic {
+                                    stage: "augment",
+                                    epoch: context.epoch,
+                                    batch,
+                                    message: panic_message(payload.as_ref()),
+                                });
+                        let _ = tx.send(result);
                     });
                 }
                 Err(e) => {
@@ -230,5 +245,35 @@ impl AugmentTask {
                 return;
             }
         }
+    }
+}
+
+/// The text of a panic payload (`panic!` gives a `&str` or a `String`).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".into()
+    }
+}
+
+/// Test hook, not a user setting: `PIPELINE_FAULT_INJECT=augment-panic-at-batch:N` makes
+/// the augmentation of training batch N (0-based, in every epoch) panic, so the tests can
+/// prove that a bug in an augment worker ends the run with a checkpoint and a named error
+/// rather than an abort. (Tests run in release builds, so this cannot hide behind
+/// `cfg(debug_assertions)`.) Any other value is ignored.
+fn inject_augment_panic(batch: usize) {
+    static AT: OnceLock<Option<usize>> = OnceLock::new();
+    let at = AT.get_or_init(|| {
+        std::env::var("PIPELINE_FAULT_INJECT")
+            .ok()?
+            .strip_prefix("augment-panic-at-batch:")?
+            .parse()
+            .ok()
+    });
+    if *at == Some(batch) {
+        panic!("injected fault (PIPELINE_FAULT_INJECT=augment-panic-at-batch:{batch})");
     }
 }

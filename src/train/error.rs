@@ -12,6 +12,18 @@ pub enum TrainError {
     Config(String),
     #[error(transparent)]
     Stream(#[from] StreamError),
+    /// The data stream failed mid-training; the steps done were checkpointed first.
+    #[error(
+        "{cause}\ntraining stopped after step {step}, saved in {checkpoint}; \
+         once the cause is fixed, continue with `pipeline train --resume {run}`"
+    )]
+    StreamFailed {
+        /// (Not `source`: the message already says it; anyhow would print it twice.)
+        cause: Box<StreamError>,
+        step: u64,
+        checkpoint: String,
+        run: String,
+    },
     #[error("device {device:?}: {message}")]
     Device { device: String, message: String },
     /// The dataset does not fit the recipe or the run (image size, classes).

@@ -6,6 +6,7 @@
 //! RUN/metrics.jsonl        one JSON object per finished epoch
 //! RUN/checkpoints/step-NNNNNNNN.safetensors   the last `train.keep_last` checkpoints
 //! RUN/checkpoints/best.safetensors            the lowest validation top-1 error
+//! RUN/checkpoints/step-….safetensors.damaged  one that failed its digest, moved aside by --resume
 //! RUN/summary.json         written when the run finishes its last epoch
 //! ```
 

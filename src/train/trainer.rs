@@ -6,6 +6,7 @@
 //! Everything random is seeded and saved (stream position, dropout RNG), and every
 //! decision depends only on saved state, so `--resume` continues bit for bit.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,7 +27,7 @@ use super::{TrainError, device, error::candle, interrupt};
 use crate::dataset::Split;
 use crate::model::DropoutRng;
 use crate::recipe::Recipe;
-use crate::stream::{DataSource, EpochOptions, StreamPosition, ViewMode};
+use crate::stream::{DataSource, EpochOptions, StreamError, StreamPosition, ViewMode};
 
 /// How a run starts.
 #[derive(Clone, Debug)]
@@ -50,12 +51,13 @@ pub struct TrainOptions {
     pub device: Option<String>,
     /// Overrides `train.epochs` (saved into the run's recipe; extends a finished run).
     pub epochs: Option<usize>,
-    /// Save a checkpoint and stop once this many steps are done (for tests and profiling).
+    /// Save a checkpoint and stop after this many more steps, counted from where this
+    /// call starts (from 0 for a new run, from the checkpoint on resume).
     pub stop_after_steps: Option<u64>,
     /// Draw progress bars (on stderr, when it is a terminal).
     pub progress: bool,
-    /// Catch Ctrl-C: save a checkpoint and return [`Finish::Interrupted`].
-    pub handle_ctrl_c: bool,
+    /// Catch Ctrl-C and SIGTERM: save a checkpoint and return [`Finish::Interrupted`].
+    pub handle_signals: bool,
 }
 
 /// Why the loop returned.
@@ -64,7 +66,7 @@ pub struct TrainOptions {
 pub enum Finish {
     /// Every epoch of the recipe is done.
     Completed,
-    /// Ctrl-C: a checkpoint was saved; `--resume` continues.
+    /// Ctrl-C or SIGTERM: a checkpoint was saved; `--resume` continues.
     Interrupted,
     /// `--stop-after-steps` was reached; a checkpoint was saved.
     Stopped,
@@ -75,6 +77,8 @@ pub enum Finish {
 pub struct TrainSummary {
     pub run: PathBuf,
     pub finish: Finish,
+    /// The signal that interrupted the run (SIGINT 2, SIGTERM 15), if one did.
+    pub signal: Option<i32>,
     pub epochs_done: u64,
     pub epochs: usize,
     pub step: u64,
@@ -100,9 +104,12 @@ impl TrainSummary {
     pub fn lines(&self) -> Vec<String> {
         let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.2} %", 100.0 * v));
         let what = match self.finish {
-            Finish::Completed => "finished",
-            Finish::Interrupted => "interrupted (Ctrl-C)",
-            Finish::Stopped => "stopped (--stop-after-steps)",
+            Finish::Completed => "finished".to_string(),
+            Finish::Interrupted => format!(
+                "interrupted ({})",
+                interrupt::signal_name(self.signal.unwrap_or(interrupt::SIGINT))
+            ),
+            Finish::Stopped => "stopped (--stop-after-steps)".to_string(),
         };
         let mut lines = vec![
             format!("run          {} ({what})", self.run.display()),
@@ -238,15 +245,16 @@ pub fn train(options: &TrainOptions) -> Result<TrainSummary, TrainError> {
     // ------------------------------------------------------------------ the run directory
     let (run, resume_from) = match (existing, &options.start) {
         (Some(run), _) => {
-            let last = run.last_checkpoint()?;
-            (run, last)
+            let usable = newest_usable_checkpoint(&run, &device)?;
+            (run, usable)
         }
         (None, Start::New { out: Some(out), .. }) => (RunDir::create(out)?, None),
         (None, _) => (RunDir::create_numbered(Path::new(RUNS_ROOT))?, None),
     };
 
     // ------------------------------------------------------------------ model, optimiser, state
-    let (net, mut opt, mut state) = match &resume_from {
+    let resuming = resume_from.is_some();
+    let (net, mut opt, mut state) = match resume_from {
         None => {
             // (Also a --resume of a run stopped before its first checkpoint: start over.)
             run.write_recipe(&recipe)?;
@@ -273,9 +281,8 @@ pub fn train(options: &TrainOptions) -> Result<TrainSummary, TrainError> {
             };
             (net, opt, state)
         }
-        Some(path) => {
-            let (tensors, meta) = checkpoint::load(path, &device)?;
-            check_classes(&dataset, &train_src, &meta, path)?;
+        Some((path, tensors, meta)) => {
+            check_classes(&dataset, &train_src, &meta, &path)?;
             if !meta.model.same_network(&recipe.model) || meta.input_size != crop {
                 return Err(TrainError::Checkpoint {
                     path: path.display().to_string(),
@@ -289,7 +296,7 @@ pub fn train(options: &TrainOptions) -> Result<TrainSummary, TrainError> {
                 });
             }
             let net =
-                net::from_checkpoint(&recipe.model, crop, classes.len(), &tensors, path, &device)?;
+                net::from_checkpoint(&recipe.model, crop, classes.len(), &tensors, &path, &device)?;
             let mut opt = PaperSgd::new(net.vars.clone(), cfg.momentum, cfg.weight_decay)
                 .map_err(candle("creating the optimiser"))?
                 .with_decay_biases(cfg.decay_biases);
@@ -337,8 +344,8 @@ pub fn train(options: &TrainOptions) -> Result<TrainSummary, TrainError> {
         )
     };
 
-    let interrupted: Arc<AtomicBool> = if options.handle_ctrl_c {
-        interrupt::ctrl_c_flag()
+    let interrupted: Arc<AtomicBool> = if options.handle_signals {
+        interrupt::stop_flag()
     } else {
         Arc::new(AtomicBool::new(false))
     };
@@ -353,11 +360,7 @@ pub fn train(options: &TrainOptions) -> Result<TrainSummary, TrainError> {
         val_src.manifest.split(Split::Val).map_or(0, |s| s.rows),
         crate::progress::count(classes.len(), "class", "classes"),
         recipe.model.width,
-        if resume_from.is_some() {
-            "resuming"
-        } else {
-            "starting"
-        },
+        if resuming { "resuming" } else { "starting" },
         cfg.device,
         state.position.epoch,
         cfg.epochs,
@@ -365,6 +368,8 @@ pub fn train(options: &TrainOptions) -> Result<TrainSummary, TrainError> {
         crate::progress::count(batches_per_epoch, "step", "steps"),
     );
     let mut finish = Finish::Completed;
+    // Counted from here: on --resume, N more steps after the checkpoint.
+    let stop_at = options.stop_after_steps.map(|n| state.step + n);
 
     // ------------------------------------------------------------------ epochs
     'epochs: while (state.position.epoch as usize) < cfg.epochs {
@@ -378,7 +383,7 @@ pub fn train(options: &TrainOptions) -> Result<TrainSummary, TrainError> {
         let mut clock = Accounting::start(&state.progress);
 
         let dtype = cfg.precision.dtype();
-        let mut upcoming = Staged::next(&mut stream, &device)?;
+        let (mut upcoming, mut stream_failure) = Staged::next_or_failure(&mut stream, &device)?;
         while let Some(batch) = upcoming.take() {
             // -- forward (train mode: dropout from our RNG) and loss, queued on the device;
             //    bf16 casts the f32 weights and batch (the gradients come back in f32)
@@ -397,8 +402,9 @@ pub fn train(options: &TrainOptions) -> Result<TrainSummary, TrainError> {
             let loss = candle_nn::loss::cross_entropy(&logits, &batch.y)
                 .map_err(candle("cross-entropy"))?;
 
-            // -- the next batch onto the device while this forward runs
-            upcoming = Staged::next(&mut stream, &device)?;
+            // -- the next batch onto the device while this forward runs (a stream that
+            //    fails here still lets this step finish, so its checkpoint holds it)
+            (upcoming, stream_failure) = Staged::next_or_failure(&mut stream, &device)?;
 
             let loss_value = loss.to_scalar::<f32>().map_err(candle("loss"))?; // sync point with the GPU
             let predicted = logits
@@ -458,7 +464,10 @@ pub fn train(options: &TrainOptions) -> Result<TrainSummary, TrainError> {
             );
 
             // -- checkpoint / stop on request
-            let stop = options.stop_after_steps == Some(state.step);
+            if stream_failure.is_some() {
+                break;
+            }
+            let stop = stop_at == Some(state.step);
             let ctrl_c = interrupted.load(Ordering::SeqCst);
             let periodic = cfg.checkpoint_every_steps > 0
                 && state.step.is_multiple_of(cfg.checkpoint_every_steps);
@@ -478,6 +487,18 @@ pub fn train(options: &TrainOptions) -> Result<TrainSummary, TrainError> {
         }
         clock.account(&mut state.progress, &mut session, &stream);
         drop(stream);
+        if let Some(cause) = stream_failure {
+            // The data stopped mid-epoch (a damaged shard, a bug in a stage): keep the
+            // work done so far, then report the cause.
+            bar.abandon();
+            let checkpoint = save(&state, &opt, None, false)?;
+            return Err(TrainError::StreamFailed {
+                cause: Box::new(cause),
+                step: state.step,
+                checkpoint: checkpoint.display().to_string(),
+                run: run.path.display().to_string(),
+            });
+        }
         bar.finish_and_clear();
 
         // ------------------------------------------------------------------ end of epoch
@@ -554,6 +575,8 @@ pub fn train(options: &TrainOptions) -> Result<TrainSummary, TrainError> {
     let summary = TrainSummary {
         run: run.path.clone(),
         finish,
+        signal: (finish == Finish::Interrupted)
+            .then(|| interrupt::received().unwrap_or(interrupt::SIGINT)),
         epochs_done: state.position.epoch,
         epochs: cfg.epochs,
         step: state.step,
@@ -615,9 +638,88 @@ impl Staged {
         }))
     }
 
+    /// [`Staged::next`], with a failure of the stream itself handed back apart (the
+    /// loop checkpoints before reporting it); other errors stay errors.
+    fn next_or_failure(
+        stream: &mut crate::stream::Stream,
+        device: &candle_core::Device,
+    ) -> Result<(Option<Staged>, Option<StreamError>), TrainError> {
+        match Staged::next(stream, device) {
+            Ok(next) => Ok((next, None)),
+            Err(TrainError::Stream(e)) => Ok((None, Some(e))),
+            Err(e) => Err(e),
+        }
+    }
+
     fn len(&self) -> usize {
         self.labels.len()
     }
+}
+
+/// The newest step checkpoint of `run` that loads and verifies, with its contents.
+/// Damaged newer ones are named on stderr and moved aside (`….damaged`), so pruning can
+/// never keep them over good ones. None: the run has no checkpoint yet. An error when
+/// every checkpoint is damaged (they are then left in place).
+#[allow(clippy::type_complexity)]
+fn newest_usable_checkpoint(
+    run: &RunDir,
+    device: &candle_core::Device,
+) -> Result<Option<(PathBuf, HashMap<String, Tensor>, CheckpointMeta)>, TrainError> {
+    let steps = checkpoint::list_steps(&run.checkpoints())?;
+    let mut damaged: Vec<(PathBuf, TrainError)> = Vec::new();
+    for (_, path) in steps.iter().rev() {
+        match checkpoint::load(path, device) {
+            Ok((tensors, meta)) => {
+                for (bad, _) in &damaged {
+                    let aside = damaged_path(bad);
+                    std::fs::rename(bad, &aside).map_err(super::error::io(bad))?;
+                    eprintln!(
+                        "moved the damaged {} aside to {}",
+                        bad.display(),
+                        aside.display()
+                    );
+                }
+                if !damaged.is_empty() {
+                    eprintln!(
+                        "resuming from the previous good checkpoint {} (step {})",
+                        path.display(),
+                        meta.step
+                    );
+                }
+                return Ok(Some((path.clone(), tensors, meta)));
+            }
+            Err(e @ TrainError::Checkpoint { .. }) => {
+                eprintln!("{e}");
+                damaged.push((path.clone(), e));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if damaged.is_empty() {
+        return Ok(None);
+    }
+    Err(TrainError::Run {
+        path: run.path.display().to_string(),
+        message: format!(
+            "has no usable checkpoint to resume from; every one is damaged:\n  {}\n\
+             restore one from a backup, or start the run again with `pipeline train --out`",
+            damaged
+                .iter()
+                .map(|(_, e)| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n  ")
+        ),
+    })
+}
+
+/// `step-00000018.safetensors` → `step-00000018.safetensors.damaged`.
+fn damaged_path(path: &Path) -> PathBuf {
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".damaged");
+    path.with_file_name(name)
 }
 
 /// Moves the loop time, data stall and images since the last call into the epoch's

@@ -1,0 +1,403 @@
+//! `pipeline train` when something goes wrong, through the CLI as a user meets it: a
+//! damaged checkpoint is named and skipped on resume, SIGTERM checkpoints like Ctrl-C,
+//! `--stop-after-steps` counts from the resume point, a bad recipe is refused before
+//! anything is written, and a panic in an augment worker ends the run with a checkpoint.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::OnceLock;
+
+use common::*;
+use serde_json::Value;
+
+/// 30 train / 10 val images per class at the sample recipe's 72 px, made once.
+fn small_dataset() -> &'static Path {
+    static DATASET: OnceLock<PathBuf> = OnceLock::new();
+    DATASET.get_or_init(|| {
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("train-reliability-small");
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let source = render_sample(&root, "folders", 30, 10);
+        let dataset = root.join("dataset");
+        ingest(&source, &dataset, 72, &[]);
+        dataset
+    })
+}
+
+/// The sample recipe shrunk for speed (width 1/8, batches of 32: 9 steps per epoch on
+/// the small dataset), with `epochs` epochs and `lines` replacing lines by key.
+fn recipe_with(dir: &Path, epochs: usize, lines: &[(&str, &str)]) -> PathBuf {
+    let sample =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipeline/sample.toml"))
+            .unwrap();
+    let mut text = String::new();
+    for line in sample.lines() {
+        let key = line.split('=').next().unwrap_or("").trim();
+        let replaced = match key {
+            "width" => Some("width = 0.125".to_string()),
+            "epochs" => Some(format!("epochs = {epochs}")),
+            "batch_size" => Some("batch_size = 32".to_string()),
+            "shuffle_buffer" => Some("shuffle_buffer = 128".to_string()),
+            _ => lines
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(k, v)| format!("{k} = {v}")),
+        };
+        text.push_str(replaced.as_deref().unwrap_or(line));
+        text.push('\n');
+    }
+    let path = dir.join("tiny.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn s(path: &Path) -> &str {
+    path_str(path)
+}
+
+fn train_args<'a>(recipe: &'a Path, run: &'a Path) -> Vec<&'a str> {
+    vec![
+        "train",
+        "--recipe",
+        s(recipe),
+        "--dataset",
+        s(small_dataset()),
+        "--out",
+        s(run),
+        "--quiet",
+    ]
+}
+
+/// The JSON object on the last line of stdout.
+fn last_json(output: &std::process::Output) -> Value {
+    let out = stdout(output);
+    serde_json::from_str(out.lines().last().expect("some output"))
+        .unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+fn stderr(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn step_checkpoints(run: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("step-") && n.ends_with(".safetensors"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Every tensor of a checkpoint as raw bytes (weights and momentum).
+fn tensors(path: &Path) -> BTreeMap<String, Vec<u8>> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(name, view)| (name, view.data().to_vec()))
+        .collect()
+}
+
+/// Metrics lines without the wall-clock fields.
+fn metrics_without_timing(run: &Path) -> Vec<Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut m: Value = serde_json::from_str(l).unwrap();
+            let o = m.as_object_mut().unwrap();
+            for key in ["images_per_s", "data_stall_frac", "train_s", "val_s"] {
+                o.remove(key);
+            }
+            m
+        })
+        .collect()
+}
+
+/// An uninterrupted 2-epoch run (18 steps), made once and never changed: what every
+/// interrupted and resumed run must end up equal to.
+fn reference_run() -> &'static Path {
+    static RUN: OnceLock<PathBuf> = OnceLock::new();
+    RUN.get_or_init(|| {
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("train-reliability-reference");
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let recipe = recipe_with(&root, 2, &[]);
+        let run = root.join("run");
+        common::run(&train_args(&recipe, &run));
+        assert_eq!(
+            step_checkpoints(&run),
+            ["step-00000009.safetensors", "step-00000018.safetensors"]
+        );
+        run
+    })
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// Flips a few bytes in the tensor data of a checkpoint (its last kilobyte).
+fn flip_bytes(path: &Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let n = bytes.len();
+    for i in [n - 1000, n - 600, n - 7] {
+        bytes[i] ^= 0x5a;
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn a_damaged_checkpoint_is_named_and_resume_falls_back_to_the_previous_good_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    copy_tree(reference_run(), &run);
+    let newest = run.join("checkpoints/step-00000018.safetensors");
+    let older = run.join("checkpoints/step-00000009.safetensors");
+    flip_bytes(&newest);
+
+    let out = common::run(&["train", "--resume", s(&run), "--quiet"]);
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "checkpoint {}: damaged, its contents do not match the digest saved with it",
+            s(&newest)
+        )),
+        "names the damaged checkpoint: {err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "resuming from the previous good checkpoint {} (step 9)",
+            s(&older)
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("training loss is"), "{err}");
+    assert!(
+        run.join("checkpoints/step-00000018.safetensors.damaged")
+            .exists()
+    );
+    // Epoch 2 was trained again from step 9, bit for bit as the first time.
+    let want = tensors(&reference_run().join("checkpoints/step-00000018.safetensors"));
+    assert_eq!(want.len(), 32, "16 weights + 16 velocities");
+    assert!(tensors(&newest) == want, "the retrained step 18 differs");
+    assert_eq!(
+        metrics_without_timing(&run),
+        metrics_without_timing(reference_run())
+    );
+
+    // With every checkpoint damaged there is nothing to resume from: a clear error.
+    flip_bytes(&newest);
+    flip_bytes(&older);
+    let err = run_fails(&["train", "--resume", s(&run), "--quiet"]);
+    assert!(err.contains("has no usable checkpoint"), "{err}");
+    assert!(
+        err.contains(s(&newest)) && err.contains(s(&older)),
+        "names both: {err}"
+    );
+    assert!(newest.exists() && older.exists(), "left in place");
+}
+
+/// Removes the digest from a checkpoint's header: what versions before it wrote.
+fn strip_digest(path: &Path) {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let meta = header["__metadata__"].as_object_mut().unwrap();
+    assert!(meta.remove("pipeline.digest").is_some(), "had a digest");
+    let mut header = serde_json::to_vec(&header).unwrap();
+    header.resize(header.len().next_multiple_of(8), b' ');
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&bytes[8 + n..]);
+    std::fs::write(path, out).unwrap();
+}
+
+#[test]
+fn a_checkpoint_without_a_digest_still_resumes_and_says_so_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let recipe = recipe_with(tmp.path(), 2, &[]);
+    let run = tmp.path().join("run");
+    let mut args = train_args(&recipe, &run);
+    args.extend(["--stop-after-steps", "2"]);
+    common::run(&args);
+    strip_digest(&run.join("checkpoints/step-00000002.safetensors"));
+    let out = common::run(&[
+        "train",
+        "--resume",
+        s(&run),
+        "--stop-after-steps",
+        "1",
+        "--quiet",
+    ]);
+    let err = stderr(&out);
+    assert_eq!(err.matches("carries no digest").count(), 1, "{err}");
+    assert_eq!(last_json(&out)["step"], 3);
+}
+
+#[test]
+fn sigterm_saves_a_checkpoint_exits_143_and_the_run_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Far more epochs than the signal lets it train.
+    let recipe = recipe_with(tmp.path(), 50, &[]);
+    let run = tmp.path().join("run");
+    let mut child = bin()
+        .args(train_args(&recipe, &run))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.starts_with("training "), "{first}");
+    let signalled = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(signalled.success());
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(143), "{rest:?}\n{err}");
+    assert!(err.contains("SIGTERM: finishing the current step"), "{err}");
+    let summary: Value = serde_json::from_str(rest.last().unwrap()).unwrap();
+    assert_eq!(summary["finish"], "interrupted");
+    assert_eq!(summary["signal"], 15);
+    assert!(
+        rest.iter()
+            .any(|l| l.contains("interrupted (SIGTERM)") && l.contains(s(&run))),
+        "{rest:?}"
+    );
+    let step = summary["step"].as_u64().unwrap();
+    let saved = format!("step-{step:08}.safetensors");
+    assert_eq!(step_checkpoints(&run).last(), Some(&saved));
+
+    let out = common::run(&[
+        "train",
+        "--resume",
+        s(&run),
+        "--stop-after-steps",
+        "1",
+        "--quiet",
+    ]);
+    assert!(stdout(&out).contains("resuming"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains(&format!("step {step},")),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(last_json(&out)["step"], step + 1);
+}
+
+#[test]
+fn stop_after_steps_on_resume_counts_from_the_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let recipe = recipe_with(tmp.path(), 2, &[]);
+    let run = tmp.path().join("run");
+    let mut args = train_args(&recipe, &run);
+    args.extend(["--stop-after-steps", "5"]);
+    let out = common::run(&args);
+    assert_eq!(last_json(&out)["step"], 5);
+    // Two more steps, not "stop at step 2" (already passed, so it used to run to the end).
+    let out = common::run(&[
+        "train",
+        "--resume",
+        s(&run),
+        "--stop-after-steps",
+        "2",
+        "--quiet",
+    ]);
+    assert_eq!(last_json(&out)["finish"], "stopped");
+    assert_eq!(last_json(&out)["step"], 7);
+    assert_eq!(
+        step_checkpoints(&run).last().unwrap(),
+        "step-00000007.safetensors"
+    );
+    let help = stdout(&common::run(&["train", "--help"]));
+    assert!(help.contains("from its checkpoint with --resume"), "{help}");
+}
+
+#[test]
+fn a_bad_stream_key_is_refused_before_any_run_folder_is_made() {
+    let tmp = tempfile::tempdir().unwrap();
+    let recipe = recipe_with(tmp.path(), 1, &[("lighting_std", "-0.1")]);
+    let run = tmp.path().join("run");
+    let err = run_fails(&train_args(&recipe, &run));
+    assert!(
+        err.contains("stream.lighting_std") && err.contains("-0.1") && err.contains("tiny.toml"),
+        "{err}"
+    );
+    assert!(!run.exists(), "no run folder is left behind");
+    // Nor a numbered one under runs/.
+    let output = bin()
+        .current_dir(tmp.path())
+        .args([
+            "train",
+            "--recipe",
+            s(&recipe),
+            "--dataset",
+            s(small_dataset()),
+            "--quiet",
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("stream.lighting_std"));
+    assert!(!tmp.path().join("runs").exists());
+}
+
+#[test]
+fn a_panic_in_an_augment_worker_ends_the_run_with_a_checkpoint_and_a_named_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let recipe = recipe_with(tmp.path(), 2, &[]);
+    let run = tmp.path().join("run");
+    let output = bin()
+        .args(train_args(&recipe, &run))
+        .env("PIPELINE_FAULT_INJECT", "augment-panic-at-batch:4")
+        .output()
+        .unwrap();
+    let err = stderr(&output);
+    // An error exit, not an abort by signal.
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("the augment stage panicked while preparing batch 5 of epoch 1"),
+        "{err}"
+    );
+    let saved = run.join("checkpoints/step-00000004.safetensors");
+    assert!(
+        err.contains(&format!(
+            "training stopped after step 4, saved in {}",
+            s(&saved)
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("pipeline train --resume {}", s(&run))),
+        "{err}"
+    );
+    assert_eq!(step_checkpoints(&run), ["step-00000004.safetensors"]);
+
+    // Without the fault the run resumes from there and ends as if nothing happened.
+    common::run(&["train", "--resume", s(&run), "--quiet"]);
+    let step18 = "checkpoints/step-00000018.safetensors";
+    assert!(tensors(&run.join(step18)) == tensors(&reference_run().join(step18)));
+    assert_eq!(
+        metrics_without_timing(&run),
+        metrics_without_timing(reference_run())
+    );
+}
