@@ -420,8 +420,22 @@ fn open_source(dataset: &PathBuf, split: Split, recipe: &Recipe) -> Result<DataS
     Ok(source)
 }
 
+/// `pipeline stream | head`: once the reader has gone, end as any Unix tool does (the
+/// default SIGPIPE) instead of panicking in `println!`. Not for `train`, whose stdout
+/// writes ignore a closed pipe, so a pager that quits never costs a checkpoint.
+fn quit_quietly_on_a_closed_stdout() {
+    // SAFETY: called at the start of main, before any thread exists; restores the
+    // signal's default disposition, which Rust's runtime set to "ignore".
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Train { .. }) {
+        quit_quietly_on_a_closed_stdout();
+    }
     match cli.command {
         Command::Demo { dir } => {
             anyhow::ensure!(

@@ -432,3 +432,31 @@ fn a_stream_too_small_for_one_batch_is_an_error_not_an_empty_report() {
         "{err}"
     );
 }
+
+#[test]
+fn a_reader_that_has_gone_ends_the_output_quietly_not_with_a_panic() {
+    // `pipeline stream | head -1`: the pipe is closed before the report is written.
+    let mut child = bin()
+        .args(["stream", "--dataset", path_str(dataset())])
+        .args(["--batch-size", "8"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        output.status.signal(),
+        Some(libc_sigpipe()),
+        "ends as a Unix tool does on a closed pipe: {:?}\n{stderr}",
+        output.status
+    );
+}
+
+/// SIGPIPE's number on Linux and macOS.
+fn libc_sigpipe() -> i32 {
+    13
+}

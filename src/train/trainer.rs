@@ -351,7 +351,7 @@ pub fn train(options: &TrainOptions) -> Result<TrainSummary, TrainError> {
     };
     let started = Instant::now();
     let mut session = Session::default();
-    println!(
+    say(format_args!(
         "training {} on {} ({} train / {} val images, {}): AlexNet width {} at {crop}×{crop}, \
          {parameters} parameters, {} on {}; epoch {}/{}, step {}, {} per epoch",
         run.path.display(),
@@ -366,7 +366,7 @@ pub fn train(options: &TrainOptions) -> Result<TrainSummary, TrainError> {
         cfg.epochs,
         state.step,
         crate::progress::count(batches_per_epoch, "step", "steps"),
-    );
+    ));
     let mut finish = Finish::Completed;
     // Counted from here: on --resume, N more steps after the checkpoint.
     let stop_at = options.stop_after_steps.map(|n| state.step + n);
@@ -553,7 +553,7 @@ pub fn train(options: &TrainOptions) -> Result<TrainSummary, TrainError> {
             val_s,
         };
         metrics::append(&run.metrics(), &line)?;
-        println!("{}", epoch_line(&line, cfg.epochs));
+        say(format_args!("{}", epoch_line(&line, cfg.epochs)));
         state.last_train_loss = Some(line.train_loss);
         if let Some(v) = val {
             state.last_val = Some((epoch, v.top1_err(), v.top5_err()));
@@ -832,6 +832,13 @@ fn fmt_lr(lr: f64) -> String {
 }
 
 /// One stdout line per epoch.
+/// A line on stdout that a reader who has gone (`train | head`) cannot turn into a panic:
+/// training goes on and metrics.jsonl keeps every line.
+fn say(line: std::fmt::Arguments) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{line}");
+}
+
 fn epoch_line(m: &EpochMetrics, epochs: usize) -> String {
     let val = match (m.val_top1_err, m.val_top5_err) {
         (Some(t1), Some(t5)) => format!(
