@@ -9,7 +9,7 @@ use arrow::record_batch::RecordBatch;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::writer::ShardRow;
-use super::{Split, schema, shard_file_name};
+use super::{Split, checksum, schema, shard_file_name};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -33,6 +33,14 @@ pub enum ReadError {
         path: String,
         expected: String,
         found: String,
+    },
+    #[error("{path}: {message}")]
+    Footer { path: String, message: String },
+    #[error("{path}: row group {row_group}: {message}")]
+    Corrupt {
+        path: String,
+        row_group: usize,
+        message: String,
     },
 }
 
@@ -74,7 +82,8 @@ pub fn check_schema(path: &Path, found: &Schema, image_size: usize) -> Result<()
     }
 }
 
-/// Reads a whole shard into rows (small datasets, tests, verification).
+/// Reads a whole shard into rows (small datasets, tests, verification), checking
+/// each row group's pixels against the CRC in the footer where there is one.
 pub fn read_shard(path: &Path, image_size: usize) -> Result<Vec<ShardRow>, ReadError> {
     let shown = || path.display().to_string();
     let file = std::fs::File::open(path).map_err(|source| ReadError::Io {
@@ -87,6 +96,15 @@ pub fn read_shard(path: &Path, image_size: usize) -> Result<Vec<ShardRow>, ReadE
             source,
         })?;
     check_schema(path, builder.schema(), image_size)?;
+    let metadata = builder.metadata().clone();
+    let crcs = checksum::recorded(
+        metadata.file_metadata().key_value_metadata(),
+        metadata.num_row_groups(),
+    )
+    .map_err(|message| ReadError::Footer {
+        path: shown(),
+        message,
+    })?;
     let reader = builder.build().map_err(|source| ReadError::Parquet {
         path: shown(),
         source,
@@ -98,6 +116,22 @@ pub fn read_shard(path: &Path, image_size: usize) -> Result<Vec<ShardRow>, ReadE
             source,
         })?;
         append_rows(&batch, &mut rows);
+    }
+    if let Some(crcs) = crcs {
+        let mut start = 0;
+        for (row_group, (meta, &recorded)) in metadata.row_groups().iter().zip(&crcs).enumerate() {
+            let end = (start + meta.num_rows() as usize).min(rows.len());
+            let found =
+                checksum::pixels_crc32(rows[start..end].iter().map(|r| r.pixels.as_slice()));
+            if found != recorded {
+                return Err(ReadError::Corrupt {
+                    path: shown(),
+                    row_group,
+                    message: checksum::mismatch_message(found, recorded),
+                });
+            }
+            start = end;
+        }
     }
     Ok(rows)
 }

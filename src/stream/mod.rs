@@ -135,6 +135,17 @@ pub enum StreamError {
     },
     #[error("{path}: {message}")]
     Shard { path: String, message: String },
+    /// A row group's pixels differ from the CRC-32 ingest recorded for them.
+    #[error("{path}: row group {row_group}: {message}")]
+    Corrupt {
+        path: String,
+        row_group: usize,
+        message: String,
+    },
+    /// A label that names no class of the manifest (it would index past the
+    /// network's outputs).
+    #[error(transparent)]
+    Label(Box<LabelError>),
     #[error("{dataset}: {split} shards hold {found} rows but dataset.json lists {expected}")]
     RowCount {
         dataset: String,
@@ -148,6 +159,23 @@ pub enum StreamError {
     Setup(String),
     #[error("the stream stopped unexpectedly (a stage task ended early)")]
     Stopped,
+}
+
+/// A row whose label is outside `0..classes`.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{path}: row {row} (row group {row_group}, key {key}) has label {label}, but dataset.json \
+     lists {classes} classes, so a label must be at least 0 and below {classes}; the shard \
+     and the manifest disagree, ingest the dataset again"
+)]
+pub struct LabelError {
+    pub path: String,
+    /// Row within the shard, from 0.
+    pub row: usize,
+    pub row_group: usize,
+    pub key: String,
+    pub label: i32,
+    pub classes: usize,
 }
 
 /// A split opened for streaming: shards checked once, reused by every epoch.
@@ -204,6 +232,17 @@ impl DataSource {
             .build()
             .map_err(|e| StreamError::Setup(format!("tokio runtime: {e}")))?;
         let index = runtime.block_on(ShardIndex::open(dataset, split, &manifest))?;
+        let unchecked = index.shards_without_checksums();
+        if unchecked > 0 {
+            // Still readable: checksums came after format version 1's first shards.
+            eprintln!(
+                "note: {} {split}: {unchecked} of {} shards have no pixel checksums (written \
+                 before ingest recorded them), so corruption in them cannot be detected; \
+                 ingest again to add them",
+                dataset.display(),
+                index.shards.len()
+            );
+        }
         let workers = if config.workers == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         } else {
