@@ -1,7 +1,8 @@
 //! Bad data is caught and named, through the CLI as a user meets it: a flipped pixel
 //! byte names its shard and row group, shards without checksums still stream (with a
-//! note), and a label outside the classes names its shard, row and key before training
-//! creates a run.
+//! note), a label outside the classes names its shard, row and key before training
+//! creates a run, eval's advice names flags eval has, and a dataset without a val
+//! split trains without pretending to validate and is refused by eval.
 
 mod common;
 
@@ -268,4 +269,96 @@ fn a_label_outside_the_classes_is_named_before_training_creates_a_run() {
         .clone();
     std::fs::write(&path, fixed.to_string()).unwrap();
     run(&train_args(&recipe, &dataset, &run_dir));
+}
+
+#[test]
+fn eval_with_another_image_size_advises_flags_eval_has() {
+    let tmp = tempfile::tempdir().unwrap();
+    let recipe = tiny_recipe(tmp.path(), 1);
+    let run_dir = tmp.path().join("run");
+    run(&train_args(&recipe, shared_dataset(), &run_dir));
+    let other = tmp.path().join("dataset-64");
+    ingest(sample(), &other, 64, &[]);
+    let err = run_fails(&[
+        "eval",
+        "--run",
+        s(&run_dir),
+        "--dataset",
+        s(&other),
+        "--quiet",
+    ]);
+    assert!(
+        err.contains("stores 64×64 images but the run was trained on 72×72")
+            && err.contains("pass --dataset with a dataset ingested at that size")
+            && err.contains("--image-size 72"),
+        "{err}"
+    );
+    assert!(!err.contains("--recipe"), "eval has no --recipe: {err}");
+}
+
+#[test]
+fn without_a_val_split_training_skips_validation_and_eval_refuses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let recipe = tiny_recipe(tmp.path(), 2);
+    // A source with only its train folder: ingest records an empty val split.
+    let source = tmp.path().join("train-only");
+    for (rel, bytes) in tree_bytes(sample()) {
+        if rel.starts_with("val/") {
+            continue;
+        }
+        let path = source.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+    let empty_val = tmp.path().join("empty-val");
+    ingest(&source, &empty_val, S, &[]);
+    // A dataset.json without the val split at all.
+    let no_val = copy_dataset(tmp.path());
+    let path = no_val.join("dataset.json");
+    let mut manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    manifest["splits"].as_object_mut().unwrap().remove("val");
+    std::fs::write(&path, manifest.to_string()).unwrap();
+
+    for (name, dataset) in [("empty-val", &empty_val), ("no-val", &no_val)] {
+        let run_dir = tmp.path().join(format!("run-{name}"));
+        let output = run(&train_args(&recipe, dataset, &run_dir));
+        let out = stdout(&output);
+        let note = format!(
+            "{} has no val split: training without validation",
+            dataset.display()
+        );
+        assert_eq!(out.matches(&note).count(), 1, "{out}");
+        assert_eq!(out.matches("  val -  ").count(), 2, "{out}");
+        let metrics: Vec<Value> = std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(metrics.len(), 2);
+        for m in &metrics {
+            for key in ["val_top1_err", "val_top5_err", "val_images", "val_s"] {
+                assert!(m[key].is_null(), "{key} recorded without validation: {m}");
+            }
+        }
+        assert!(!run_dir.join("checkpoints/best.safetensors").exists());
+
+        for checkpoint in ["best", "last"] {
+            let err = run_fails(&[
+                "eval",
+                "--run",
+                s(&run_dir),
+                "--checkpoint",
+                checkpoint,
+                "--quiet",
+            ]);
+            assert!(
+                err.contains(&format!(
+                    "dataset {}: has no val split",
+                    std::fs::canonicalize(dataset).unwrap().display()
+                )) && err.contains("nothing to evaluate"),
+                "{err}"
+            );
+        }
+    }
 }
