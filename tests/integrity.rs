@@ -1,5 +1,5 @@
 //! Bad data is caught and named, through the CLI as a user meets it: a flipped pixel
-//! byte names its shard and row group, shards without checksums still stream (with a
+//! byte names its shard, row group, row and key, shards without checksums still stream (with a
 //! note), a label outside the classes names its shard, row and key before training
 //! creates a run, eval's advice names flags eval has, and a dataset without a val
 //! split trains without pretending to validate and is refused by eval.
@@ -146,7 +146,7 @@ fn rewrite_with_arrow_writer(path: &Path, rows: &[ShardRow], label_statistics: b
 }
 
 #[test]
-fn a_flipped_pixel_byte_is_caught_naming_the_shard_and_row_group() {
+fn a_flipped_pixel_byte_is_caught_naming_the_shard_row_group_row_and_key() {
     let tmp = tempfile::tempdir().unwrap();
     let dataset = copy_dataset(tmp.path());
     let recipe = tiny_recipe(tmp.path(), 1);
@@ -163,21 +163,41 @@ fn a_flipped_pixel_byte_is_caught_naming_the_shard_and_row_group() {
     bytes[at + pixels.len() / 2] ^= 0x10;
     std::fs::write(&shard, &bytes).unwrap();
 
+    let named = format!(
+        "part-00000.parquet: row 37 (row group 2, key {}): pixel data is corrupt",
+        rows[37].key
+    );
     let err = run_fails(&stream_args(&recipe, &dataset));
-    assert!(
-        err.contains("part-00000.parquet: row group 2: pixel data is corrupt"),
-        "{err}"
-    );
-    let err = run_fails(&train_args(&recipe, &dataset, &tmp.path().join("run")));
-    assert!(
-        err.contains("part-00000.parquet: row group 2: pixel data is corrupt"),
-        "{err}"
-    );
+    assert!(err.contains(&named), "{err}");
     // The library's whole-shard reader checks the same CRCs.
     match read_shard(&shard, S) {
-        Err(ReadError::Corrupt { row_group: 2, .. }) => {}
-        other => panic!("expected a corrupt row group 2, got {other:?}"),
+        Err(ReadError::Corrupt {
+            row: 37,
+            row_group: 2,
+            key,
+            ..
+        }) if key == rows[37].key => {}
+        other => panic!("expected a corrupt row 37 in row group 2, got {other:?}"),
     }
+    // Training checks each row as it augments it, but drops the epoch's last partial
+    // batch, which may hold row 37: damage every row of row group 2 so that some are
+    // trained on.
+    let mut bytes = std::fs::read(&shard).unwrap();
+    for row in rows[32..48].iter().filter(|r| r.key != rows[37].key) {
+        let at = bytes
+            .windows(row.pixels.len())
+            .position(|w| w == row.pixels.as_slice())
+            .expect("the row's pixels are stored verbatim");
+        bytes[at + 7] ^= 0x01;
+    }
+    std::fs::write(&shard, &bytes).unwrap();
+    let err = run_fails(&train_args(&recipe, &dataset, &tmp.path().join("run")));
+    assert!(
+        err.contains("part-00000.parquet: row ")
+            && err.contains(" (row group 2, key train/")
+            && err.contains("): pixel data is corrupt"),
+        "{err}"
+    );
     // The undamaged copy streams with no checksum note.
     let output = run(&stream_args(&recipe, shared_dataset()));
     let notes = String::from_utf8_lossy(&output.stderr).into_owned();

@@ -36,10 +36,13 @@ pub enum ReadError {
     },
     #[error("{path}: {message}")]
     Footer { path: String, message: String },
-    #[error("{path}: row group {row_group}: {message}")]
+    #[error("{path}: row {row} (row group {row_group}, key {key}): {message}")]
     Corrupt {
         path: String,
+        /// Row within the shard, from 0.
+        row: usize,
         row_group: usize,
+        key: String,
         message: String,
     },
 }
@@ -83,7 +86,7 @@ pub fn check_schema(path: &Path, found: &Schema, image_size: usize) -> Result<()
 }
 
 /// Reads a whole shard into rows (small datasets, tests, verification), checking
-/// each row group's pixels against the CRC in the footer where there is one.
+/// each row's pixels against the CRC in the footer where there is one.
 pub fn read_shard(path: &Path, image_size: usize) -> Result<Vec<ShardRow>, ReadError> {
     let shown = || path.display().to_string();
     let file = std::fs::File::open(path).map_err(|source| ReadError::Io {
@@ -99,7 +102,7 @@ pub fn read_shard(path: &Path, image_size: usize) -> Result<Vec<ShardRow>, ReadE
     let metadata = builder.metadata().clone();
     let crcs = checksum::recorded(
         metadata.file_metadata().key_value_metadata(),
-        metadata.num_row_groups(),
+        metadata.file_metadata().num_rows() as usize,
     )
     .map_err(|message| ReadError::Footer {
         path: shown(),
@@ -118,19 +121,22 @@ pub fn read_shard(path: &Path, image_size: usize) -> Result<Vec<ShardRow>, ReadE
         append_rows(&batch, &mut rows);
     }
     if let Some(crcs) = crcs {
-        let mut start = 0;
-        for (row_group, (meta, &recorded)) in metadata.row_groups().iter().zip(&crcs).enumerate() {
-            let end = (start + meta.num_rows() as usize).min(rows.len());
-            let found =
-                checksum::pixels_crc32(rows[start..end].iter().map(|r| r.pixels.as_slice()));
+        let groups = metadata.row_groups().iter().enumerate();
+        let group_of_row =
+            groups.flat_map(|(g, meta)| std::iter::repeat_n(g, meta.num_rows() as usize));
+        for (row, ((shard_row, &recorded), row_group)) in
+            rows.iter().zip(&crcs).zip(group_of_row).enumerate()
+        {
+            let found = checksum::pixels_crc32(&shard_row.pixels);
             if found != recorded {
                 return Err(ReadError::Corrupt {
                     path: shown(),
+                    row,
                     row_group,
+                    key: shard_row.key.clone(),
                     message: checksum::mismatch_message(found, recorded),
                 });
             }
-            start = end;
         }
     }
     Ok(rows)

@@ -7,8 +7,8 @@
 //! directly, one data page per image, so each row is copied once into its page
 //! and written; going through Arrow arrays copied every 196 KB row three more
 //! times. The Arrow schema is stored in the footer as `ArrowWriter` stores it,
-//! so readers see exactly [`schema::shard_schema`], and each row group's pixel
-//! CRC-32 is stored beside it (see [`checksum`]).
+//! so readers see exactly [`schema::shard_schema`], and each row's pixel CRC-32
+//! is stored beside it (see [`checksum`]).
 
 use std::fs::File;
 use std::io::BufWriter;
@@ -91,7 +91,7 @@ pub struct ShardWriter {
     path: PathBuf,
     row_bytes: usize,
     writer: SerializedFileWriter<BufWriter<File>>,
-    /// CRC-32 of each row group's pixels, written into the footer by `finish`.
+    /// CRC-32 of each row's pixels, written into the footer by `finish`.
     pixel_crcs: Vec<u32>,
 }
 
@@ -154,8 +154,10 @@ impl ShardWriter {
                 ))
             })
             .collect();
-        // The rows' values back to back are exactly this buffer.
-        let pixel_crc = checksum::pixels_crc32([pixels.as_ref()]);
+        let pixel_crcs: Vec<u32> = pixels
+            .chunks(self.row_bytes)
+            .map(checksum::pixels_crc32)
+            .collect();
         drop(pixels);
 
         let path = &self.path;
@@ -188,7 +190,7 @@ impl ShardWriter {
             written += 1;
         }
         group.close().map_err(parquet_error)?;
-        self.pixel_crcs.push(pixel_crc);
+        self.pixel_crcs.extend(pixel_crcs);
         Ok(())
     }
 

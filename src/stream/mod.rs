@@ -135,11 +135,14 @@ pub enum StreamError {
     },
     #[error("{path}: {message}")]
     Shard { path: String, message: String },
-    /// A row group's pixels differ from the CRC-32 ingest recorded for them.
-    #[error("{path}: row group {row_group}: {message}")]
+    /// A row's pixels differ from the CRC-32 ingest recorded for them.
+    #[error("{path}: row {row} (row group {row_group}, key {key}): {message}")]
     Corrupt {
         path: String,
+        /// Row within the shard, from 0.
+        row: usize,
         row_group: usize,
+        key: String,
         message: String,
     },
     /// A label that names no class of the manifest (it would index past the
@@ -354,6 +357,7 @@ impl DataSource {
             input: plans_rx,
             context: Arc::new(AugmentContext {
                 augmenter,
+                index: self.index.clone(),
                 mode: options.mode,
                 seed: self.config.seed,
                 epoch: options.position.epoch,

@@ -18,15 +18,15 @@
 //! - labels: every row group's label range (footer statistics, else the labels
 //!   themselves) when the split is opened, so training refuses the dataset before
 //!   it creates a run, and again on every read;
-//! - pixels: the row group's CRC-32 from the footer (see
-//!   [`crate::dataset::checksum`]), the first time this process reads the group:
-//!   bit rot or a stray write is on disk from then on, and checking once keeps the
-//!   CRC's pass over the pixels off every later epoch.
+//! - pixels: each row carries its CRC-32 from the footer (see
+//!   [`crate::dataset::checksum`]) to augmentation, which checks the row right
+//!   before it augments it, every time: the row is then in cache for the crop
+//!   that reads it anyway, where a pass over the whole row group at read time
+//!   was a separate, memory-bound trip through every pixel byte.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
@@ -54,11 +54,11 @@ pub struct Shard {
     pub path: PathBuf,
     file: File,
     metadata: ArrowReaderMetadata,
-    /// CRC-32 of each row group's pixels; `None` for shards written before
-    /// checksums existed.
+    /// CRC-32 of each row's pixels; `None` for shards written before checksums
+    /// existed.
     pixel_crcs: Option<Vec<u32>>,
-    /// Row groups whose pixels matched their CRC in this process.
-    verified: Vec<AtomicBool>,
+    /// Index of each row group's first row within the shard.
+    group_starts: Vec<usize>,
 }
 
 /// Every shard of a split, validated (present, readable footer, right schema,
@@ -73,9 +73,14 @@ pub struct ShardIndex {
 /// The columns of one row group that the stream needs; each row's pixels are a
 /// slice of the mapped file itself.
 pub struct RowGroupData {
+    group: RowGroupRef,
+    /// The group's first row within its shard.
+    first_row: usize,
     labels: Vec<i32>,
     pixels: Vec<FixedLenByteArray>,
     keys: Option<Vec<String>>,
+    /// The rows' recorded pixel CRCs (none for a shard without checksums).
+    crcs: Option<Vec<u32>>,
     /// The mapped byte range the values point into.
     mapped: Bytes,
 }
@@ -85,9 +90,12 @@ impl RowGroupData {
     /// the mapping goes when the last row holding it is dropped).
     pub fn into_rows(self) -> Vec<Row> {
         let RowGroupData {
+            group,
+            first_row,
             labels,
             pixels,
             keys,
+            crcs,
             mapped,
         } = self;
         let mut keys = keys.map(Vec::into_iter);
@@ -95,7 +103,8 @@ impl RowGroupData {
         labels
             .into_iter()
             .zip(pixels)
-            .map(|(label, value)| {
+            .enumerate()
+            .map(|(i, (label, value))| {
                 let data = value.data();
                 let inside = range.contains(&data.as_ptr()) && data.as_ptr_range().end <= range.end;
                 // Always inside for the plain, uncompressed pages ingest writes;
@@ -109,6 +118,14 @@ impl RowGroupData {
                     label,
                     key: keys.as_mut().and_then(Iterator::next),
                     pixels,
+                    check: crcs.as_ref().map(|crcs| PixelCheck {
+                        crc: crcs[i],
+                        origin: RowOrigin {
+                            shard: group.shard,
+                            row_group: group.row_group,
+                            row: first_row + i,
+                        },
+                    }),
                 }
             })
             .collect()
@@ -121,6 +138,47 @@ pub struct Row {
     pub key: Option<String>,
     /// S·S·3 bytes, HWC RGB.
     pub pixels: Bytes,
+    /// What `pixels` must hash to (none for a shard without checksums).
+    pub check: Option<PixelCheck>,
+}
+
+/// A row's recorded CRC and where the row lives, to name it if they disagree.
+#[derive(Clone, Copy, Debug)]
+pub struct PixelCheck {
+    pub crc: u32,
+    pub origin: RowOrigin,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct RowOrigin {
+    pub shard: usize,
+    pub row_group: usize,
+    /// Row within the shard, from 0.
+    pub row: usize,
+}
+
+impl Row {
+    /// Checks the pixels against their recorded CRC-32.
+    pub fn verify(&self, index: &ShardIndex) -> Result<(), StreamError> {
+        let Some(check) = self.check else {
+            return Ok(());
+        };
+        let found = checksum::pixels_crc32(&self.pixels);
+        if found == check.crc {
+            return Ok(());
+        }
+        let key = self
+            .key
+            .clone()
+            .unwrap_or_else(|| index.key_of(check.origin));
+        Err(StreamError::Corrupt {
+            path: index.shards[check.origin.shard].path.display().to_string(),
+            row: check.origin.row,
+            row_group: check.origin.row_group,
+            key,
+            message: checksum::mismatch_message(found, check.crc),
+        })
+    }
 }
 
 /// Bytes `base..base + bytes.len()` of a file, addressed by file offset.
@@ -199,19 +257,28 @@ impl ShardIndex {
                         .trim_start_matches(&format!("{}: ", path.display())),
                 )
             })?;
-            let row_groups = metadata.metadata().num_row_groups();
             let pixel_crcs = checksum::recorded(
                 metadata.metadata().file_metadata().key_value_metadata(),
-                row_groups,
+                metadata.metadata().file_metadata().num_rows() as usize,
             )
             .map_err(|e| shard_error(&path, e))?;
+            let group_starts = metadata
+                .metadata()
+                .row_groups()
+                .iter()
+                .scan(0, |start, rg| {
+                    let first = *start;
+                    *start += rg.num_rows() as usize;
+                    Some(first)
+                })
+                .collect();
             let file = file.into_std().await;
             shards.push(Shard {
                 path,
                 file,
                 metadata,
                 pixel_crcs,
-                verified: (0..row_groups).map(|_| AtomicBool::new(false)).collect(),
+                group_starts,
             });
         }
         let rows: usize = shards
@@ -285,13 +352,36 @@ impl ShardIndex {
             return Ok(());
         };
         let shard = &self.shards[group.shard];
-        let first_row: i64 = shard.metadata.metadata().row_groups()[..group.row_group]
-            .iter()
-            .map(RowGroupMetaData::num_rows)
-            .sum();
-        // The key is only read for the message (the stream reads keys on request).
-        let key = self
-            .map_columns(group, &[KEY])
+        let row = shard.group_starts[group.row_group] + index;
+        let key = self.key_of(RowOrigin {
+            shard: group.shard,
+            row_group: group.row_group,
+            row,
+        });
+        Err(StreamError::Label(Box::new(LabelError {
+            path: shard.path.display().to_string(),
+            row,
+            row_group: group.row_group,
+            key,
+            label,
+            classes: self.classes,
+        })))
+    }
+
+    /// The key of one row, read for an error message (the stream reads keys
+    /// only on request).
+    fn key_of(&self, origin: RowOrigin) -> String {
+        let shard = &self.shards[origin.shard];
+        let Some(rows) = shard.metadata.metadata().row_groups().get(origin.row_group) else {
+            return "unreadable".to_string();
+        };
+        let group = RowGroupRef {
+            shard: origin.shard,
+            row_group: origin.row_group,
+            rows: rows.num_rows() as usize,
+        };
+        let index = origin.row - shard.group_starts[origin.row_group];
+        self.map_columns(group, &[KEY])
             .and_then(|mapped| mapped.column::<ByteArrayType>(KEY))
             .ok()
             .and_then(|keys| {
@@ -299,15 +389,7 @@ impl ShardIndex {
                     .and_then(|k| k.as_utf8().ok())
                     .map(str::to_owned)
             })
-            .unwrap_or_else(|| "unreadable".to_string());
-        Err(StreamError::Label(Box::new(LabelError {
-            path: shard.path.display().to_string(),
-            row: first_row as usize + index,
-            row_group: group.row_group,
-            key,
-            label,
-            classes: self.classes,
-        })))
+            .unwrap_or_else(|| "unreadable".to_string())
     }
 
     /// Every row group of the split, in file order.
@@ -379,25 +461,18 @@ impl ShardIndex {
             return Err(mapped.failed(&"is missing rows or columns"));
         }
         self.check_labels(group, &labels)?;
-        let verified = &shard.verified[group.row_group];
-        if let Some(crcs) = &shard.pixel_crcs
-            && !verified.load(Ordering::Relaxed)
-        {
-            let recorded = crcs[group.row_group];
-            let found = checksum::pixels_crc32(pixels.iter().map(|p| p.data()));
-            if found != recorded {
-                return Err(StreamError::Corrupt {
-                    path: shard.path.display().to_string(),
-                    row_group: group.row_group,
-                    message: checksum::mismatch_message(found, recorded),
-                });
-            }
-            verified.store(true, Ordering::Relaxed);
-        }
+        let first_row = shard.group_starts[group.row_group];
+        let crcs = shard
+            .pixel_crcs
+            .as_ref()
+            .map(|crcs| crcs[first_row..first_row + rows].to_vec());
         Ok(RowGroupData {
+            group,
+            first_row,
             labels,
             pixels,
             keys,
+            crcs,
             mapped: mapped.bytes,
         })
     }

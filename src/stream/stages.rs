@@ -128,6 +128,8 @@ impl ShuffleTask {
 /// Everything an augmentation job needs, shared across jobs.
 pub struct AugmentContext {
     pub augmenter: Augmenter,
+    /// Names a corrupt row's shard and key.
+    pub index: Arc<ShardIndex>,
     pub mode: ViewMode,
     pub seed: u64,
     pub epoch: u64,
@@ -141,7 +143,9 @@ pub struct AugmentContext {
 impl AugmentContext {
     /// Builds one batch: every image written straight into its slot of the
     /// (recycled) batch buffer, images in parallel on the augmentation pool.
-    fn assemble(&self, plan: BatchPlan) -> Batch {
+    /// Each row's pixels are checked against their CRC right before it is
+    /// augmented, while they are in cache for the augmentation's own read.
+    fn assemble(&self, plan: BatchPlan) -> Result<Batch, StreamError> {
         let started = Instant::now();
         let slot = self.augmenter.output_len();
         let views = self.mode.views();
@@ -152,7 +156,8 @@ impl AugmentContext {
                 .par_chunks_mut(slot * views)
                 .zip(plan.rows.par_iter())
                 .enumerate()
-                .for_each(|(i, (out, row))| {
+                .try_for_each(|(i, (out, row))| {
+                    row.verify(&self.index)?;
                     match self.mode {
                         ViewMode::Train => {
                             // Each sample's randomness depends only on its position, so the
@@ -182,8 +187,9 @@ impl AugmentContext {
                             }
                         }
                     }
+                    Ok::<(), StreamError>(())
                 })
-        });
+        })?;
         let labels = plan.rows.iter().map(|r| i64::from(r.label)).collect();
         let mut keys = Vec::new();
         for row in plan.rows {
@@ -191,7 +197,7 @@ impl AugmentContext {
         }
         let crop = self.augmenter.geometry().crop;
         StageTimes::add(&self.times.augment_ns, started);
-        Batch::new(
+        Ok(Batch::new(
             plan.index,
             images,
             labels,
@@ -199,7 +205,7 @@ impl AugmentContext {
             views,
             crop,
             self.images_pool.clone(),
-        )
+        ))
     }
 }
 
@@ -219,7 +225,7 @@ impl AugmentTask {
                 Ok(plan) => {
                     let context = self.context.clone();
                     self.context.pool.spawn(move || {
-                        let _ = tx.send(Ok(context.assemble(plan)));
+                        let _ = tx.send(context.assemble(plan));
                     });
                 }
                 Err(e) => {
