@@ -5,8 +5,7 @@
 //! Parquet's own page CRCs would do, but the parquet crate only verifies them: it
 //! never writes one. A CRC per row (rather than per row group) lets the stream
 //! check a row right before augmenting it, while its ~200 KB are in cache for the
-//! crop that reads them anyway; a separate pass over a whole row group is
-//! memory-bound and cost ~12 % of an epoch. It is zlib's CRC-32, so any tool can
+//! crop that reads them anyway, and name the row and its key when it fails. It is zlib's CRC-32, so any tool can
 //! check a row: `zlib.crc32(row["pixels"])` in Python.
 
 use parquet::file::metadata::KeyValue;

@@ -143,7 +143,7 @@ pub struct AugmentContext {
 impl AugmentContext {
     /// Builds one batch: every image written straight into its slot of the
     /// (recycled) batch buffer, images in parallel on the augmentation pool.
-    /// Each row's pixels are checked against their CRC right before it is
+    /// Each row's pixels are checked against their CRC right before it is first
     /// augmented, while they are in cache for the augmentation's own read.
     fn assemble(&self, plan: BatchPlan) -> Result<Batch, StreamError> {
         let started = Instant::now();
