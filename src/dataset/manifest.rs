@@ -97,6 +97,13 @@ impl Manifest {
         self.splits.get(&split)
     }
 
+    /// Whether the dataset holds any rows of `split`: ingest records an empty
+    /// split for a source without one (no `val/` folder), and a hand-pruned
+    /// manifest may lack it altogether.
+    pub fn has_rows(&self, split: Split) -> bool {
+        self.split(split).is_some_and(|s| s.rows > 0)
+    }
+
     /// Reads `DIR/dataset.json`, checking the format version.
     pub fn load(dir: &Path) -> Result<Self, ManifestError> {
         let path = dir.join(MANIFEST_FILE);

@@ -10,6 +10,7 @@
 //! ```
 
 pub mod atomic;
+pub mod checksum;
 pub mod manifest;
 pub mod npy;
 pub mod reader;

@@ -9,7 +9,7 @@ use arrow::record_batch::RecordBatch;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::writer::ShardRow;
-use super::{Split, schema, shard_file_name};
+use super::{Split, checksum, schema, shard_file_name};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -33,6 +33,17 @@ pub enum ReadError {
         path: String,
         expected: String,
         found: String,
+    },
+    #[error("{path}: {message}")]
+    Footer { path: String, message: String },
+    #[error("{path}: row {row} (row group {row_group}, key {key}): {message}")]
+    Corrupt {
+        path: String,
+        /// Row within the shard, from 0.
+        row: usize,
+        row_group: usize,
+        key: String,
+        message: String,
     },
 }
 
@@ -74,7 +85,8 @@ pub fn check_schema(path: &Path, found: &Schema, image_size: usize) -> Result<()
     }
 }
 
-/// Reads a whole shard into rows (small datasets, tests, verification).
+/// Reads a whole shard into rows (small datasets, tests, verification), checking
+/// each row's pixels against the CRC in the footer where there is one.
 pub fn read_shard(path: &Path, image_size: usize) -> Result<Vec<ShardRow>, ReadError> {
     let shown = || path.display().to_string();
     let file = std::fs::File::open(path).map_err(|source| ReadError::Io {
@@ -87,6 +99,15 @@ pub fn read_shard(path: &Path, image_size: usize) -> Result<Vec<ShardRow>, ReadE
             source,
         })?;
     check_schema(path, builder.schema(), image_size)?;
+    let metadata = builder.metadata().clone();
+    let crcs = checksum::recorded(
+        metadata.file_metadata().key_value_metadata(),
+        metadata.file_metadata().num_rows() as usize,
+    )
+    .map_err(|message| ReadError::Footer {
+        path: shown(),
+        message,
+    })?;
     let reader = builder.build().map_err(|source| ReadError::Parquet {
         path: shown(),
         source,
@@ -98,6 +119,25 @@ pub fn read_shard(path: &Path, image_size: usize) -> Result<Vec<ShardRow>, ReadE
             source,
         })?;
         append_rows(&batch, &mut rows);
+    }
+    if let Some(crcs) = crcs {
+        let groups = metadata.row_groups().iter().enumerate();
+        let group_of_row =
+            groups.flat_map(|(g, meta)| std::iter::repeat_n(g, meta.num_rows() as usize));
+        for (row, ((shard_row, &recorded), row_group)) in
+            rows.iter().zip(&crcs).zip(group_of_row).enumerate()
+        {
+            let found = checksum::pixels_crc32(&shard_row.pixels);
+            if found != recorded {
+                return Err(ReadError::Corrupt {
+                    path: shown(),
+                    row,
+                    row_group,
+                    key: shard_row.key.clone(),
+                    message: checksum::mismatch_message(found, recorded),
+                });
+            }
+        }
     }
     Ok(rows)
 }

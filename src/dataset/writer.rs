@@ -7,7 +7,8 @@
 //! directly, one data page per image, so each row is copied once into its page
 //! and written; going through Arrow arrays copied every 196 KB row three more
 //! times. The Arrow schema is stored in the footer as `ArrowWriter` stores it,
-//! so readers see exactly [`schema::shard_schema`].
+//! so readers see exactly [`schema::shard_schema`], and each row's pixel CRC-32
+//! is stored beside it (see [`checksum`]).
 
 use std::fs::File;
 use std::io::BufWriter;
@@ -24,7 +25,7 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::ColumnPath;
 
-use super::{atomic, schema};
+use super::{atomic, checksum, schema};
 
 /// One stored image.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,6 +91,8 @@ pub struct ShardWriter {
     path: PathBuf,
     row_bytes: usize,
     writer: SerializedFileWriter<BufWriter<File>>,
+    /// CRC-32 of each row's pixels, written into the footer by `finish`.
+    pixel_crcs: Vec<u32>,
 }
 
 impl ShardWriter {
@@ -121,6 +124,7 @@ impl ShardWriter {
             path: path.to_path_buf(),
             row_bytes: schema::pixel_bytes(image_size),
             writer,
+            pixel_crcs: Vec::new(),
         })
     }
 
@@ -149,6 +153,10 @@ impl ShardWriter {
                     pixels.slice(i * self.row_bytes..(i + 1) * self.row_bytes),
                 ))
             })
+            .collect();
+        let pixel_crcs: Vec<u32> = pixels
+            .chunks(self.row_bytes)
+            .map(checksum::pixels_crc32)
             .collect();
         drop(pixels);
 
@@ -182,12 +190,15 @@ impl ShardWriter {
             written += 1;
         }
         group.close().map_err(parquet_error)?;
+        self.pixel_crcs.extend(pixel_crcs);
         Ok(())
     }
 
     /// Writes the footer, syncs, and renames the file into place.
-    pub fn finish(self) -> Result<(), WriteError> {
+    pub fn finish(mut self) -> Result<(), WriteError> {
         let shown = || self.path.display().to_string();
+        self.writer
+            .append_key_value_metadata(checksum::footer_entry(&self.pixel_crcs));
         let sink = self
             .writer
             .into_inner()

@@ -149,6 +149,20 @@ pub enum StreamError {
     },
     #[error("{path}: {message}")]
     Shard { path: String, message: String },
+    /// A row's pixels differ from the CRC-32 ingest recorded for them.
+    #[error("{path}: row {row} (row group {row_group}, key {key}): {message}")]
+    Corrupt {
+        path: String,
+        /// Row within the shard, from 0.
+        row: usize,
+        row_group: usize,
+        key: String,
+        message: String,
+    },
+    /// A label that names no class of the manifest (it would index past the
+    /// network's outputs).
+    #[error(transparent)]
+    Label(Box<LabelError>),
     #[error("{dataset}: {split} shards hold {found} rows but dataset.json lists {expected}")]
     RowCount {
         dataset: String,
@@ -176,6 +190,23 @@ pub enum StreamError {
     Setup(String),
     #[error("the stream stopped unexpectedly (a stage task ended early)")]
     Stopped,
+}
+
+/// A row whose label is outside `0..classes`.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{path}: row {row} (row group {row_group}, key {key}) has label {label}, but dataset.json \
+     lists {classes} classes, so a label must be at least 0 and below {classes}; the shard \
+     and the manifest disagree, ingest the dataset again"
+)]
+pub struct LabelError {
+    pub path: String,
+    /// Row within the shard, from 0.
+    pub row: usize,
+    pub row_group: usize,
+    pub key: String,
+    pub label: i32,
+    pub classes: usize,
 }
 
 /// A split opened for streaming: shards checked once, reused by every epoch.
@@ -232,6 +263,17 @@ impl DataSource {
             .build()
             .map_err(|e| StreamError::Setup(format!("tokio runtime: {e}")))?;
         let index = runtime.block_on(ShardIndex::open(dataset, split, &manifest))?;
+        let unchecked = index.shards_without_checksums();
+        if unchecked > 0 {
+            // Still readable: checksums came after format version 1's first shards.
+            eprintln!(
+                "note: {} {split}: {unchecked} of {} shards have no pixel checksums (written \
+                 before ingest recorded them), so corruption in them cannot be detected; \
+                 ingest again to add them",
+                dataset.display(),
+                index.shards.len()
+            );
+        }
         let workers = if config.workers == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         } else {
@@ -350,6 +392,7 @@ impl DataSource {
             input: plans_rx,
             context: Arc::new(AugmentContext {
                 augmenter,
+                index: self.index.clone(),
                 mode: options.mode,
                 seed: self.config.seed,
                 epoch: options.position.epoch,

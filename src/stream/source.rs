@@ -12,10 +12,22 @@
 //!
 //! Shards are immutable once written (ingest renames finished files into
 //! place); a shard truncated *while* it is being streamed would fault.
+//!
+//! What a shard holds is checked, so bad data stops the stream with the shard,
+//! row group and row named instead of reaching the network:
+//! - labels: every row group's label range (footer statistics, else the labels
+//!   themselves) when the split is opened, so training refuses the dataset before
+//!   it creates a run, and again on every read;
+//! - pixels: each row carries its CRC-32 from the footer (see
+//!   [`crate::dataset::checksum`]) to augmentation, which checks the row right
+//!   before it augments it, the first time this process uses the row. The CRC
+//!   is compute-bound (~10 GB/s, about a fifth of a one-epoch stream's CPU),
+//!   so checking once keeps it off every later epoch; shards are immutable.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
@@ -23,33 +35,56 @@ use parquet::column::reader::{get_column_reader, get_typed_column_reader};
 use parquet::data_type::{
     ByteArrayType, DataType, FixedLenByteArray, FixedLenByteArrayType, Int32Type,
 };
+use parquet::file::metadata::RowGroupMetaData;
 use parquet::file::reader::{ChunkReader, Length};
 use parquet::file::serialized_reader::SerializedPageReader;
+use parquet::file::statistics::Statistics;
 
-use super::StreamError;
 use super::plan::RowGroupRef;
+use super::{LabelError, StreamError};
 use crate::dataset::reader::{check_schema, shard_paths};
-use crate::dataset::{Manifest, Split};
+use crate::dataset::{Manifest, Split, checksum};
+
+/// Shard columns, in file order (checked by [`ShardIndex::open`]).
+const KEY: usize = 0;
+const LABEL: usize = 1;
+const PIXELS: usize = 2;
 
 /// One shard: its file (kept open) and its footer, parsed once.
 pub struct Shard {
     pub path: PathBuf,
     file: File,
     metadata: ArrowReaderMetadata,
+    /// CRC-32 of each row's pixels; `None` for shards written before checksums
+    /// existed.
+    pixel_crcs: Option<Vec<u32>>,
+    /// Index of each row group's first row within the shard.
+    group_starts: Vec<usize>,
+    /// Rows whose pixels matched their CRC in this process: the shard is
+    /// immutable, so later epochs skip the CRC (~20 % of an epoch's CPU).
+    verified: Vec<AtomicBool>,
 }
 
-/// Every shard of a split, validated (present, readable footer, right schema).
+/// Every shard of a split, validated (present, readable footer, right schema,
+/// labels within the manifest's classes).
 pub struct ShardIndex {
     pub shards: Vec<Shard>,
     pub image_size: usize,
+    /// Labels must lie in `0..classes` (dataset.json's class list).
+    pub classes: usize,
 }
 
 /// The columns of one row group that the stream needs; each row's pixels are a
 /// slice of the mapped file itself.
 pub struct RowGroupData {
+    group: RowGroupRef,
+    /// The group's first row within its shard.
+    first_row: usize,
     labels: Vec<i32>,
     pixels: Vec<FixedLenByteArray>,
     keys: Option<Vec<String>>,
+    /// The rows' recorded pixel CRCs (none for a shard without checksums).
+    crcs: Option<Vec<u32>>,
     /// The mapped byte range the values point into.
     mapped: Bytes,
 }
@@ -59,9 +94,12 @@ impl RowGroupData {
     /// the mapping goes when the last row holding it is dropped).
     pub fn into_rows(self) -> Vec<Row> {
         let RowGroupData {
+            group,
+            first_row,
             labels,
             pixels,
             keys,
+            crcs,
             mapped,
         } = self;
         let mut keys = keys.map(Vec::into_iter);
@@ -69,7 +107,8 @@ impl RowGroupData {
         labels
             .into_iter()
             .zip(pixels)
-            .map(|(label, value)| {
+            .enumerate()
+            .map(|(i, (label, value))| {
                 let data = value.data();
                 let inside = range.contains(&data.as_ptr()) && data.as_ptr_range().end <= range.end;
                 // Always inside for the plain, uncompressed pages ingest writes;
@@ -83,6 +122,14 @@ impl RowGroupData {
                     label,
                     key: keys.as_mut().and_then(Iterator::next),
                     pixels,
+                    check: crcs.as_ref().map(|crcs| PixelCheck {
+                        crc: crcs[i],
+                        origin: RowOrigin {
+                            shard: group.shard,
+                            row_group: group.row_group,
+                            row: first_row + i,
+                        },
+                    }),
                 }
             })
             .collect()
@@ -95,6 +142,53 @@ pub struct Row {
     pub key: Option<String>,
     /// S·S·3 bytes, HWC RGB.
     pub pixels: Bytes,
+    /// What `pixels` must hash to (none for a shard without checksums).
+    pub check: Option<PixelCheck>,
+}
+
+/// A row's recorded CRC and where the row lives, to name it if they disagree.
+#[derive(Clone, Copy, Debug)]
+pub struct PixelCheck {
+    pub crc: u32,
+    pub origin: RowOrigin,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct RowOrigin {
+    pub shard: usize,
+    pub row_group: usize,
+    /// Row within the shard, from 0.
+    pub row: usize,
+}
+
+impl Row {
+    /// Checks the pixels against their recorded CRC-32, the first time this
+    /// process uses the row.
+    pub fn verify(&self, index: &ShardIndex) -> Result<(), StreamError> {
+        let Some(check) = self.check else {
+            return Ok(());
+        };
+        let verified = &index.shards[check.origin.shard].verified[check.origin.row];
+        if verified.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let found = checksum::pixels_crc32(&self.pixels);
+        if found == check.crc {
+            verified.store(true, Ordering::Relaxed);
+            return Ok(());
+        }
+        let key = self
+            .key
+            .clone()
+            .unwrap_or_else(|| index.key_of(check.origin));
+        Err(StreamError::Corrupt {
+            path: index.shards[check.origin.shard].path.display().to_string(),
+            row: check.origin.row,
+            row_group: check.origin.row_group,
+            key,
+            message: checksum::mismatch_message(found, check.crc),
+        })
+    }
 }
 
 /// Bytes `base..base + bytes.len()` of a file, addressed by file offset.
@@ -173,11 +267,30 @@ impl ShardIndex {
                         .trim_start_matches(&format!("{}: ", path.display())),
                 )
             })?;
+            let rows = metadata.metadata().file_metadata().num_rows() as usize;
+            let pixel_crcs = checksum::recorded(
+                metadata.metadata().file_metadata().key_value_metadata(),
+                rows,
+            )
+            .map_err(|e| shard_error(&path, e))?;
+            let group_starts = metadata
+                .metadata()
+                .row_groups()
+                .iter()
+                .scan(0, |start, rg| {
+                    let first = *start;
+                    *start += rg.num_rows() as usize;
+                    Some(first)
+                })
+                .collect();
             let file = file.into_std().await;
             shards.push(Shard {
                 path,
                 file,
                 metadata,
+                pixel_crcs,
+                group_starts,
+                verified: (0..rows).map(|_| AtomicBool::new(false)).collect(),
             });
         }
         let rows: usize = shards
@@ -192,10 +305,103 @@ impl ShardIndex {
                 found: rows,
             });
         }
-        Ok(Self {
+        let index = Self {
             shards,
             image_size: manifest.image_size,
-        })
+            classes: manifest.num_classes(),
+        };
+        index.check_label_ranges()?;
+        Ok(index)
+    }
+
+    /// Shards without pixel checksums (written before they existed): their
+    /// corruption goes unnoticed.
+    pub fn shards_without_checksums(&self) -> usize {
+        self.shards
+            .iter()
+            .filter(|s| s.pixel_crcs.is_none())
+            .count()
+    }
+
+    /// Refuses any row group holding a label outside `0..classes`, from the
+    /// label column's footer statistics (which ingest always writes), else by
+    /// reading its labels (4 bytes a row).
+    fn check_label_ranges(&self) -> Result<(), StreamError> {
+        for (shard, s) in self.shards.iter().enumerate() {
+            for (row_group, rg) in s.metadata.metadata().row_groups().iter().enumerate() {
+                if let Some(Statistics::Int32(stats)) = rg.column(LABEL).statistics()
+                    && let (Some(&min), Some(&max)) = (stats.min_opt(), stats.max_opt())
+                    && self.label_fits(min)
+                    && self.label_fits(max)
+                {
+                    continue;
+                }
+                let group = RowGroupRef {
+                    shard,
+                    row_group,
+                    rows: rg.num_rows() as usize,
+                };
+                let mapped = self.map_columns(group, &[LABEL])?;
+                let labels = mapped.column::<Int32Type>(LABEL)?;
+                self.check_labels(group, &labels)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn label_fits(&self, label: i32) -> bool {
+        usize::try_from(label).is_ok_and(|l| l < self.classes)
+    }
+
+    /// The first label of `labels` (row group `group`) outside the classes, as
+    /// an error naming its row and key.
+    fn check_labels(&self, group: RowGroupRef, labels: &[i32]) -> Result<(), StreamError> {
+        let Some((index, &label)) = labels
+            .iter()
+            .enumerate()
+            .find(|&(_, &l)| !self.label_fits(l))
+        else {
+            return Ok(());
+        };
+        let shard = &self.shards[group.shard];
+        let row = shard.group_starts[group.row_group] + index;
+        let key = self.key_of(RowOrigin {
+            shard: group.shard,
+            row_group: group.row_group,
+            row,
+        });
+        Err(StreamError::Label(Box::new(LabelError {
+            path: shard.path.display().to_string(),
+            row,
+            row_group: group.row_group,
+            key,
+            label,
+            classes: self.classes,
+        })))
+    }
+
+    /// The key of one row, read for an error message (the stream reads keys
+    /// only on request).
+    fn key_of(&self, origin: RowOrigin) -> String {
+        let shard = &self.shards[origin.shard];
+        let Some(rows) = shard.metadata.metadata().row_groups().get(origin.row_group) else {
+            return "unreadable".to_string();
+        };
+        let group = RowGroupRef {
+            shard: origin.shard,
+            row_group: origin.row_group,
+            rows: rows.num_rows() as usize,
+        };
+        let index = origin.row - shard.group_starts[origin.row_group];
+        self.map_columns(group, &[KEY])
+            .and_then(|mapped| mapped.column::<ByteArrayType>(KEY))
+            .ok()
+            .and_then(|keys| {
+                keys.get(index)
+                    .and_then(|k| k.as_utf8().ok())
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| "unreadable".to_string())
     }
 
     /// Every row group of the split, in file order.
@@ -240,6 +446,56 @@ impl ShardIndex {
         with_keys: bool,
     ) -> Result<RowGroupData, StreamError> {
         let shard = &self.shards[group.shard];
+        let columns: &[usize] = if with_keys {
+            &[KEY, LABEL, PIXELS]
+        } else {
+            &[LABEL, PIXELS]
+        };
+        let mapped = self.map_columns(group, columns)?;
+        let labels = mapped.column::<Int32Type>(LABEL)?;
+        let pixels = mapped.column::<FixedLenByteArrayType>(PIXELS)?;
+        let keys = if with_keys {
+            let keys = mapped.column::<ByteArrayType>(KEY)?;
+            let keys: Result<Vec<String>, _> = keys
+                .iter()
+                .map(|k| k.as_utf8().map(str::to_owned))
+                .collect();
+            Some(keys.map_err(|e| mapped.failed(&e))?)
+        } else {
+            None
+        };
+        let rows = group.rows;
+        let pixel_bytes = self.image_size * self.image_size * 3;
+        if labels.len() != rows
+            || pixels.len() != rows
+            || pixels.iter().any(|p| p.len() != pixel_bytes)
+        {
+            return Err(mapped.failed(&"is missing rows or columns"));
+        }
+        self.check_labels(group, &labels)?;
+        let first_row = shard.group_starts[group.row_group];
+        let crcs = shard
+            .pixel_crcs
+            .as_ref()
+            .map(|crcs| crcs[first_row..first_row + rows].to_vec());
+        Ok(RowGroupData {
+            group,
+            first_row,
+            labels,
+            pixels,
+            keys,
+            crcs,
+            mapped: mapped.bytes,
+        })
+    }
+
+    /// Maps the byte range of `columns` of one row group (page tables filled).
+    fn map_columns(
+        &self,
+        group: RowGroupRef,
+        columns: &[usize],
+    ) -> Result<MappedGroup<'_>, StreamError> {
+        let shard = &self.shards[group.shard];
         let path = &shard.path;
         let failed = |e: &dyn std::fmt::Display| {
             shard_error(path, format!("row group {}: {e}", group.row_group))
@@ -249,8 +505,6 @@ impl ShardIndex {
             .row_groups()
             .get(group.row_group)
             .ok_or_else(|| failed(&"not in the footer"))?;
-        // Columns: key, label, pixels (checked by `open`).
-        let columns: &[usize] = if with_keys { &[0, 1, 2] } else { &[1, 2] };
         let ranges: Vec<(u64, u64)> = columns
             .iter()
             .map(|&c| row_group.column(c).byte_range())
@@ -275,48 +529,49 @@ impl ShardIndex {
                 .map(&shard.file)
         }
         .map_err(|e| failed(&format!("cannot map: {e}")))?;
-        let mapped = Bytes::from_owner(map);
+        let bytes = Bytes::from_owner(map);
         let range = Arc::new(FileRange {
             base: start,
-            bytes: mapped.clone(),
+            bytes: bytes.clone(),
         });
-
-        let rows = group.rows;
-        let labels: Vec<i32> =
-            read_column::<Int32Type>(&range, row_group, 1, rows).map_err(|e| failed(&e))?;
-        let pixels = read_column::<FixedLenByteArrayType>(&range, row_group, 2, rows)
-            .map_err(|e| failed(&e))?;
-        let keys = if with_keys {
-            let keys =
-                read_column::<ByteArrayType>(&range, row_group, 0, rows).map_err(|e| failed(&e))?;
-            let keys: Result<Vec<String>, _> = keys
-                .iter()
-                .map(|k| k.as_utf8().map(str::to_owned))
-                .collect();
-            Some(keys.map_err(|e| failed(&e))?)
-        } else {
-            None
-        };
-        let pixel_bytes = self.image_size * self.image_size * 3;
-        if labels.len() != rows
-            || pixels.len() != rows
-            || pixels.iter().any(|p| p.len() != pixel_bytes)
-        {
-            return Err(failed(&"is missing rows or columns"));
-        }
-        Ok(RowGroupData {
-            labels,
-            pixels,
-            keys,
-            mapped,
+        Ok(MappedGroup {
+            path,
+            group,
+            row_group,
+            range,
+            bytes,
         })
+    }
+}
+
+/// The mapped columns of one row group, ready to decode.
+struct MappedGroup<'a> {
+    path: &'a Path,
+    group: RowGroupRef,
+    row_group: &'a RowGroupMetaData,
+    range: Arc<FileRange>,
+    bytes: Bytes,
+}
+
+impl MappedGroup<'_> {
+    fn failed(&self, e: &dyn std::fmt::Display) -> StreamError {
+        shard_error(
+            self.path,
+            format!("row group {}: {e}", self.group.row_group),
+        )
+    }
+
+    /// Every value of one (mapped) column.
+    fn column<T: DataType>(&self, column: usize) -> Result<Vec<T::T>, StreamError> {
+        read_column::<T>(&self.range, self.row_group, column, self.group.rows)
+            .map_err(|e| self.failed(&e))
     }
 }
 
 /// Every value of one required, flat column chunk (`rows` of them).
 fn read_column<T: DataType>(
     range: &Arc<FileRange>,
-    row_group: &parquet::file::metadata::RowGroupMetaData,
+    row_group: &RowGroupMetaData,
     column: usize,
     rows: usize,
 ) -> parquet::errors::Result<Vec<T::T>> {

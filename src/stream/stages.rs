@@ -129,6 +129,8 @@ impl ShuffleTask {
 /// Everything an augmentation job needs, shared across jobs.
 pub struct AugmentContext {
     pub augmenter: Augmenter,
+    /// Names a corrupt row's shard and key.
+    pub index: Arc<ShardIndex>,
     pub mode: ViewMode,
     pub seed: u64,
     pub epoch: u64,
@@ -142,7 +144,9 @@ pub struct AugmentContext {
 impl AugmentContext {
     /// Builds one batch: every image written straight into its slot of the
     /// (recycled) batch buffer, images in parallel on the augmentation pool.
-    fn assemble(&self, plan: BatchPlan) -> Batch {
+    /// Each row's pixels are checked against their CRC right before it is first
+    /// augmented, while they are in cache for the augmentation's own read.
+    fn assemble(&self, plan: BatchPlan) -> Result<Batch, StreamError> {
         let started = Instant::now();
         let slot = self.augmenter.output_len();
         let views = self.mode.views();
@@ -153,10 +157,11 @@ impl AugmentContext {
                 .par_chunks_mut(slot * views)
                 .zip(plan.rows.par_iter())
                 .enumerate()
-                .for_each(|(i, (out, row))| {
+                .try_for_each(|(i, (out, row))| {
                     if i == 0 && self.mode == ViewMode::Train {
                         inject_augment_panic(plan.index);
                     }
+                    row.verify(&self.index)?;
                     match self.mode {
                         ViewMode::Train => {
                             // Each sample's randomness depends only on its position, so the
@@ -186,8 +191,9 @@ impl AugmentContext {
                             }
                         }
                     }
+                    Ok::<(), StreamError>(())
                 })
-        });
+        })?;
         let labels = plan.rows.iter().map(|r| i64::from(r.label)).collect();
         let mut keys = Vec::new();
         for row in plan.rows {
@@ -195,7 +201,7 @@ impl AugmentContext {
         }
         let crop = self.augmenter.geometry().crop;
         StageTimes::add(&self.times.augment_ns, started);
-        Batch::new(
+        Ok(Batch::new(
             plan.index,
             images,
             labels,
@@ -203,7 +209,7 @@ impl AugmentContext {
             views,
             crop,
             self.images_pool.clone(),
-        )
+        ))
     }
 }
 
@@ -228,11 +234,13 @@ impl AugmentTask {
                         let batch = plan.index;
                         let result =
                             std::panic::catch_unwind(AssertUnwindSafe(|| context.assemble(plan)))
-                                .map_err(|payload| StreamError::WorkerPanic {
-                                    stage: "augment",
-                                    epoch: context.epoch,
-                                    batch,
-                                    message: panic_message(payload.as_ref()),
+                                .unwrap_or_else(|payload| {
+                                    Err(StreamError::WorkerPanic {
+                                        stage: "augment",
+                                        epoch: context.epoch,
+                                        batch,
+                                        message: panic_message(payload.as_ref()),
+                                    })
                                 });
                         let _ = tx.send(result);
                     });

@@ -15,9 +15,9 @@ use super::net::{self, Net};
 use super::run_dir::RunDir;
 use super::schedule::ValCounts;
 use super::{TrainError, device, error::candle};
-use crate::dataset::Split;
+use crate::dataset::{MANIFEST_FILE, Manifest, Split};
 use crate::model::AlexNet;
-use crate::stream::{DataSource, EpochOptions, StreamPosition, ViewMode};
+use crate::stream::{DataSource, EpochOptions, StreamError, StreamPosition, ViewMode};
 
 /// Runs the model over the whole split of `source` in eval mode (no dropout).
 /// `batch_size` counts images (a ten-crop batch has ten times as many rows).
@@ -173,6 +173,26 @@ impl EvalReport {
 pub fn run_eval(options: &EvalOptions) -> Result<EvalReport, TrainError> {
     let run = RunDir::open(&options.run)?;
     let recipe = run.load_recipe()?;
+    let dataset = match &options.dataset {
+        Some(d) => d.clone(),
+        None => run.load_info()?.dataset,
+    };
+    let misfit = |message: String| TrainError::Dataset {
+        dataset: dataset.display().to_string(),
+        message,
+    };
+    // An empty split would "evaluate" to 0 % error over 0 images.
+    if !Manifest::load(&dataset)
+        .map_err(StreamError::from)?
+        .has_rows(Split::Val)
+    {
+        return Err(misfit(format!(
+            "has no val split (no validation images in {}): eval measures the val split, so \
+             there is nothing to evaluate; pass --dataset with a dataset ingested from a source \
+             that has a val/ folder",
+            dataset.join(MANIFEST_FILE).display()
+        )));
+    }
     let path = match options.checkpoint {
         WhichCheckpoint::Best => run.best(),
         WhichCheckpoint::Last => run
@@ -188,18 +208,25 @@ pub fn run_eval(options: &EvalOptions) -> Result<EvalReport, TrainError> {
             ),
         });
     }
-    let dataset = match &options.dataset {
-        Some(d) => d.clone(),
-        None => run.load_info()?.dataset,
-    };
     let device = device::open(options.device.as_deref().unwrap_or(&recipe.train.device))?;
     let source = DataSource::open(&dataset, Split::Val, recipe.stream.clone())?;
-    recipe
-        .check_dataset(&dataset, source.image_size())
-        .map_err(|message| TrainError::Dataset {
-            dataset: dataset.display().to_string(),
-            message,
-        })?;
+    let trained_at = recipe.data.image_size;
+    if source.image_size() != trained_at {
+        let own = match run.load_info() {
+            Ok(info) => format!(
+                ", or leave --dataset out to use the run's own ({})",
+                info.dataset.display()
+            ),
+            Err(_) => String::new(),
+        };
+        return Err(misfit(format!(
+            "stores {s}×{s} images but the run was trained on {trained_at}×{trained_at} \
+             (data.image_size in {}); pass --dataset with a dataset ingested at that size \
+             (`pipeline ingest SRC --out DIR --image-size {trained_at}`){own}",
+            run.recipe().display(),
+            s = source.image_size(),
+        )));
+    }
     let (tensors, meta) = checkpoint::load(&path, &device)?;
     check_classes(&dataset, &source, &meta, &path)?;
     let Net { model, .. } = net::from_checkpoint(

@@ -206,7 +206,17 @@ pub fn train(options: &TrainOptions) -> Result<TrainSummary, TrainError> {
 
     // ------------------------------------------------------------------ the data
     let train_src = DataSource::open(&dataset, Split::Train, recipe.stream.clone())?;
-    let val_src = DataSource::open(&dataset, Split::Val, recipe.stream.clone())?;
+    // Without val images there is nothing to validate on: skip it (said once, below)
+    // rather than report 0 % error over 0 images.
+    let val_src = if train_src.manifest.has_rows(Split::Val) {
+        Some(DataSource::open(
+            &dataset,
+            Split::Val,
+            recipe.stream.clone(),
+        )?)
+    } else {
+        None
+    };
     let misfit = |message: String| TrainError::Dataset {
         dataset: dataset.display().to_string(),
         message,
@@ -351,13 +361,20 @@ pub fn train(options: &TrainOptions) -> Result<TrainSummary, TrainError> {
     };
     let started = Instant::now();
     let mut session = Session::default();
+    if val_src.is_none() {
+        say(format_args!(
+            "{} has no val split: training without validation (metrics.jsonl records no val \
+             errors and no best.safetensors is kept)",
+            dataset.display()
+        ));
+    }
     say(format_args!(
         "training {} on {} ({} train / {} val images, {}): AlexNet width {} at {crop}×{crop}, \
          {parameters} parameters, {} on {}; epoch {}/{}, step {}, {} per epoch",
         run.path.display(),
         dataset.display(),
         train_src.manifest.split(Split::Train).map_or(0, |s| s.rows),
-        val_src.manifest.split(Split::Val).map_or(0, |s| s.rows),
+        train_src.manifest.split(Split::Val).map_or(0, |s| s.rows),
         crate::progress::count(classes.len(), "class", "classes"),
         recipe.model.width,
         if resuming { "resuming" } else { "starting" },
@@ -504,13 +521,14 @@ pub fn train(options: &TrainOptions) -> Result<TrainSummary, TrainError> {
         // ------------------------------------------------------------------ end of epoch
         // -- validation (centre crop), schedule, metrics, checkpoint
         let validate = epoch % cfg.eval_every == 0 || epoch == cfg.epochs;
+        let validate = if validate { val_src.as_ref() } else { None };
         let val_started = Instant::now();
-        let val = if validate {
+        let val = if let Some(val_src) = validate {
             let images = val_src.manifest.split(Split::Val).map_or(0, |s| s.rows);
             let vbar = bar_for(options.progress, images as u64, "val");
             let counts = evaluate(
                 &net.model,
-                &val_src,
+                val_src,
                 ViewMode::Centre,
                 crop,
                 cfg.batch_size,
@@ -531,7 +549,7 @@ pub fn train(options: &TrainOptions) -> Result<TrainSummary, TrainError> {
         } else {
             None
         };
-        let val_s = validate.then(|| val_started.elapsed().as_secs_f64());
+        let val_s = validate.map(|_| val_started.elapsed().as_secs_f64());
         let observed = val
             .map(|v| state.schedule.observe(&cfg, epoch, v))
             .unwrap_or_default();
