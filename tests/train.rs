@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -58,55 +57,6 @@ fn tiny_recipe(dir: &Path, epochs: usize, extra: &str) -> PathBuf {
 
 fn s(path: &Path) -> &str {
     path_str(path)
-}
-
-/// The JSON object on the last line of stdout.
-fn last_json(output: &std::process::Output) -> Value {
-    let out = stdout(output);
-    serde_json::from_str(out.lines().last().expect("some output"))
-        .unwrap_or_else(|e| panic!("{e}: {out}"))
-}
-
-fn metrics(run: &Path) -> Vec<Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-/// Metrics without the wall-clock fields, which differ between any two runs.
-fn metrics_without_timing(run: &Path) -> Vec<Value> {
-    metrics(run)
-        .into_iter()
-        .map(|mut m| {
-            let o = m.as_object_mut().unwrap();
-            for key in ["images_per_s", "data_stall_frac", "train_s", "val_s"] {
-                assert!(o.remove(key).is_some(), "metrics line lacks {key}");
-            }
-            m
-        })
-        .collect()
-}
-
-fn step_checkpoints(run: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(run.join("checkpoints"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| n.starts_with("step-"))
-        .collect();
-    names.sort();
-    names
-}
-
-/// Every tensor of a checkpoint as raw bytes (weights and momentum).
-fn tensors(path: &Path) -> BTreeMap<String, Vec<u8>> {
-    let bytes = std::fs::read(path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors()
-        .into_iter()
-        .map(|(name, view)| (name, view.data().to_vec()))
-        .collect()
 }
 
 fn newest_checkpoint(run: &Path) -> PathBuf {

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -72,51 +71,8 @@ fn train_args<'a>(recipe: &'a Path, run: &'a Path) -> Vec<&'a str> {
     ]
 }
 
-/// The JSON object on the last line of stdout.
-fn last_json(output: &std::process::Output) -> Value {
-    let out = stdout(output);
-    serde_json::from_str(out.lines().last().expect("some output"))
-        .unwrap_or_else(|e| panic!("{e}: {out}"))
-}
-
 fn stderr(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-fn step_checkpoints(run: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(run.join("checkpoints"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| n.starts_with("step-") && n.ends_with(".safetensors"))
-        .collect();
-    names.sort();
-    names
-}
-
-/// Every tensor of a checkpoint as raw bytes (weights and momentum).
-fn tensors(path: &Path) -> BTreeMap<String, Vec<u8>> {
-    let bytes = std::fs::read(path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors()
-        .into_iter()
-        .map(|(name, view)| (name, view.data().to_vec()))
-        .collect()
-}
-
-/// Metrics lines without the wall-clock fields.
-fn metrics_without_timing(run: &Path) -> Vec<Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut m: Value = serde_json::from_str(l).unwrap();
-            let o = m.as_object_mut().unwrap();
-            for key in ["images_per_s", "data_stall_frac", "train_s", "val_s"] {
-                o.remove(key);
-            }
-            m
-        })
-        .collect()
 }
 
 /// An uninterrupted 2-epoch run (18 steps), made once and never changed: what every

@@ -2,6 +2,10 @@
 #![allow(dead_code)]
 
 pub mod python;
+pub mod runs;
+
+#[allow(unused_imports)] // not every test binary reads runs
+pub use runs::*;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
