@@ -20,9 +20,10 @@
 //!   it creates a run, and again on every read;
 //! - pixels: each row carries its CRC-32 from the footer (see
 //!   [`crate::dataset::checksum`]) to augmentation, which checks the row right
-//!   before it augments it, the first time this process uses the row. The CRC
-//!   is compute-bound (~10 GB/s, about a fifth of a one-epoch stream's CPU),
-//!   so checking once keeps it off every later epoch; shards are immutable.
+//!   before it augments it, the first time this process uses the row. That is a
+//!   read of every pixel byte from memory (~10 GB/s; ~15 % of a one-epoch
+//!   stream's CPU), so checking once keeps it off every later epoch; shards are
+//!   immutable.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
