@@ -36,15 +36,14 @@ fn recipe_with(dir: &Path, epochs: usize, lines: &[(&str, &str)]) -> PathBuf {
     let mut text = String::new();
     for line in sample.lines() {
         let key = line.split('=').next().unwrap_or("").trim();
-        let replaced = match key {
-            "width" => Some("width = 0.125".to_string()),
-            "epochs" => Some(format!("epochs = {epochs}")),
-            "batch_size" => Some("batch_size = 32".to_string()),
-            "shuffle_buffer" => Some("shuffle_buffer = 128".to_string()),
-            _ => lines
-                .iter()
-                .find(|(k, _)| *k == key)
-                .map(|(k, v)| format!("{k} = {v}")),
+        let given = lines.iter().find(|(k, _)| *k == key);
+        let replaced = match (key, given) {
+            (_, Some((k, v))) => Some(format!("{k} = {v}")),
+            ("width", None) => Some("width = 0.125".to_string()),
+            ("epochs", None) => Some(format!("epochs = {epochs}")),
+            ("batch_size", None) => Some("batch_size = 32".to_string()),
+            ("shuffle_buffer", None) => Some("shuffle_buffer = 128".to_string()),
+            _ => None,
         };
         text.push_str(replaced.as_deref().unwrap_or(line));
         text.push('\n');
@@ -258,6 +257,39 @@ fn sigterm_saves_a_checkpoint_exits_143_and_the_run_resumes() {
         stdout(&out)
     );
     assert_eq!(last_json(&out)["step"], step + 1);
+}
+
+#[test]
+fn a_second_signal_quits_at_once_without_waiting_for_the_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The full-width net: a step takes far longer than the two signals are apart, so
+    // the second one lands while the first step after the first signal still runs.
+    let recipe = recipe_with(tmp.path(), 50, &[("width", "1.0")]);
+    let run = tmp.path().join("run");
+    let mut child = bin()
+        .args(train_args(&recipe, &run))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.starts_with("training "), "{first}");
+    for signal in ["-TERM", "-INT"] {
+        let sent = std::process::Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    }
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let status = child.wait().unwrap();
+    // 130: the second signal's (SIGINT) status, not the graceful stop's 143.
+    assert_eq!(status.code(), Some(130), "{rest:?}");
+    assert!(
+        !rest.iter().any(|l| l.contains("interrupted")),
+        "quit without the graceful summary: {rest:?}"
+    );
 }
 
 #[test]
