@@ -5,9 +5,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -226,8 +224,8 @@ fn an_interrupted_run_resumes_bit_for_bit() {
 
     // Stopped by Ctrl-C (SIGINT) wherever it lands, then resumed.
     let interrupted = tmp.path().join("interrupted");
-    let mut child = bin()
-        .args([
+    let Signalled { rest, status, .. } = train_signalled(
+        &[
             "train",
             "--recipe",
             s(&recipe),
@@ -236,21 +234,9 @@ fn an_interrupted_run_resumes_bit_for_bit() {
             "--out",
             s(&interrupted),
             "--quiet",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines.next().unwrap().unwrap();
-    assert!(first.starts_with("training "), "{first}");
-    let signalled = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(signalled.success());
-    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
-    let status = child.wait().unwrap();
+        ],
+        &["-INT"],
+    );
     let summary: Value = serde_json::from_str(rest.last().unwrap()).unwrap();
     // SIGINT normally lands mid-training (exit 130, checkpoint saved); on a very fast
     // machine the run may have finished first (exit 0).

@@ -5,9 +5,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::OnceLock;
 
 use common::*;
@@ -210,24 +208,11 @@ fn sigterm_saves_a_checkpoint_exits_143_and_the_run_resumes() {
     // Far more epochs than the signal lets it train.
     let recipe = recipe_with(tmp.path(), 50, &[]);
     let run = tmp.path().join("run");
-    let mut child = bin()
-        .args(train_args(&recipe, &run))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines.next().unwrap().unwrap();
-    assert!(first.starts_with("training "), "{first}");
-    let signalled = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(signalled.success());
-    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
-    let status = child.wait().unwrap();
+    let Signalled {
+        rest,
+        stderr: err,
+        status,
+    } = train_signalled(&train_args(&recipe, &run), &["-TERM"]);
     assert_eq!(status.code(), Some(143), "{rest:?}\n{err}");
     assert!(err.contains("SIGTERM: finishing the current step"), "{err}");
     let summary: Value = serde_json::from_str(rest.last().unwrap()).unwrap();
@@ -266,24 +251,8 @@ fn a_second_signal_quits_at_once_without_waiting_for_the_step() {
     // the second one lands while the first step after the first signal still runs.
     let recipe = recipe_with(tmp.path(), 50, &[("width", "1.0")]);
     let run = tmp.path().join("run");
-    let mut child = bin()
-        .args(train_args(&recipe, &run))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines.next().unwrap().unwrap();
-    assert!(first.starts_with("training "), "{first}");
-    for signal in ["-TERM", "-INT"] {
-        let sent = std::process::Command::new("kill")
-            .args([signal, &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(sent.success());
-    }
-    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
-    let status = child.wait().unwrap();
+    let Signalled { rest, status, .. } =
+        train_signalled(&train_args(&recipe, &run), &["-TERM", "-INT"]);
     // 130: the second signal's (SIGINT) status, not the graceful stop's 143.
     assert_eq!(status.code(), Some(130), "{rest:?}");
     assert!(

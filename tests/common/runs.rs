@@ -56,3 +56,50 @@ pub fn tensors(path: &Path) -> BTreeMap<String, Vec<u8>> {
         .map(|(name, view)| (name, view.data().to_vec()))
         .collect()
 }
+
+/// What a training run stopped by signals left on its way out.
+pub struct Signalled {
+    /// stdout after the first line ("training …").
+    pub rest: Vec<String>,
+    pub stderr: String,
+    pub status: std::process::ExitStatus,
+}
+
+/// Starts `pipeline ARGS` (a `train` command), waits for its first stdout line, which it
+/// prints once training starts, sends it each of `signals` (`kill` options such as
+/// `-TERM`) in order, and waits for it to end.
+pub fn train_signalled(args: &[&str], signals: &[&str]) -> Signalled {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::Stdio;
+
+    let mut child = super::bin()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.starts_with("training "), "{first}");
+    for signal in signals {
+        let sent = std::process::Command::new("kill")
+            .args([*signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill {signal}");
+    }
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let status = child.wait().unwrap();
+    Signalled {
+        rest,
+        stderr,
+        status,
+    }
+}
