@@ -253,8 +253,13 @@ fn a_second_signal_quits_at_once_without_waiting_for_the_step() {
     let run = tmp.path().join("run");
     let Signalled { rest, status, .. } =
         train_signalled(&train_args(&recipe, &run), &["-TERM", "-INT"]);
-    // 130: the second signal's (SIGINT) status, not the graceful stop's 143.
-    assert_eq!(status.code(), Some(130), "{rest:?}");
+    // Quit at once with a signal's status (128 + 2 or 128 + 15: when both signals are
+    // pending together, either may be taken as the second), and without the summary
+    // that the graceful stop after the step always prints.
+    assert!(
+        matches!(status.code(), Some(130 | 143)),
+        "{status:?}: {rest:?}"
+    );
     assert!(
         !rest.iter().any(|l| l.contains("interrupted")),
         "quit without the graceful summary: {rest:?}"
