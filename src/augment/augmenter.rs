@@ -5,7 +5,7 @@ use rand::Rng;
 
 use super::{
     AugmentError, Geometry, MeanSubtraction, Pca, View, draw_alphas, lighting_offset, random_view,
-    write_chw,
+    write_chw_visiting,
 };
 
 /// The paper's augmentation, configured once per run.
@@ -55,25 +55,49 @@ impl Augmenter {
     /// lighting is on — so a seeded RNG reproduces the exact sample. Returns the view
     /// used, for logging or replay.
     pub fn train_image<R: Rng + ?Sized>(&self, src: &[u8], rng: &mut R, out: &mut [f32]) -> View {
+        self.train_image_visiting(src, rng, out, None::<fn(&[u8])>)
+    }
+
+    /// `train_image`, showing every byte of `src` to `visit` (when given) as the pass reads
+    /// it (see `write_chw_visiting`).
+    pub fn train_image_visiting<R: Rng + ?Sized>(
+        &self,
+        src: &[u8],
+        rng: &mut R,
+        out: &mut [f32],
+        visit: Option<impl FnMut(&[u8])>,
+    ) -> View {
         let view = random_view(self.geometry, rng);
         let offset = match &self.pca {
             Some(pca) => lighting_offset(pca, draw_alphas(self.lighting_std, rng)),
             None => [0.0; 3],
         };
-        write_chw(src, self.geometry, view, &self.mean, offset, out);
+        write_chw_visiting(src, self.geometry, view, &self.mean, offset, out, visit);
         view
     }
 
     /// An evaluation sample for a chosen view (centre or one of the ten crops): no
     /// lighting, which the paper applies only in training.
     pub fn eval_image(&self, src: &[u8], view: View, out: &mut [f32]) {
-        write_chw(src, self.geometry, view, &self.mean, [0.0; 3], out);
+        self.eval_image_visiting(src, view, out, None::<fn(&[u8])>);
+    }
+
+    /// `eval_image`, showing every byte of `src` to `visit` (when given) as the pass reads
+    /// it.
+    pub fn eval_image_visiting(
+        &self,
+        src: &[u8],
+        view: View,
+        out: &mut [f32],
+        visit: Option<impl FnMut(&[u8])>,
+    ) {
+        write_chw_visiting(src, self.geometry, view, &self.mean, [0.0; 3], out, visit);
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::{MeanImage, centre_view};
+    use super::super::{MeanImage, centre_view, write_chw};
     use super::*;
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;

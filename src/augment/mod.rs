@@ -18,7 +18,7 @@ mod ten_crop;
 mod view;
 
 pub use augmenter::Augmenter;
-pub use chw::write_chw;
+pub use chw::{write_chw, write_chw_visiting};
 pub use crop::{centre_view, random_view};
 pub use error::AugmentError;
 pub use flip::{mirrored, source_column};

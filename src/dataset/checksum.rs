@@ -4,8 +4,8 @@
 //!
 //! Parquet's own page CRCs would do, but the parquet crate only verifies them: it
 //! never writes one. A CRC per row (rather than per row group) lets the stream
-//! check a row right before augmenting it, while its ~200 KB are in cache for the
-//! crop that reads them anyway, and name the row and its key when it fails. It is zlib's CRC-32, so any tool can
+//! check a row in the same pass that augments it, one image row at a time, and name
+//! the row and its key when it fails. It is zlib's CRC-32, so any tool can
 //! check a row: `zlib.crc32(row["pixels"])` in Python.
 
 use parquet::file::metadata::KeyValue;
@@ -18,6 +18,9 @@ pub const PIXELS_CRC32_KEY: &str = "pipeline.pixels_crc32";
 pub fn pixels_crc32(pixels: &[u8]) -> u32 {
     crc32fast::hash(pixels)
 }
+
+/// The same CRC-32 fed piece by piece, for a pass that reads the pixels in pieces.
+pub type PixelsCrc = crc32fast::Hasher;
 
 /// The footer entry recording `crcs` (one per row).
 pub fn footer_entry(crcs: &[u32]) -> KeyValue {

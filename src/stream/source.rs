@@ -163,19 +163,25 @@ pub struct RowOrigin {
 }
 
 impl Row {
-    /// Checks the pixels against their recorded CRC-32, the first time this
-    /// process uses the row.
-    pub fn verify(&self, index: &ShardIndex) -> Result<(), StreamError> {
-        let Some(check) = self.check else {
-            return Ok(());
-        };
+    /// The CRC the pixels must match, or `None` when there is nothing to check: the shard
+    /// has no checksums, or this process has already checked the row.
+    pub fn pending_check(&self, index: &ShardIndex) -> Option<PixelCheck> {
+        let check = self.check?;
         let verified = &index.shards[check.origin.shard].verified[check.origin.row];
-        if verified.load(Ordering::Relaxed) {
-            return Ok(());
-        }
-        let found = checksum::pixels_crc32(&self.pixels);
+        (!verified.load(Ordering::Relaxed)).then_some(check)
+    }
+
+    /// Records the CRC-32 `found` for the pixels against `check` (from `pending_check`):
+    /// the row is then not checked again in this process, or it is named as corrupt.
+    pub fn confirm(
+        &self,
+        index: &ShardIndex,
+        check: PixelCheck,
+        found: u32,
+    ) -> Result<(), StreamError> {
         if found == check.crc {
-            verified.store(true, Ordering::Relaxed);
+            index.shards[check.origin.shard].verified[check.origin.row]
+                .store(true, Ordering::Relaxed);
             return Ok(());
         }
         let key = self

@@ -19,6 +19,7 @@ use super::source::{Row, RowGroupData, ShardIndex};
 use super::timing::StageTimes;
 use super::{StreamError, ViewMode};
 use crate::augment::{Augmenter, centre_view, ten_crop_views};
+use crate::dataset::checksum::PixelsCrc;
 
 /// The rows of one batch, in order, before augmentation.
 pub struct BatchPlan {
@@ -144,8 +145,8 @@ pub struct AugmentContext {
 impl AugmentContext {
     /// Builds one batch: every image written straight into its slot of the
     /// (recycled) batch buffer, images in parallel on the augmentation pool.
-    /// Each row's pixels are checked against their CRC right before it is first
-    /// augmented, while they are in cache for the augmentation's own read.
+    /// Each row's pixels are checked against their CRC as they are first augmented, in
+    /// the same read of the row.
     fn assemble(&self, plan: BatchPlan) -> Result<Batch, StreamError> {
         let started = Instant::now();
         let slot = self.augmenter.output_len();
@@ -161,7 +162,11 @@ impl AugmentContext {
                     if i == 0 && self.mode == ViewMode::Train {
                         inject_augment_panic(plan.index);
                     }
-                    row.verify(&self.index)?;
+                    // The CRC rides on the augmentation's own read of the pixels
+                    // (one pass over the row instead of two).
+                    let check = row.pending_check(&self.index);
+                    let mut crc = check.map(|_| PixelsCrc::new());
+                    let visit = crc.as_mut().map(|crc| |bytes: &[u8]| crc.update(bytes));
                     match self.mode {
                         ViewMode::Train => {
                             // Each sample's randomness depends only on its position, so the
@@ -171,25 +176,36 @@ impl AugmentContext {
                                 self.seed,
                                 &[self.epoch, self.rank as u64, PURPOSE_SAMPLE, position],
                             );
-                            self.augmenter.train_image(
+                            self.augmenter.train_image_visiting(
                                 &row.pixels,
                                 &mut ChaCha8Rng::seed_from_u64(seed),
                                 out,
+                                visit,
                             );
                         }
-                        ViewMode::Centre => self.augmenter.eval_image(
+                        ViewMode::Centre => self.augmenter.eval_image_visiting(
                             &row.pixels,
                             centre_view(self.augmenter.geometry()),
                             out,
+                            visit,
                         ),
                         ViewMode::TenCrop => {
-                            for (view, out) in ten_crop_views(self.augmenter.geometry())
-                                .into_iter()
-                                .zip(out.chunks_mut(slot))
-                            {
+                            let (first, rest) = out.split_at_mut(slot);
+                            let mut views = ten_crop_views(self.augmenter.geometry()).into_iter();
+                            let first_view = views.next().expect("ten views");
+                            self.augmenter.eval_image_visiting(
+                                &row.pixels,
+                                first_view,
+                                first,
+                                visit,
+                            );
+                            for (view, out) in views.zip(rest.chunks_mut(slot)) {
                                 self.augmenter.eval_image(&row.pixels, view, out);
                             }
                         }
+                    }
+                    if let (Some(check), Some(crc)) = (check, crc) {
+                        row.confirm(&self.index, check, crc.finalize())?;
                     }
                     Ok::<(), StreamError>(())
                 })
