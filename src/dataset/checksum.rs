@@ -53,12 +53,22 @@ pub fn recorded(
     Ok(Some(crcs))
 }
 
-/// Why a row's pixels do not match their recorded CRC.
-pub fn mismatch_message(found: u32, recorded: u32) -> String {
-    format!(
-        "pixel data is corrupt: its CRC-32 is {found:08x} but the footer records {recorded:08x} \
-         (the file changed after ingest wrote it; ingest the dataset again)"
-    )
+/// A row whose pixels do not match their recorded CRC, named so it can be found: the
+/// one error both readers (the stream and `read_shard`) give for it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{path}: row {row} (row group {row_group}, key {key}): pixel data is corrupt: its CRC-32 \
+     is {found:08x} but the footer records {recorded:08x} (the file changed after ingest \
+     wrote it; ingest the dataset again)"
+)]
+pub struct CorruptRow {
+    pub path: String,
+    /// Row within the shard, from 0.
+    pub row: usize,
+    pub row_group: usize,
+    pub key: String,
+    pub found: u32,
+    pub recorded: u32,
 }
 
 #[cfg(test)]

@@ -36,15 +36,8 @@ pub enum ReadError {
     },
     #[error("{path}: {message}")]
     Footer { path: String, message: String },
-    #[error("{path}: row {row} (row group {row_group}, key {key}): {message}")]
-    Corrupt {
-        path: String,
-        /// Row within the shard, from 0.
-        row: usize,
-        row_group: usize,
-        key: String,
-        message: String,
-    },
+    #[error(transparent)]
+    Corrupt(Box<checksum::CorruptRow>),
 }
 
 /// Paths of a split's shards, in order.
@@ -129,13 +122,14 @@ pub fn read_shard(path: &Path, image_size: usize) -> Result<Vec<ShardRow>, ReadE
         {
             let found = checksum::pixels_crc32(&shard_row.pixels);
             if found != recorded {
-                return Err(ReadError::Corrupt {
+                return Err(ReadError::Corrupt(Box::new(checksum::CorruptRow {
                     path: shown(),
                     row,
                     row_group,
                     key: shard_row.key.clone(),
-                    message: checksum::mismatch_message(found, recorded),
-                });
+                    found,
+                    recorded,
+                })));
             }
         }
     }

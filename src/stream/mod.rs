@@ -150,15 +150,8 @@ pub enum StreamError {
     #[error("{path}: {message}")]
     Shard { path: String, message: String },
     /// A row's pixels differ from the CRC-32 ingest recorded for them.
-    #[error("{path}: row {row} (row group {row_group}, key {key}): {message}")]
-    Corrupt {
-        path: String,
-        /// Row within the shard, from 0.
-        row: usize,
-        row_group: usize,
-        key: String,
-        message: String,
-    },
+    #[error(transparent)]
+    Corrupt(Box<crate::dataset::checksum::CorruptRow>),
     /// A label that names no class of the manifest (it would index past the
     /// network's outputs).
     #[error(transparent)]

@@ -187,13 +187,14 @@ impl Row {
             .key
             .clone()
             .unwrap_or_else(|| index.key_of(check.origin));
-        Err(StreamError::Corrupt {
+        Err(StreamError::Corrupt(Box::new(checksum::CorruptRow {
             path: index.shards[check.origin.shard].path.display().to_string(),
             row: check.origin.row,
             row_group: check.origin.row_group,
             key,
-            message: checksum::mismatch_message(found, check.crc),
-        })
+            found,
+            recorded: check.crc,
+        })))
     }
 }
 
