@@ -171,12 +171,8 @@ fn a_flipped_pixel_byte_is_caught_naming_the_shard_row_group_row_and_key() {
     assert!(err.contains(&named), "{err}");
     // The library's whole-shard reader checks the same CRCs.
     match read_shard(&shard, S) {
-        Err(ReadError::Corrupt {
-            row: 37,
-            row_group: 2,
-            key,
-            ..
-        }) if key == rows[37].key => {}
+        Err(ReadError::Corrupt(corrupt))
+            if (corrupt.row, corrupt.row_group) == (37, 2) && corrupt.key == rows[37].key => {}
         other => panic!("expected a corrupt row 37 in row group 2, got {other:?}"),
     }
     // Training checks each row as it augments it, but drops the epoch's last partial
