@@ -378,22 +378,14 @@ fn bare_train_on_a_cpu_build_says_how_to_go_on() {
 
 #[test]
 fn the_stream_refuses_an_empty_batch_or_a_rank_outside_the_world_with_an_error() {
-    use pipeline::stream::{DataSource, EpochOptions, StreamConfig, StreamPosition, ViewMode};
+    use pipeline::stream::{DataSource, EpochOptions, StreamConfig, ViewMode};
     let source = DataSource::open(
         dataset(),
         pipeline::dataset::Split::Train,
         StreamConfig::default(),
     )
     .unwrap();
-    let options = EpochOptions {
-        mode: ViewMode::Train,
-        crop: 32,
-        batch_size: 8,
-        position: StreamPosition::default(),
-        rank: 0,
-        world_size: 1,
-        with_keys: false,
-    };
+    let options = EpochOptions::new(ViewMode::Train, 32, 8);
     let err = source
         .epoch(EpochOptions {
             batch_size: 0,

@@ -103,13 +103,9 @@ fn stream_config() -> StreamConfig {
 
 fn epoch_options(mode: ViewMode, batch_size: usize, epoch: u64) -> EpochOptions {
     EpochOptions {
-        mode,
-        crop: CROP,
-        batch_size,
         position: StreamPosition { epoch, batch: 0 },
-        rank: 0,
-        world_size: 1,
         with_keys: mode != ViewMode::Train,
+        ..EpochOptions::new(mode, CROP, batch_size)
     }
 }
 

@@ -364,8 +364,8 @@ fn mean_image_and_pca_match_an_independent_computation() {
     let mu: Vec<f64> = (0..3)
         .map(|c| rgb.iter().map(|p| p[c]).sum::<f64>() / count)
         .collect();
-    for c in 0..3 {
-        assert!((manifest.stats.mean_rgb[c] - mu[c] * 255.0).abs() < 1e-6);
+    for (stored, mu) in manifest.stats.mean_rgb.iter().zip(&mu) {
+        assert!((stored - mu * 255.0).abs() < 1e-6);
     }
     let cov: Vec<Vec<f64>> = (0..3)
         .map(|i| {
@@ -384,8 +384,8 @@ fn mean_image_and_pca_match_an_independent_computation() {
     let trace: f64 = (0..3).map(|i| cov[i][i]).sum();
     assert!((pca.eigenvalues.iter().sum::<f64>() - trace).abs() < 1e-9);
     for k in 0..3 {
-        for row in 0..3 {
-            let cv: f64 = (0..3).map(|j| cov[row][j] * pca.eigenvectors[j][k]).sum();
+        for (row, cov_row) in cov.iter().enumerate() {
+            let cv: f64 = (0..3).map(|j| cov_row[j] * pca.eigenvectors[j][k]).sum();
             assert!(
                 (cv - pca.eigenvalues[k] * pca.eigenvectors[row][k]).abs() < 1e-9,
                 "eigenpair {k}"

@@ -55,17 +55,15 @@ fn config(workers: usize, seed: u64) -> StreamConfig {
 
 fn options(mode: ViewMode, batch_size: usize) -> EpochOptions {
     EpochOptions {
-        mode,
-        crop: C,
-        batch_size,
-        position: StreamPosition::default(),
-        rank: 0,
-        world_size: 1,
         with_keys: true,
+        ..EpochOptions::new(mode, C, batch_size)
     }
 }
 
-fn collect(source: &DataSource, options: EpochOptions) -> Vec<(Vec<f32>, Vec<i64>, Vec<String>)> {
+/// One batch's images, labels and keys.
+type CollectedBatch = (Vec<f32>, Vec<i64>, Vec<String>);
+
+fn collect(source: &DataSource, options: EpochOptions) -> Vec<CollectedBatch> {
     let mut stream = source.epoch(options).unwrap();
     let mut out = Vec::new();
     while let Some(batch) = stream.next_batch() {
@@ -253,7 +251,7 @@ fn resuming_mid_epoch_yields_exactly_the_remaining_batches() {
 #[test]
 fn ranks_read_disjoint_rows_and_yield_equal_batch_counts() {
     let source = DataSource::open(dataset(), Split::Train, config(2, 9)).unwrap();
-    let per_rank: Vec<Vec<(Vec<f32>, Vec<i64>, Vec<String>)>> = (0..3)
+    let per_rank: Vec<Vec<CollectedBatch>> = (0..3)
         .map(|rank| {
             collect(
                 &source,

@@ -22,16 +22,29 @@ use crate::train::TrainError;
 use crate::train::run_dir::RunDir;
 use crate::train::{checkpoint, device, eval::check_classes, net};
 
+/// The big errors are boxed so every `Result` of these commands stays small.
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
     #[error(transparent)]
-    Train(#[from] TrainError),
+    Train(Box<TrainError>),
     #[error(transparent)]
-    Features(#[from] FeaturesError),
+    Features(Box<FeaturesError>),
     #[error(transparent)]
     Stream(#[from] StreamError),
     #[error("{0}")]
     Invalid(String),
+}
+
+impl From<TrainError> for CommandError {
+    fn from(e: TrainError) -> Self {
+        Self::Train(Box::new(e))
+    }
+}
+
+impl From<FeaturesError> for CommandError {
+    fn from(e: FeaturesError) -> Self {
+        Self::Features(Box::new(e))
+    }
 }
 
 /// A trained network with the dataset split it will see.

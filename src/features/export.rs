@@ -22,7 +22,7 @@ use super::schema::{
 use super::writer::FeatureWriter;
 use crate::augment::{Augmenter, Geometry, centre_view};
 use crate::model::{AlexNet, FeatureLayer};
-use crate::stream::{DataSource, EpochOptions, StreamPosition, ViewMode};
+use crate::stream::{DataSource, EpochOptions, ViewMode};
 
 /// What to export and how.
 #[derive(Clone, Copy)]
@@ -190,13 +190,8 @@ pub fn export_features(
         FeatureWriter::try_new(out, dim, options.codes.map(|c| c.code_bytes()), &metadata)?;
 
     let mut stream = source.epoch(EpochOptions {
-        mode: ViewMode::Centre,
-        crop,
-        batch_size: options.batch_size,
-        position: StreamPosition::default(),
-        rank: 0,
-        world_size: 1,
         with_keys: true,
+        ..EpochOptions::new(ViewMode::Centre, crop, options.batch_size)
     })?;
     let total = source.manifest.split(source.split).map_or(0, |s| s.rows);
     let bar = options

@@ -230,6 +230,22 @@ pub struct EpochOptions {
     pub with_keys: bool,
 }
 
+impl EpochOptions {
+    /// One process reading the whole split from its start, without keys: what every
+    /// reader but the trainer's data-parallel ranks wants.
+    pub fn new(mode: ViewMode, crop: usize, batch_size: usize) -> Self {
+        Self {
+            mode,
+            crop,
+            batch_size,
+            position: StreamPosition::default(),
+            rank: 0,
+            world_size: 1,
+            with_keys: false,
+        }
+    }
+}
+
 impl DataSource {
     /// Opens a split: reads `dataset.json` and `mean.npy`, checks every shard.
     pub fn open(dataset: &Path, split: Split, config: StreamConfig) -> Result<Self, StreamError> {

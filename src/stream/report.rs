@@ -96,10 +96,10 @@ pub fn run(source: &DataSource, run: &StreamRun) -> Result<StreamReport, StreamR
         let (mut epoch_images, mut epoch_batches) = (0, 0);
         while let Some(batch) = stream.next_batch() {
             let batch = batch?;
-            if let Some(dir) = &run.dump {
-                if batches < run.dump_batches {
-                    dump::write_batch(dir, batches, &batch)?;
-                }
+            if let Some(dir) = &run.dump
+                && batches < run.dump_batches
+            {
+                dump::write_batch(dir, batches, &batch)?;
             }
             epoch_images += batch.len();
             epoch_batches += 1;

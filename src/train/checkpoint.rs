@@ -109,13 +109,12 @@ pub fn list_steps(dir: &Path) -> Result<Vec<(u64, PathBuf)>, TrainError> {
     for entry in entries {
         let path = entry.map_err(io(dir))?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if let Some(step) = name
+        if let Some(Ok(step)) = name
             .strip_prefix("step-")
             .and_then(|n| n.strip_suffix(".safetensors"))
+            .map(str::parse)
         {
-            if let Ok(step) = step.parse() {
-                found.push((step, path));
-            }
+            found.push((step, path));
         }
     }
     found.sort();

@@ -17,30 +17,21 @@ use super::schedule::ValCounts;
 use super::{TrainError, device, error::candle};
 use crate::dataset::{MANIFEST_FILE, Manifest, Split};
 use crate::model::AlexNet;
-use crate::stream::{DataSource, EpochOptions, StreamError, StreamPosition, ViewMode};
+use crate::stream::{DataSource, EpochOptions, StreamError, ViewMode};
 
-/// Runs the model over the whole split of `source` in eval mode (no dropout).
-/// `batch_size` counts images (a ten-crop batch has ten times as many rows).
+/// Runs the model over the whole split of `source` in eval mode (no dropout), read as
+/// `views` says (centre or ten-crop; its `batch_size` counts images, so a ten-crop batch
+/// has ten times as many rows).
 /// Returns `None` when `interrupt` was raised before the end.
 pub fn evaluate(
     model: &AlexNet,
     source: &DataSource,
-    mode: ViewMode,
-    crop: usize,
-    batch_size: usize,
+    views: EpochOptions,
     device: &Device,
     bar: &ProgressBar,
     interrupt: Option<&AtomicBool>,
 ) -> Result<Option<ValCounts>, TrainError> {
-    let mut stream = source.epoch(EpochOptions {
-        mode,
-        crop,
-        batch_size,
-        position: StreamPosition::default(),
-        rank: 0,
-        world_size: 1,
-        with_keys: false,
-    })?;
+    let mut stream = source.epoch(views)?;
     let mut counts = ValCounts::default();
     while let Some(batch) = stream.next_batch() {
         let batch = batch?;
@@ -262,9 +253,7 @@ pub fn run_eval(options: &EvalOptions) -> Result<EvalReport, TrainError> {
     let counts = evaluate(
         &model,
         &source,
-        mode,
-        meta.input_size,
-        batch_size,
+        EpochOptions::new(mode, meta.input_size, batch_size),
         &device,
         &bar,
         None,

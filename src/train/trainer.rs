@@ -520,7 +520,7 @@ pub fn train(options: &TrainOptions) -> Result<TrainSummary, TrainError> {
 
         // ------------------------------------------------------------------ end of epoch
         // -- validation (centre crop), schedule, metrics, checkpoint
-        let validate = epoch % cfg.eval_every == 0 || epoch == cfg.epochs;
+        let validate = epoch.is_multiple_of(cfg.eval_every) || epoch == cfg.epochs;
         let validate = if validate { val_src.as_ref() } else { None };
         let val_started = Instant::now();
         let val = if let Some(val_src) = validate {
@@ -529,9 +529,7 @@ pub fn train(options: &TrainOptions) -> Result<TrainSummary, TrainError> {
             let counts = evaluate(
                 &net.model,
                 val_src,
-                ViewMode::Centre,
-                crop,
-                cfg.batch_size,
+                EpochOptions::new(ViewMode::Centre, crop, cfg.batch_size),
                 &device,
                 &vbar,
                 Some(&interrupted),
