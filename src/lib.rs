@@ -6,6 +6,7 @@
 
 pub mod augment;
 pub mod buffer_pool;
+pub mod classify;
 pub mod dataset;
 pub mod demo;
 pub mod features;

@@ -13,7 +13,7 @@ use pipeline::progress::count;
 use pipeline::recipe::Recipe;
 use pipeline::sample::{self, SampleLayout, SampleOptions};
 use pipeline::stream::report::{self as stream_report, StreamRun};
-use pipeline::stream::{DataSource, EpochOptions, MeanMode, StreamPosition, ViewMode};
+use pipeline::stream::{DataSource, EpochOptions, MeanMode, ViewMode};
 use pipeline::train::{self, EvalOptions, Finish, Start, TrainOptions, WhichCheckpoint};
 
 /// Where `ingest` writes and `train`/`export-features` read when not told otherwise.
@@ -322,6 +322,29 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// A trained run's most probable classes for JPEG/PNG files (or folders of them).
+    Classify {
+        /// The run (default: the newest under runs/).
+        #[arg(long)]
+        run: Option<PathBuf>,
+        /// Dataset whose mean image is subtracted (default: the one the run was trained on).
+        #[arg(long)]
+        dataset: Option<PathBuf>,
+        /// Average the ten crops' predictions (paper §4.1) instead of the centre crop's.
+        #[arg(long)]
+        ten_crop: bool,
+        /// Classes to list per image.
+        #[arg(long, default_value_t = 5, value_parser = at_least_one)]
+        top: usize,
+        /// One JSON object per image instead of the table.
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        device: Option<String>,
+        /// Image files, or folders walked for .jpg/.jpeg/.png files.
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+    },
     /// The k nearest neighbours of an image by feature distance.
     Neighbors {
         #[arg(long)]
@@ -412,7 +435,7 @@ fn recipe_for_dataset(path: Option<&PathBuf>, dataset: &Path) -> Result<Recipe> 
 }
 
 /// Opens a dataset split for streaming, refusing one that does not fit the recipe.
-fn open_source(dataset: &PathBuf, split: Split, recipe: &Recipe) -> Result<DataSource> {
+fn open_source(dataset: &Path, split: Split, recipe: &Recipe) -> Result<DataSource> {
     let source = DataSource::open(dataset, split, recipe.stream.clone())?;
     recipe
         .check_dataset(dataset, source.image_size())
@@ -587,15 +610,11 @@ fn main() -> Result<()> {
             // Channel mean: the exact inverse is then known per pixel (see preview::grid).
             recipe.stream.mean = MeanMode::Channel;
             let source = open_source(&dataset, Split::Train, &recipe)?;
-            let mut stream = source.epoch(EpochOptions {
-                mode: ViewMode::Train,
-                crop: recipe.data.crop_size,
-                batch_size: columns * rows,
-                position: StreamPosition::default(),
-                rank: 0,
-                world_size: 1,
-                with_keys: false,
-            })?;
+            let mut stream = source.epoch(EpochOptions::new(
+                ViewMode::Train,
+                recipe.data.crop_size,
+                columns * rows,
+            ))?;
             let batch = stream
                 .next_batch()
                 .context("the training split holds fewer images than one grid")??;
@@ -696,6 +715,43 @@ fn main() -> Result<()> {
             let summary =
                 commands::export(&loaded, &layer, codes.as_deref(), &out, batch_size, !quiet)?;
             println!("{summary}");
+        }
+        Command::Classify {
+            run,
+            dataset,
+            ten_crop,
+            top,
+            json,
+            device,
+            images,
+        } => {
+            let run = match run {
+                Some(run) => run,
+                None => commands::newest_run(Path::new(pipeline::train::run_dir::RUNS_ROOT))?,
+            };
+            let files = pipeline::classify::image_files(&images)?;
+            let loaded =
+                commands::load_run(&run, dataset.as_deref(), Split::Val, device.as_deref())?;
+            let outcomes = pipeline::classify::classify(&loaded, &files, ten_crop, top)?;
+            let unreadable = outcomes
+                .iter()
+                .filter(|o| matches!(o, pipeline::classify::Outcome::Unreadable { .. }))
+                .count();
+            if json {
+                for outcome in &outcomes {
+                    println!("{}", serde_json::to_string(outcome)?);
+                }
+            } else {
+                for line in pipeline::classify::lines(&outcomes) {
+                    println!("{line}");
+                }
+            }
+            if unreadable == outcomes.len() {
+                anyhow::bail!("no file could be classified ({} given)", outcomes.len());
+            }
+            if unreadable > 0 {
+                eprintln!("{unreadable} of {} files could not be read", outcomes.len());
+            }
         }
         Command::Neighbors {
             features,

@@ -59,26 +59,6 @@ fn copy_dataset(dir: &Path) -> PathBuf {
 }
 
 /// The sample recipe, shrunk for speed (width 1/8, batches of 32, `epochs` epochs).
-fn tiny_recipe(dir: &Path, epochs: usize) -> PathBuf {
-    let sample =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipeline/sample.toml"))
-            .unwrap();
-    let text: String = sample
-        .lines()
-        .map(|line| match line.split('=').next().unwrap_or("").trim() {
-            "width" => "width = 0.125".to_string(),
-            "epochs" => format!("epochs = {epochs}"),
-            "batch_size" => "batch_size = 32".to_string(),
-            "shuffle_buffer" => "shuffle_buffer = 128".to_string(),
-            _ => line.to_string(),
-        })
-        .map(|line| line + "\n")
-        .collect();
-    let path = dir.join("tiny.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
 fn s(path: &Path) -> &str {
     path_str(path)
 }
@@ -149,7 +129,7 @@ fn rewrite_with_arrow_writer(path: &Path, rows: &[ShardRow], label_statistics: b
 fn a_flipped_pixel_byte_is_caught_naming_the_shard_row_group_row_and_key() {
     let tmp = tempfile::tempdir().unwrap();
     let dataset = copy_dataset(tmp.path());
-    let recipe = tiny_recipe(tmp.path(), 1);
+    let recipe = tiny_recipe(tmp.path(), 1, "");
     let shard = dataset.join("train/part-00000.parquet");
     // Row 37 is in row group 2 (16 rows a group); flip one byte in the middle of its
     // pixels, found in the file by its bytes.
@@ -204,7 +184,7 @@ fn a_flipped_pixel_byte_is_caught_naming_the_shard_row_group_row_and_key() {
 fn shards_without_checksums_still_stream_and_say_so() {
     let tmp = tempfile::tempdir().unwrap();
     let dataset = copy_dataset(tmp.path());
-    let recipe = tiny_recipe(tmp.path(), 1);
+    let recipe = tiny_recipe(tmp.path(), 1, "");
     let manifest = Manifest::load(&dataset).unwrap();
     let shards = manifest.splits[&pipeline::dataset::Split::Train].shards;
     assert_eq!(shards, 2, "the sample fills two training shards");
@@ -230,7 +210,7 @@ fn shards_without_checksums_still_stream_and_say_so() {
 #[test]
 fn a_label_outside_the_classes_is_named_before_training_creates_a_run() {
     let tmp = tempfile::tempdir().unwrap();
-    let recipe = tiny_recipe(tmp.path(), 1);
+    let recipe = tiny_recipe(tmp.path(), 1, "");
 
     // A shard holding label -3 (the "gather invalid index 18446744073709551613" of old),
     // written by the pipeline's own shard writer (footer statistics present) ...
@@ -290,7 +270,7 @@ fn a_label_outside_the_classes_is_named_before_training_creates_a_run() {
 #[test]
 fn eval_with_another_image_size_advises_flags_eval_has() {
     let tmp = tempfile::tempdir().unwrap();
-    let recipe = tiny_recipe(tmp.path(), 1);
+    let recipe = tiny_recipe(tmp.path(), 1, "");
     let run_dir = tmp.path().join("run");
     run(&train_args(&recipe, shared_dataset(), &run_dir));
     let other = tmp.path().join("dataset-64");
@@ -315,7 +295,7 @@ fn eval_with_another_image_size_advises_flags_eval_has() {
 #[test]
 fn without_a_val_split_training_skips_validation_and_eval_refuses() {
     let tmp = tempfile::tempdir().unwrap();
-    let recipe = tiny_recipe(tmp.path(), 2);
+    let recipe = tiny_recipe(tmp.path(), 2, "");
     // A source with only its train folder: ingest records an empty val split.
     let source = tmp.path().join("train-only");
     for (rel, bytes) in tree_bytes(sample()) {

@@ -27,32 +27,6 @@ fn small_dataset() -> &'static Path {
     })
 }
 
-/// The sample recipe, shrunk for speed: width 1/8, batches of 32 (9 steps per epoch on
-/// the small dataset), `epochs` epochs. `extra` is appended to `[train]`.
-fn tiny_recipe(dir: &Path, epochs: usize, extra: &str) -> PathBuf {
-    let sample =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipeline/sample.toml"))
-            .unwrap();
-    let mut text = String::new();
-    for line in sample.lines() {
-        let key = line.split('=').next().unwrap_or("").trim();
-        match key {
-            "width" => text.push_str("width = 0.125\n"),
-            "epochs" => text.push_str(&format!("epochs = {epochs}\n")),
-            "batch_size" => text.push_str("batch_size = 32\n"),
-            "shuffle_buffer" => text.push_str("shuffle_buffer = 128\n"),
-            _ => {
-                text.push_str(line);
-                text.push('\n');
-            }
-        }
-    }
-    text.push_str(extra);
-    let path = dir.join("tiny.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
 fn s(path: &Path) -> &str {
     path_str(path)
 }
