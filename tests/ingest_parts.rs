@@ -35,7 +35,13 @@ fn fixture() -> &'static (PathBuf, BTreeMap<String, Vec<u8>>) {
 }
 
 fn ingest_args<'a>(source: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec!["ingest", path_str(source), "--out", path_str(out), "--quiet"];
+    let mut args = vec![
+        "ingest",
+        path_str(source),
+        "--out",
+        path_str(out),
+        "--quiet",
+    ];
     args.extend(SETTINGS);
     args.extend_from_slice(extra);
     args
@@ -55,7 +61,10 @@ fn assert_same_as_one_shot(out: &Path, what: &str) {
         "{what}: not the one-shot's files"
     );
     for (name, bytes) in expected {
-        assert!(found[name] == *bytes, "{what}: {name} differs from one-shot");
+        assert!(
+            found[name] == *bytes,
+            "{what}: {name} differs from one-shot"
+        );
     }
 }
 
@@ -73,10 +82,16 @@ fn parts_in_any_order_merge_into_the_one_shot_dataset_for_any_part_count() {
         for k in first {
             let printed = run_part(source, &out, &format!("{k}/{n}"));
             assert!(printed.contains("waiting for part"), "{printed}");
-            assert!(!out.join("dataset.json").exists(), "merged before part {last}");
+            assert!(
+                !out.join("dataset.json").exists(),
+                "merged before part {last}"
+            );
         }
         let printed = run_part(source, &out, &format!("{last}/{n}"));
-        assert!(printed.contains("train       399 images in 13 shards"), "{printed}");
+        assert!(
+            printed.contains("train       399 images in 13 shards"),
+            "{printed}"
+        );
         assert_same_as_one_shot(&out, &format!("{n} parts, merged by the last"));
 
         // A merge claimed already (a merging part killed): the last part
@@ -96,7 +111,10 @@ fn parts_in_any_order_merge_into_the_one_shot_dataset_for_any_part_count() {
         // Merging or re-running a part again changes nothing.
         run(&ingest_args(source, &out, &["--merge"]));
         let printed = run_part(source, &out, &format!("1/{n}"));
-        assert!(printed.contains("already holds the merged dataset"), "{printed}");
+        assert!(
+            printed.contains("already holds the merged dataset"),
+            "{printed}"
+        );
         assert_same_as_one_shot(&out, &format!("{n} parts, merged twice"));
     }
 }
@@ -128,7 +146,11 @@ fn parts_of_other_settings_or_another_split_are_refused_by_name() {
 
     // Part 2 made with another resize filter: part 1's merge refuses it.
     let out = tmp.path().join("settings");
-    run(&ingest_args(source, &out, &["--part", "2/2", "--filter", "box"]));
+    run(&ingest_args(
+        source,
+        &out,
+        &["--part", "2/2", "--filter", "box"],
+    ));
     let printed = run_part(source, &out, "1/2");
     assert!(
         printed.contains("part 2/2") && printed.contains("other settings"),
@@ -156,7 +178,11 @@ fn parts_of_other_settings_or_another_split_are_refused_by_name() {
     assert!(error.contains("unfinished ingest in parts"), "{error}");
 
     // --merge of a folder without parts.
-    let error = run_fails(&ingest_args(source, &tmp.path().join("empty"), &["--merge"]));
+    let error = run_fails(&ingest_args(
+        source,
+        &tmp.path().join("empty"),
+        &["--merge"],
+    ));
     assert!(error.contains("holds no ingest parts"), "{error}");
 }
 

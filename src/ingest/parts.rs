@@ -282,6 +282,11 @@ fn merge_if_last(
     this_run: ThisRun,
 ) -> Result<Result<IngestSummary, String>, IngestError> {
     if let Err(why) = complete_parts(opts, plan, Some(part.count)) {
+        if opts.out.join(MANIFEST_FILE).exists() {
+            return Ok(Err(
+                "merged by another part that finished at the same time".into()
+            ));
+        }
         return Ok(Err(waiting_for(why)));
     }
     let claim = IngestState::dir(&opts.out).join(MERGE_CLAIM);
