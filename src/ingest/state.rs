@@ -5,6 +5,8 @@
 //! updated, so a crash in between only redoes that shard (with identical bytes).
 //! The training sums are versioned by the number of shards they cover
 //! (`train-sums-00005.npy`) so `state.json` always names a consistent file.
+//! A part of an ingest in parts keeps the same files in its own folder
+//! (`.ingest/part-K-of-N/`), counting the shards of its own range.
 
 use std::path::{Path, PathBuf};
 
