@@ -68,7 +68,11 @@ impl std::fmt::Display for Part {
 impl Part {
     /// The shard indices this part owns of a split with `shards` shards.
     pub fn owned(self, shards: usize) -> Range<usize> {
-        let bound = |k: usize| (k * shards).div_ceil(self.count);
+        // In u128: K·S cannot overflow, whatever N a user gives.
+        let bound = |k: usize| {
+            let bound = (k as u128 * shards as u128).div_ceil(self.count as u128);
+            bound as usize // at most `shards`
+        };
         bound(self.index - 1)..bound(self.index)
     }
 
