@@ -178,6 +178,13 @@ enum Command {
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
+        /// Write only part K of N (1 ≤ K ≤ N): its share of the shards, run on
+        /// its own (a job-array task); the last part to finish merges.
+        #[arg(long, value_name = "K/N")]
+        part: Option<ingest::parts::Part>,
+        /// Merge the finished parts into the dataset (same SRC and settings as the parts).
+        #[arg(long, conflicts_with = "part")]
+        merge: bool,
     },
     /// Run the input stream alone at full speed and report images/s per stage.
     Stream {
@@ -518,6 +525,8 @@ fn main() -> Result<()> {
             workers,
             val_labels,
             quiet,
+            part,
+            merge,
         } => {
             let mut recipe = load_recipe(recipe.as_ref())?;
             if let Some(size) = image_size {
@@ -544,7 +553,28 @@ fn main() -> Result<()> {
                 val_labels,
                 progress: !quiet,
             };
-            let summary = ingest::ingest(&options)?;
+            let summary = match (part, merge) {
+                (Some(part), _) => match ingest::parts::ingest_part(&options, part)? {
+                    ingest::parts::PartOutcome::Done { summary, merged } => {
+                        for line in summary.lines() {
+                            println!("{line}");
+                        }
+                        match merged {
+                            Some(merged) => *merged,
+                            None => return Ok(()),
+                        }
+                    }
+                    ingest::parts::PartOutcome::AlreadyMerged { out, part } => {
+                        println!(
+                            "{} already holds the merged dataset: nothing to do for part {part}",
+                            out.display()
+                        );
+                        return Ok(());
+                    }
+                },
+                (None, true) => ingest::parts::merge(&options)?,
+                (None, false) => ingest::ingest(&options)?,
+            };
             for line in summary.lines() {
                 println!("{line}");
             }

@@ -4,11 +4,12 @@
 //! Stages: [`layout`] finds images and labels, [`decode`] turns bytes into
 //! pixels, [`resize`] makes the centre crop, [`stats`] accumulates the mean and
 //! covariance, [`run`] orchestrates shards with resume, [`state`] remembers
-//! what is finished.
+//! what is finished, [`parts`] splits the shards among independent runs and merges them.
 
 pub mod decode;
 pub mod devkit;
 pub mod layout;
+pub mod parts;
 pub mod resize;
 pub mod run;
 pub mod state;

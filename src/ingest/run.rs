@@ -4,6 +4,7 @@
 //! Output is byte-identical whatever the worker count: rows keep their planned
 //! order, and the statistics are exact integer sums.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -15,6 +16,7 @@ use rayon::prelude::*;
 use super::IngestConfig;
 use super::decode::{self, DecodeError};
 use super::layout::{self, LayoutKind, SourceImage, SourceTree};
+use super::parts::PartsError;
 use super::resize::CentreCropper;
 use super::state::{IngestState, SplitProgress, StateError};
 use super::stats::StatsAccumulator;
@@ -107,6 +109,8 @@ pub enum IngestError {
     /// A split (train, or a val folder that exists) with no image that could be used.
     #[error("{0}")]
     NoUsableImages(String),
+    #[error(transparent)]
+    Parts(#[from] PartsError),
     #[error("cannot start {workers} decode threads: {message}")]
     Threads { workers: usize, message: String },
 }
@@ -338,7 +342,9 @@ impl Job<'_> {
         wanted.div_ceil(rows_per_group) * rows_per_group
     }
 
-    /// Writes every unfinished shard of `split`; returns images decoded.
+    /// Writes every unfinished shard of `split` among the `owned` ones (shard
+    /// indices of the whole split); returns images decoded. `state` counts the
+    /// owned shards done, and is saved in `state_dir`.
     ///
     /// The pool decodes the next unit while a writer thread appends the last
     /// one's row groups to its shard; after a shard's last unit the writer
@@ -348,6 +354,8 @@ impl Job<'_> {
         &self,
         split: Split,
         images: &[SourceImage],
+        owned: &Range<usize>,
+        state_dir: &Path,
         state: &mut IngestState,
         sums: &mut StatsAccumulator,
     ) -> Result<usize, IngestError> {
@@ -395,21 +403,26 @@ impl Job<'_> {
                     let shard = open.take().expect("opened above");
                     shard.writer.finish()?;
                     let progress = progress_of(state, split);
-                    progress.shards_done = shard.index + 1;
+                    progress.shards_done = shard.index + 1 - owned.start;
                     progress.rows_done += shard.rows;
                     progress.skipped.extend(shard.skipped);
                     if with_stats {
                         sums.merge(&unit.stats);
-                        state.save_with_sums(out, sums)?;
+                        state.save_with_sums(state_dir, sums)?;
                     } else {
-                        state.save(out)?;
+                        state.save(state_dir)?;
                     }
                 }
                 Ok(())
             });
             let mut decoded = 0;
             let unit_len = self.unit_len();
-            'shards: for (index, shard) in shards.iter().enumerate().skip(done) {
+            let todo = shards
+                .iter()
+                .enumerate()
+                .take(owned.end)
+                .skip(owned.start + done);
+            'shards: for (index, shard) in todo {
                 let units = shard.chunks(unit_len);
                 let last = units.len() - 1;
                 for (u, images) in units.enumerate() {
@@ -438,37 +451,93 @@ fn progress_of(state: &mut IngestState, split: Split) -> &mut SplitProgress {
     }
 }
 
+/// What the source holds and the order it is written in: the same for a
+/// one-shot ingest, each of its parts, and their merge.
+pub(super) struct Plan {
+    pub tree: SourceTree,
+    pub has_val: bool,
+    /// Everything that determines the output bytes (see [`fingerprint`]).
+    pub fingerprint: String,
+    pub train_order: Vec<SourceImage>,
+}
+
+impl Plan {
+    /// Lists the source and checks it can make a dataset in `opts.out`;
+    /// nothing is written.
+    pub fn new(opts: &IngestOptions) -> Result<Self, IngestError> {
+        let tree = layout::discover(&opts.source, opts.val_labels.as_deref())?;
+        let has_val = tree.layout != LayoutKind::TrainOnly;
+        // Nothing to ingest in a split: refused before anything is written.
+        if tree.train.is_empty() {
+            return Err(no_usable_images(
+                &opts.source,
+                Split::Train,
+                0,
+                &tree.train_skipped,
+            ));
+        }
+        if has_val && tree.val.is_empty() {
+            return Err(no_usable_images(
+                &opts.source,
+                Split::Val,
+                0,
+                &tree.val_skipped,
+            ));
+        }
+        refuse_out_inside_source(&opts.source, &opts.out)?;
+        Ok(Self {
+            fingerprint: fingerprint(&tree, opts.image_size, &opts.config),
+            train_order: training_order(&tree.train, opts.config.seed),
+            has_val,
+            tree,
+        })
+    }
+
+    /// Shards of `split`: its planned images cut every `rows_per_shard`.
+    pub fn shard_count(&self, split: Split, config: &IngestConfig) -> usize {
+        let images = match split {
+            Split::Train => self.tree.train.len(),
+            Split::Val => self.tree.val.len(),
+        };
+        images.div_ceil(config.rows_per_shard.max(1))
+    }
+
+    /// Every shard of both splits (a one-shot ingest owns them all).
+    pub fn all_shards(&self, config: &IngestConfig) -> OwnedShards {
+        OwnedShards {
+            train: 0..self.shard_count(Split::Train, config),
+            val: 0..self.shard_count(Split::Val, config),
+        }
+    }
+}
+
+/// The shard indices (of the whole split) one run writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct OwnedShards {
+    pub train: Range<usize>,
+    pub val: Range<usize>,
+}
+
+/// What a run did besides the files, for its summary.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct ThisRun {
+    pub started: Instant,
+    pub images: usize,
+    pub shards_resumed: usize,
+    pub workers: usize,
+}
+
 /// Runs (or resumes) an ingest. Safe to kill at any point: re-running the same
 /// command continues from the last finished shard and ends with the same files.
 pub fn ingest(opts: &IngestOptions) -> Result<IngestSummary, IngestError> {
     let started = Instant::now();
-    let tree = layout::discover(&opts.source, opts.val_labels.as_deref())?;
-    let has_val = tree.layout != LayoutKind::TrainOnly;
-    // Nothing to ingest in a split: refused before anything is written.
-    if tree.train.is_empty() {
-        return Err(no_usable_images(
-            &opts.source,
-            Split::Train,
-            0,
-            &tree.train_skipped,
-        ));
-    }
-    if has_val && tree.val.is_empty() {
-        return Err(no_usable_images(
-            &opts.source,
-            Split::Val,
-            0,
-            &tree.val_skipped,
-        ));
-    }
+    let plan = Plan::new(opts)?;
     let out = &opts.out;
     let print = |p: &Path| p.display().to_string();
-    refuse_out_inside_source(&opts.source, out)?;
-
-    let fingerprint = fingerprint(&tree, opts.image_size, &opts.config);
+    let state_dir = IngestState::dir(out);
     let complete = out.join(crate::dataset::MANIFEST_FILE).exists();
-    let mut state = match IngestState::load(out)? {
-        Some(state) if state.fingerprint == fingerprint => state,
+    let mut state = match IngestState::load(&state_dir)? {
+        Some(state) if state.fingerprint == plan.fingerprint => state,
         Some(_) if complete => {
             return Err(IngestError::CompleteDatasetMismatch { out: print(out) });
         }
@@ -480,8 +549,9 @@ pub fn ingest(opts: &IngestOptions) -> Result<IngestSummary, IngestError> {
             });
         }
         None => {
+            super::parts::refuse_parts_in_progress(out)?;
             refuse_out_not_empty(out)?;
-            IngestState::new(fingerprint)
+            IngestState::new(plan.fingerprint.clone())
         }
     };
     std::fs::create_dir_all(out).map_err(|source| IngestError::Io {
@@ -490,10 +560,32 @@ pub fn ingest(opts: &IngestOptions) -> Result<IngestSummary, IngestError> {
     })?;
     // Saved before the first shard, so a folder this ingest has written to is
     // always recognised as its own (and resumed) by the next run.
-    state.save(out)?;
-    let shards_resumed = state.train.shards_done + state.val.shards_done;
-    let mut sums = state.load_sums(out, opts.image_size)?;
+    state.save(&state_dir)?;
+    let mut sums = state.load_sums(&state_dir, opts.image_size)?;
+    let this_run = write_shards(
+        opts,
+        &plan,
+        &plan.all_shards(&opts.config),
+        &state_dir,
+        &mut state,
+        &mut sums,
+        started,
+    )?;
+    finish(opts, &plan, &state, &sums, this_run)
+}
 
+/// Decodes and writes the shards of `owned` that `state` has not finished,
+/// saving progress (and the training sums) in `state_dir` after each shard.
+pub(super) fn write_shards(
+    opts: &IngestOptions,
+    plan: &Plan,
+    owned: &OwnedShards,
+    state_dir: &Path,
+    state: &mut IngestState,
+    sums: &mut StatsAccumulator,
+    started: Instant,
+) -> Result<ThisRun, IngestError> {
+    let shards_resumed = state.train.shards_done + state.val.shards_done;
     let workers = if opts.workers == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     } else {
@@ -506,15 +598,13 @@ pub fn ingest(opts: &IngestOptions) -> Result<IngestSummary, IngestError> {
             workers,
             message: e.to_string(),
         })?;
-    let per_shard = opts.config.rows_per_shard;
-    let remaining = tree
-        .train
-        .len()
-        .saturating_sub(state.train.shards_done * per_shard)
-        + tree
-            .val
-            .len()
-            .saturating_sub(state.val.shards_done * per_shard);
+    let per_shard = opts.config.rows_per_shard.max(1);
+    // Planned images in the owned shards not yet done.
+    let to_do = |images: usize, owned: &Range<usize>, done: usize| {
+        (owned.end * per_shard).min(images) - ((owned.start + done) * per_shard).min(images)
+    };
+    let remaining = to_do(plan.tree.train.len(), &owned.train, state.train.shards_done)
+        + to_do(plan.tree.val.len(), &owned.val, state.val.shards_done);
     let bar = if opts.progress {
         crate::progress::bar(remaining as u64, "img")
     } else {
@@ -533,35 +623,84 @@ pub fn ingest(opts: &IngestOptions) -> Result<IngestSummary, IngestError> {
         .collect();
     let job = Job {
         opts,
-        tree: &tree,
+        tree: &plan.tree,
         pool,
         bar,
         buffers: BufferPool::new(),
         workers: worker_states,
     };
 
-    let train_order = training_order(&tree.train, opts.config.seed);
-    let mut decoded = job.run_split(Split::Train, &train_order, &mut state, &mut sums)?;
-    if state.train.rows_done == 0 {
+    let mut images = job.run_split(
+        Split::Train,
+        &plan.train_order,
+        &owned.train,
+        state_dir,
+        state,
+        sums,
+    )?;
+    // A run owning every training shard knows now that none gave a row: the
+    // validation split is not decoded for a dataset that cannot be made.
+    let all_train = owned.train == (0..plan.shard_count(Split::Train, &opts.config));
+    if all_train && state.train.rows_done == 0 {
         job.bar.finish_and_clear();
-        let skipped = [&tree.train_skipped[..], &state.train.skipped[..]].concat();
-        let error = no_usable_images(&opts.source, Split::Train, tree.train.len(), &skipped);
-        return Err(with_restart_hint(error, out));
+        return Err(split_without_rows(opts, plan, state, Split::Train));
     }
-    decoded += job.run_split(
+    images += job.run_split(
         Split::Val,
-        &tree.val,
-        &mut state,
+        &plan.tree.val,
+        &owned.val,
+        state_dir,
+        state,
         &mut StatsAccumulator::new(0),
     )?;
     job.bar.finish_and_clear();
-    if has_val && state.val.rows_done == 0 {
-        let skipped = [&tree.val_skipped[..], &state.val.skipped[..]].concat();
-        let error = no_usable_images(&opts.source, Split::Val, tree.val.len(), &skipped);
-        return Err(with_restart_hint(error, out));
+    Ok(ThisRun {
+        started,
+        images,
+        shards_resumed,
+        workers,
+    })
+}
+
+/// A split whose every image was skipped, named with the reasons.
+fn split_without_rows(
+    opts: &IngestOptions,
+    plan: &Plan,
+    state: &IngestState,
+    split: Split,
+) -> IngestError {
+    let (listed, found, progress) = match split {
+        Split::Train => (
+            &plan.tree.train_skipped,
+            plan.tree.train.len(),
+            &state.train,
+        ),
+        Split::Val => (&plan.tree.val_skipped, plan.tree.val.len(), &state.val),
+    };
+    let skipped = [&listed[..], &progress.skipped[..]].concat();
+    let error = no_usable_images(&opts.source, split, found, &skipped);
+    with_restart_hint(error, &opts.out)
+}
+
+/// The one way a dataset is completed, from the state of every shard and the
+/// exact training sums (a one-shot ingest's own, or the parts' added up):
+/// `mean.npy`, then the manifest last, whose presence means the dataset is complete.
+pub(super) fn finish(
+    opts: &IngestOptions,
+    plan: &Plan,
+    state: &IngestState,
+    sums: &StatsAccumulator,
+    this_run: ThisRun,
+) -> Result<IngestSummary, IngestError> {
+    let out = &opts.out;
+    let tree = &plan.tree;
+    if state.train.rows_done == 0 {
+        return Err(split_without_rows(opts, plan, state, Split::Train));
+    }
+    if plan.has_val && state.val.rows_done == 0 {
+        return Err(split_without_rows(opts, plan, state, Split::Val));
     }
 
-    // Statistics, then the manifest last: its presence means the dataset is complete.
     let mean_path = out.join(MEAN_FILE);
     let s = opts.image_size as u64;
     npy::write(&mean_path, &[s, s, 3], &sums.mean_image())?;
@@ -574,7 +713,7 @@ pub fn ingest(opts: &IngestOptions) -> Result<IngestSummary, IngestError> {
         classes_without_rows(&tree.classes, images, skipped)
     };
     let empty_train_classes = empty_classes(&tree.train, &state.train.skipped);
-    let empty_val_classes = if has_val {
+    let empty_val_classes = if plan.has_val {
         empty_classes(&tree.val, &state.val.skipped)
     } else {
         Vec::new()
@@ -610,10 +749,10 @@ pub fn ingest(opts: &IngestOptions) -> Result<IngestSummary, IngestError> {
         skipped,
         empty_train_classes,
         empty_val_classes,
-        images_this_run: decoded,
-        shards_resumed,
-        seconds: started.elapsed().as_secs_f64(),
-        workers,
+        images_this_run: this_run.images,
+        shards_resumed: this_run.shards_resumed,
+        seconds: this_run.started.elapsed().as_secs_f64(),
+        workers: this_run.workers,
         stats,
     })
 }
@@ -739,6 +878,12 @@ fn refuse_out_inside_source(source: &Path, out: &Path) -> Result<(), IngestError
 /// A new ingest writes only into a new or empty folder (or one holding just the
 /// state folder a run killed at once left), never among someone's files.
 fn refuse_out_not_empty(out: &Path) -> Result<(), IngestError> {
+    refuse_out_holding_others(out, &[])
+}
+
+/// As [`refuse_out_not_empty`], but `allowed` entries (besides the state
+/// folder) may be there too: the split folders other parts are writing.
+pub(super) fn refuse_out_holding_others(out: &Path, allowed: &[&str]) -> Result<(), IngestError> {
     let entries = match std::fs::read_dir(out) {
         Ok(entries) => entries,
         // Missing: created below. Not a folder: create_dir_all names the problem.
@@ -748,6 +893,7 @@ fn refuse_out_not_empty(out: &Path) -> Result<(), IngestError> {
         .filter_map(|e| e.ok())
         .map(|e| e.file_name())
         .filter(|name| name != super::state::STATE_DIR)
+        .filter(|name| !allowed.iter().any(|a| name == *a))
         .collect();
     names.sort();
     match names.first() {

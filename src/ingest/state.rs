@@ -5,6 +5,8 @@
 //! updated, so a crash in between only redoes that shard (with identical bytes).
 //! The training sums are versioned by the number of shards they cover
 //! (`train-sums-00005.npy`) so `state.json` always names a consistent file.
+//! A part of an ingest in parts keeps the same files in its own folder
+//! (`.ingest/part-K-of-N/`), counting the shards of its own range.
 
 use std::path::{Path, PathBuf};
 
@@ -76,9 +78,10 @@ impl IngestState {
         dataset.join(STATE_DIR)
     }
 
-    /// The saved state, or `None` when this directory holds no ingest in progress.
-    pub fn load(dataset: &Path) -> Result<Option<Self>, StateError> {
-        let path = Self::dir(dataset).join(STATE_FILE);
+    /// The state saved in `dir` (a dataset's [`Self::dir`], or one part's
+    /// folder inside it), or `None` when it holds no ingest in progress.
+    pub fn load(dir: &Path) -> Result<Option<Self>, StateError> {
+        let path = dir.join(STATE_FILE);
         let text = match std::fs::read_to_string(&path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -99,13 +102,9 @@ impl IngestState {
 
     /// The training sums covering `self.train.shards_done` shards. Sums files a
     /// killed run left behind (any but the live one) are removed.
-    pub fn load_sums(
-        &self,
-        dataset: &Path,
-        image_size: usize,
-    ) -> Result<StatsAccumulator, StateError> {
+    pub fn load_sums(&self, dir: &Path, image_size: usize) -> Result<StatsAccumulator, StateError> {
         let live = sums_file(self.train.shards_done);
-        if let Ok(entries) = std::fs::read_dir(Self::dir(dataset)) {
+        if let Ok(entries) = std::fs::read_dir(dir) {
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
                 if name.starts_with("train-sums-") && name != live {
@@ -117,7 +116,7 @@ impl IngestState {
         if self.train.shards_done == 0 {
             return Ok(acc);
         }
-        let path = Self::dir(dataset).join(sums_file(self.train.shards_done));
+        let path = dir.join(sums_file(self.train.shards_done));
         let shown = path.display().to_string();
         let bytes = std::fs::read(&path).map_err(|source| StateError::Io {
             path: shown.clone(),
@@ -149,12 +148,11 @@ impl IngestState {
     /// the state; the previous sums file is removed only after the new state is in place.
     pub fn save_with_sums(
         &mut self,
-        dataset: &Path,
+        dir: &Path,
         sums: &mut StatsAccumulator,
     ) -> Result<(), StateError> {
         sums.settle();
-        let dir = Self::dir(dataset);
-        std::fs::create_dir_all(&dir).map_err(|source| StateError::Io {
+        std::fs::create_dir_all(dir).map_err(|source| StateError::Io {
             path: dir.display().to_string(),
             source,
         })?;
@@ -170,7 +168,7 @@ impl IngestState {
             channel_sums: sums.channel_sums,
             product_sums: sums.product_sums,
         };
-        self.save(dataset)?;
+        self.save(dir)?;
         if let Some(previous) = self.train.shards_done.checked_sub(1) {
             // Best effort: a leftover from a crash is harmless, state.json names the live file.
             let _ = std::fs::remove_file(dir.join(sums_file(previous)));
@@ -178,9 +176,8 @@ impl IngestState {
         Ok(())
     }
 
-    pub fn save(&self, dataset: &Path) -> Result<(), StateError> {
-        let dir = Self::dir(dataset);
-        std::fs::create_dir_all(&dir).map_err(|source| StateError::Io {
+    pub fn save(&self, dir: &Path) -> Result<(), StateError> {
+        std::fs::create_dir_all(dir).map_err(|source| StateError::Io {
             path: dir.display().to_string(),
             source,
         })?;
