@@ -294,8 +294,8 @@ impl Job<'_> {
         for start in (0..images.len()).step_by(rows_per_group) {
             let end = (start + rows_per_group).min(images.len());
             let mut next = start;
-            for i in start..end {
-                if kept[i] {
+            for (i, &is_kept) in kept.iter().enumerate().take(end).skip(start) {
+                if is_kept {
                     if i != next {
                         buffer.copy_within(i * row_bytes..(i + 1) * row_bytes, next * row_bytes);
                     }
