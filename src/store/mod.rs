@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path as ObjectPath;
 use object_store::{
     BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, ObjectStoreScheme, RetryConfig,
@@ -147,11 +147,22 @@ impl Location {
             retry_timeout: timeout * (MAX_RETRIES as u32 + 1),
         };
         let store: Arc<dyn ObjectStore> = match scheme {
+            // `from_env`'s reading of AWS_* applied over our client options (setting
+            // them after it would drop what it read into them, AWS_ALLOW_HTTP).
             ObjectStoreScheme::AmazonS3 => Arc::new(
-                AmazonS3Builder::from_env()
+                std::env::vars()
+                    .filter(|(key, _)| key.starts_with("AWS_"))
+                    .filter_map(|(key, value)| {
+                        let key = key.to_ascii_lowercase().parse::<AmazonS3ConfigKey>().ok()?;
+                        Some((key, value))
+                    })
+                    .fold(
+                        AmazonS3Builder::new()
+                            .with_client_options(client)
+                            .with_retry(retry),
+                        |builder, (key, value)| builder.with_config(key, value),
+                    )
                     .with_url(url.as_str())
-                    .with_client_options(client)
-                    .with_retry(retry)
                     .build()
                     .map_err(|e| bad(e.to_string()))?,
             ),
