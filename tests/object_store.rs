@@ -319,12 +319,13 @@ fn a_stalled_server_times_out_naming_the_url() {
     let tmp = tempfile::tempdir().unwrap();
     let mut env = moto::s3_env(&format!("http://127.0.0.1:{port}"));
     env.push(("PIPELINE_STORE_TIMEOUT_S", "0.5".to_string()));
+    let recipe = recipe(tmp.path());
     let args = [
         "stream",
         "--dataset",
         "s3://stalled/ds",
         "--recipe",
-        path_str(&recipe(tmp.path())),
+        path_str(&recipe),
     ];
     let output = pipeline_with_env(&args, &env);
     let err = stderr(&output);
@@ -357,6 +358,8 @@ fn a_missing_dataset_or_bucket_fails_at_once_naming_the_url() {
             path_str(&recipe),
             "--out",
             path_str(&out),
+            "--device",
+            "cpu",
         ];
         let args = if command == "train" {
             &args[..]
