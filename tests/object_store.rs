@@ -410,3 +410,50 @@ fn a_file_url_reads_the_local_dataset() {
     let file = stream_dump(&url, &recipe, &tmp.path().join("file"), &[], &[]);
     assert!(local == file, "file:// streams the local batches");
 }
+
+#[test]
+fn a_corrupt_row_in_s3_is_named_by_its_url_row_and_key() {
+    let test = "a_corrupt_row_in_s3_is_named_by_its_url_row_and_key";
+    let Some(moto) = Moto::start(test) else {
+        return;
+    };
+    // A copy of the dataset with one pixel byte of row 9 (row group 1) flipped.
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = tmp.path().join("ds");
+    for (name, bytes) in tree_bytes(dataset()) {
+        let path = copy.join(&name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+    let shard = copy.join("train/part-00000.parquet");
+    let rows = pipeline::dataset::reader::read_shard(&shard, S).unwrap();
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let at = bytes
+        .windows(rows[9].pixels.len())
+        .position(|w| w == rows[9].pixels.as_slice())
+        .expect("the row's pixels are stored verbatim");
+    bytes[at + 100] ^= 0x10;
+    std::fs::write(&shard, &bytes).unwrap();
+    moto.create_bucket("corrupt");
+    moto.upload_dir("corrupt", "ds", &copy);
+
+    // Centre views use every row (training views drop the last partial batch).
+    let recipe = recipe(tmp.path());
+    let args = [
+        "stream",
+        "--dataset",
+        "s3://corrupt/ds",
+        "--recipe",
+        path_str(&recipe),
+        "--views",
+        "centre",
+    ];
+    let output = pipeline_with_env(&args, &moto.env());
+    let err = stderr(&output);
+    assert!(!output.status.success(), "{err}");
+    let named = format!(
+        "s3://corrupt/ds/train/part-00000.parquet: row 9 (row group 1, key {}): pixel data is corrupt",
+        rows[9].key
+    );
+    assert!(err.contains(&named), "{err}");
+}
