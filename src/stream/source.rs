@@ -301,7 +301,7 @@ async fn remote_footer(
     let mut want = FOOTER_GUESS.min(size);
     loop {
         let tail = location
-            .read_ranges(name, &[size - want..size])
+            .read_ranges(name, std::slice::from_ref(&(size - want..size)))
             .await
             .map_err(|e| store_error(path, "", &e))?;
         let tail = tail.into_iter().next().unwrap_or_default();
