@@ -15,5 +15,6 @@ pub mod model;
 pub mod progress;
 pub mod recipe;
 pub mod sample;
+pub mod store;
 pub mod stream;
 pub mod train;

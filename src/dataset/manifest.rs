@@ -4,9 +4,11 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::{MANIFEST_FILE, Split, atomic};
+use crate::store::{Location, StoreError};
 
 /// Bumped whenever the on-disk contract changes; readers refuse other versions.
 pub const FORMAT_VERSION: u32 = 1;
@@ -84,6 +86,8 @@ pub enum ManifestError {
         path: String,
         source: serde_json::Error,
     },
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error("{path}: format_version {found} is not the supported version {FORMAT_VERSION}")]
     Version { path: String, found: u32 },
 }
@@ -104,26 +108,37 @@ impl Manifest {
         self.split(split).is_some_and(|s| s.rows > 0)
     }
 
-    /// Reads `DIR/dataset.json`, checking the format version.
+    /// Reads `DIR/dataset.json`, checking the format version; `dir` may also be an
+    /// object store URL (see [`crate::store`]).
     pub fn load(dir: &Path) -> Result<Self, ManifestError> {
-        let path = dir.join(MANIFEST_FILE);
-        let shown = path.display().to_string();
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        let location = Location::parse(dir)?;
+        Self::parse(&location, location.read_all_blocking(MANIFEST_FILE))
+    }
+
+    /// [`Self::load`] from an opened location, on the caller's runtime.
+    pub async fn read(location: &Location) -> Result<Self, ManifestError> {
+        Self::parse(location, location.read_all(MANIFEST_FILE).await)
+    }
+
+    fn parse(location: &Location, read: Result<Bytes, StoreError>) -> Result<Self, ManifestError> {
+        let shown = location.display(MANIFEST_FILE);
+        let bytes = match read {
+            Ok(bytes) => bytes,
+            Err(e) if e.is_not_found() => {
                 return Err(ManifestError::Missing {
-                    path: dir.display().to_string(),
+                    path: location.root(),
                 });
             }
-            Err(source) => {
+            Err(StoreError::Io { source, .. }) => {
                 return Err(ManifestError::Io {
                     path: shown,
                     source,
                 });
             }
+            Err(e) => return Err(ManifestError::Store(e)),
         };
         let manifest: Manifest =
-            serde_json::from_str(&text).map_err(|source| ManifestError::Parse {
+            serde_json::from_slice(&bytes).map_err(|source| ManifestError::Parse {
                 path: shown.clone(),
                 source,
             })?;

@@ -79,15 +79,23 @@ pub fn write_plain<T: npyz::Serialize + npyz::AutoSerialize + Copy>(
 /// Reads an f32 array, checking its shape.
 pub fn read_f32(path: &Path, expected_shape: &[u64]) -> Result<Vec<f32>, NpyError> {
     let shown = path.display().to_string();
-    let io = |source: std::io::Error| NpyError::Io {
+    let bytes = std::fs::read(path).map_err(|source| NpyError::Io {
         path: shown.clone(),
         source,
+    })?;
+    parse_f32(&bytes, &shown, expected_shape)
+}
+
+/// Parses the bytes of an f32 `.npy` file (named `shown` in errors), checking its shape.
+pub fn parse_f32(bytes: &[u8], shown: &str, expected_shape: &[u64]) -> Result<Vec<f32>, NpyError> {
+    let io = |source: std::io::Error| NpyError::Io {
+        path: shown.to_string(),
+        source,
     };
-    let bytes = std::fs::read(path).map_err(io)?;
-    let array = npyz::NpyFile::new(&bytes[..]).map_err(io)?;
+    let array = npyz::NpyFile::new(bytes).map_err(io)?;
     if array.shape() != expected_shape {
         return Err(NpyError::Shape {
-            path: shown.clone(),
+            path: shown.to_string(),
             expected: expected_shape.to_vec(),
             found: array.shape().to_vec(),
         });

@@ -50,6 +50,7 @@ use timing::{StageTimes, TimingReport};
 use crate::augment::{AugmentError, Augmenter, Geometry, MeanImage, MeanSubtraction, Pca};
 use crate::dataset::manifest::ManifestError;
 use crate::dataset::{MEAN_FILE, Manifest, Split, npy};
+use crate::store::{Location, StoreError};
 
 /// Which mean is subtracted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,6 +143,8 @@ pub enum StreamError {
     Manifest(#[from] ManifestError),
     #[error(transparent)]
     Npy(#[from] npy::NpyError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error("{dataset}: the dataset has no {split} split")]
     NoSplit {
         dataset: String,
@@ -248,12 +251,33 @@ impl EpochOptions {
 
 impl DataSource {
     /// Opens a split: reads `dataset.json` and `mean.npy`, checks every shard.
+    /// `dataset` is a folder or an object store URL (see [`crate::store`]).
     pub fn open(dataset: &Path, split: Split, config: StreamConfig) -> Result<Self, StreamError> {
-        let manifest = Manifest::load(dataset)?;
+        let location = Location::parse(dataset).map_err(ManifestError::from)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("stream-io")
+            .enable_all()
+            .build()
+            .map_err(|e| StreamError::Setup(format!("tokio runtime: {e}")))?;
+        // One runtime for every read of an object store, so its client's pooled
+        // connections stay alive between them.
+        let manifest = runtime.block_on(Manifest::read(&location))?;
         let s = manifest.image_size;
         let mean = match config.mean {
             MeanMode::Pixel => {
-                let hwc = npy::read_f32(&dataset.join(MEAN_FILE), &[s as u64, s as u64, 3])?;
+                let shown = location.display(MEAN_FILE);
+                let bytes =
+                    runtime
+                        .block_on(location.read_all(MEAN_FILE))
+                        .map_err(|e| match e {
+                            StoreError::Io { source, .. } => StreamError::Npy(npy::NpyError::Io {
+                                path: shown.clone(),
+                                source,
+                            }),
+                            e => StreamError::Store(e),
+                        })?;
+                let hwc = npy::parse_f32(&bytes, &shown, &[s as u64, s as u64, 3])?;
                 MeanSubtraction::PerPixel(MeanImage::from_hwc(s, hwc)?)
             }
             MeanMode::Channel => {
@@ -265,13 +289,7 @@ impl DataSource {
             eigenvalues: p.eigenvalues.map(|v| v as f32),
             eigenvectors: p.eigenvectors.map(|row| row.map(|v| v as f32)),
         };
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("stream-io")
-            .enable_all()
-            .build()
-            .map_err(|e| StreamError::Setup(format!("tokio runtime: {e}")))?;
-        let index = runtime.block_on(ShardIndex::open(dataset, split, &manifest))?;
+        let index = runtime.block_on(ShardIndex::open(location, split, &manifest))?;
         let unchecked = index.shards_without_checksums();
         if unchecked > 0 {
             // Still readable: checksums came after format version 1's first shards.

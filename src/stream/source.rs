@@ -10,6 +10,14 @@
 //! is dropped with the row group's last row, so memory stays bounded by the row
 //! groups the shuffle holds and the batches in flight.
 //!
+//! A dataset in an object store (see [`crate::store`]) is read the same way
+//! from fetched bytes instead of a mapping: each shard's footer once, from a
+//! suffix of the object, and each row group's projected column chunks as byte
+//! ranges (coalesced into one request), decoded by the same code, so the rows
+//! are the same bytes and the checks below run unchanged. `read_ahead` row groups
+//! are in flight at once, and memory stays bounded as for local shards: each
+//! fetched group is a buffer held until its last row is dropped.
+//!
 //! Shards are immutable once written (ingest renames finished files into
 //! place); a shard truncated *while* it is being streamed would fault.
 //!
@@ -25,7 +33,7 @@
 //!   later epoch.
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -35,25 +43,36 @@ use parquet::column::reader::{get_column_reader, get_typed_column_reader};
 use parquet::data_type::{
     ByteArrayType, DataType, FixedLenByteArray, FixedLenByteArrayType, Int32Type,
 };
-use parquet::file::metadata::RowGroupMetaData;
+use parquet::errors::ParquetError;
+use parquet::file::metadata::{ParquetMetaDataReader, RowGroupMetaData};
 use parquet::file::reader::{ChunkReader, Length};
 use parquet::file::serialized_reader::SerializedPageReader;
 use parquet::file::statistics::Statistics;
 
 use super::plan::RowGroupRef;
 use super::{LabelError, StreamError};
-use crate::dataset::reader::{check_schema, shard_paths};
-use crate::dataset::{Manifest, Split, checksum};
+use crate::dataset::reader::check_schema;
+use crate::dataset::{Manifest, Split, checksum, shard_file_name};
+use crate::store::{Location, StoreError};
+
+/// Bytes fetched from the end of a remote shard to find its footer in one
+/// request (the sample's footers are a few KiB; a larger one costs a second).
+const FOOTER_GUESS: u64 = 64 * 1024;
 
 /// Shard columns, in file order (checked by [`ShardIndex::open`]).
 const KEY: usize = 0;
 const LABEL: usize = 1;
 const PIXELS: usize = 2;
 
-/// One shard: its file (kept open) and its footer, parsed once.
+/// One shard: its file (kept open, local datasets) and its footer, parsed once.
 pub struct Shard {
-    pub path: PathBuf,
-    file: File,
+    /// The path or URL, for messages.
+    pub path: String,
+    /// The name inside the dataset, e.g. `train/part-00000.parquet`.
+    name: String,
+    /// Open for mapping, when the dataset is local.
+    file: Option<File>,
+    size: u64,
     metadata: ArrowReaderMetadata,
     /// CRC-32 of each row's pixels; `None` for shards written before checksums
     /// existed.
@@ -69,6 +88,10 @@ pub struct Shard {
 /// labels within the manifest's classes).
 pub struct ShardIndex {
     pub shards: Vec<Shard>,
+    location: Location,
+    /// The runtime the index was opened on, for a key fetched from synchronous
+    /// code (an error message's key, remote datasets only).
+    runtime: tokio::runtime::Handle,
     pub image_size: usize,
     /// Labels must lie in `0..classes` (dataset.json's class list).
     pub classes: usize,
@@ -85,8 +108,8 @@ pub struct RowGroupData {
     keys: Option<Vec<String>>,
     /// The rows' recorded pixel CRCs (none for a shard without checksums).
     crcs: Option<Vec<u32>>,
-    /// The mapped byte range the values point into.
-    mapped: Bytes,
+    /// The mapped (or fetched) byte ranges the values point into.
+    pieces: Vec<Bytes>,
 }
 
 impl RowGroupData {
@@ -100,23 +123,24 @@ impl RowGroupData {
             pixels,
             keys,
             crcs,
-            mapped,
+            pieces,
         } = self;
         let mut keys = keys.map(Vec::into_iter);
-        let range = mapped.as_ptr_range();
         labels
             .into_iter()
             .zip(pixels)
             .enumerate()
             .map(|(i, (label, value))| {
                 let data = value.data();
-                let inside = range.contains(&data.as_ptr()) && data.as_ptr_range().end <= range.end;
+                let inside = pieces.iter().find(|piece| {
+                    let range = piece.as_ptr_range();
+                    range.contains(&data.as_ptr()) && data.as_ptr_range().end <= range.end
+                });
                 // Always inside for the plain, uncompressed pages ingest writes;
                 // a shard written otherwise still works, at the cost of a copy.
-                let pixels = if inside {
-                    mapped.slice_ref(data)
-                } else {
-                    Bytes::copy_from_slice(data)
+                let pixels = match inside {
+                    Some(piece) => piece.slice_ref(data),
+                    None => Bytes::copy_from_slice(data),
                 };
                 Row {
                     label,
@@ -188,7 +212,7 @@ impl Row {
             .clone()
             .unwrap_or_else(|| index.key_of(check.origin));
         Err(StreamError::Corrupt(Box::new(checksum::CorruptRow {
-            path: index.shards[check.origin.shard].path.display().to_string(),
+            path: index.shards[check.origin.shard].path.clone(),
             row: check.origin.row,
             row_group: check.origin.row_group,
             key,
@@ -198,29 +222,36 @@ impl Row {
     }
 }
 
-/// Bytes `base..base + bytes.len()` of a file, addressed by file offset.
+/// Pieces of a file (each `base..base + bytes.len()`, in file order), addressed
+/// by file offset: one mapped span for a local shard, one fetched range per
+/// column chunk for a remote one.
 struct FileRange {
-    base: u64,
-    bytes: Bytes,
+    pieces: Vec<(u64, Bytes)>,
 }
 
 impl FileRange {
-    fn local(&self, start: u64) -> parquet::errors::Result<usize> {
-        start
-            .checked_sub(self.base)
-            .map(|at| at as usize)
-            .filter(|&at| at <= self.bytes.len())
-            .ok_or_else(|| {
-                parquet::errors::ParquetError::EOF(format!(
-                    "offset {start} is outside the bytes read"
-                ))
+    /// The piece holding `start`, and `start`'s offset in it (the later piece
+    /// where two touch).
+    fn local(&self, start: u64) -> parquet::errors::Result<(&Bytes, usize)> {
+        self.pieces
+            .iter()
+            .rev()
+            .find_map(|(base, bytes)| {
+                start
+                    .checked_sub(*base)
+                    .map(|at| at as usize)
+                    .filter(|&at| at <= bytes.len())
+                    .map(|at| (bytes, at))
             })
+            .ok_or_else(|| ParquetError::EOF(format!("offset {start} is outside the bytes read")))
     }
 }
 
 impl Length for FileRange {
     fn len(&self) -> u64 {
-        self.base + self.bytes.len() as u64
+        self.pieces
+            .last()
+            .map_or(0, |(base, bytes)| base + bytes.len() as u64)
     }
 }
 
@@ -228,50 +259,121 @@ impl ChunkReader for FileRange {
     type T = <Bytes as ChunkReader>::T;
 
     fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
-        self.bytes.get_read(self.local(start)? as u64)
+        let (bytes, at) = self.local(start)?;
+        bytes.get_read(at as u64)
     }
 
     fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
-        self.bytes.get_bytes(self.local(start)? as u64, length)
+        let (bytes, at) = self.local(start)?;
+        bytes.get_bytes(at as u64, length)
     }
 }
 
-fn shard_error(path: &Path, message: impl std::fmt::Display) -> StreamError {
+fn shard_error(path: &str, message: impl std::fmt::Display) -> StreamError {
     StreamError::Shard {
-        path: path.display().to_string(),
+        path: path.to_string(),
         message: message.to_string(),
+    }
+}
+
+/// A store error about shard `path`, worded as the other shard errors (the
+/// store's message already starts with the URL).
+fn store_error(path: &str, context: &str, e: &StoreError) -> StreamError {
+    let text = e.to_string();
+    let reason = text.strip_prefix(&format!("{path}: ")).unwrap_or(&text);
+    shard_error(path, format!("{context}{reason}"))
+}
+
+/// Reads a remote shard's footer: a guessed suffix, then exactly the rest if the
+/// footer is larger.
+async fn remote_footer(
+    location: &Location,
+    name: &str,
+    path: &str,
+    size: u64,
+) -> Result<ArrowReaderMetadata, StreamError> {
+    let unreadable = |e: &dyn std::fmt::Display| {
+        shard_error(
+            path,
+            format!("not a readable Parquet file (truncated?): {e}"),
+        )
+    };
+    let mut want = FOOTER_GUESS.min(size);
+    loop {
+        let tail = location
+            .read_ranges(name, std::slice::from_ref(&(size - want..size)))
+            .await
+            .map_err(|e| store_error(path, "", &e))?;
+        let tail = tail.into_iter().next().unwrap_or_default();
+        let mut reader = ParquetMetaDataReader::new();
+        match reader.try_parse_sized(&tail, size) {
+            Ok(()) => {
+                let metadata = reader.finish().map_err(|e| unreadable(&e))?;
+                return ArrowReaderMetadata::try_new(Arc::new(metadata), ArrowReaderOptions::new())
+                    .map_err(|e| unreadable(&e));
+            }
+            Err(ParquetError::NeedMoreData(needed)) if needed as u64 > want => {
+                want = (needed as u64).min(size);
+            }
+            Err(e) => return Err(unreadable(&e)),
+        }
     }
 }
 
 impl ShardIndex {
     /// Opens every shard's footer and checks its schema; errors name the file.
     pub async fn open(
-        dataset: &Path,
+        location: Location,
         split: Split,
         manifest: &Manifest,
     ) -> Result<Self, StreamError> {
         let info = manifest.split(split).ok_or_else(|| StreamError::NoSplit {
-            dataset: dataset.display().to_string(),
+            dataset: location.root(),
             split: split.name(),
         })?;
         let mut shards = Vec::with_capacity(info.shards);
-        for path in shard_paths(dataset, split, info.shards) {
-            let mut file = tokio::fs::File::open(&path)
-                .await
-                .map_err(|e| shard_error(&path, format!("cannot open: {e}")))?;
-            let metadata = ArrowReaderMetadata::load_async(&mut file, ArrowReaderOptions::new())
-                .await
-                .map_err(|e| {
-                    shard_error(
-                        &path,
-                        format!("not a readable Parquet file (truncated?): {e}"),
-                    )
-                })?;
-            check_schema(&path, metadata.schema(), manifest.image_size).map_err(|e| {
+        for i in 0..info.shards {
+            let name = format!("{}/{}", split.name(), shard_file_name(i));
+            let path = location.display(&name);
+            let (file, size, metadata) = match location.local_path(&name) {
+                Some(local) => {
+                    let mut file = tokio::fs::File::open(&local)
+                        .await
+                        .map_err(|e| shard_error(&path, format!("cannot open: {e}")))?;
+                    let metadata =
+                        ArrowReaderMetadata::load_async(&mut file, ArrowReaderOptions::new())
+                            .await
+                            .map_err(|e| {
+                                shard_error(
+                                    &path,
+                                    format!("not a readable Parquet file (truncated?): {e}"),
+                                )
+                            })?;
+                    let file = file.into_std().await;
+                    let size = file
+                        .metadata()
+                        .map_err(|e| shard_error(&path, format!("cannot open: {e}")))?
+                        .len();
+                    (Some(file), size, metadata)
+                }
+                None => {
+                    let size = location
+                        .size(&name)
+                        .await
+                        .map_err(|e| store_error(&path, "", &e))?;
+                    let metadata = remote_footer(&location, &name, &path, size).await?;
+                    (None, size, metadata)
+                }
+            };
+            check_schema(
+                std::path::Path::new(&path),
+                metadata.schema(),
+                manifest.image_size,
+            )
+            .map_err(|e| {
                 shard_error(
                     &path,
-                    e.to_string()
-                        .trim_start_matches(&format!("{}: ", path.display())),
+                    e.to_string().trim_start_matches(&format!("{path}: ")),
                 )
             })?;
             let rows = metadata.metadata().file_metadata().num_rows() as usize;
@@ -290,10 +392,11 @@ impl ShardIndex {
                     Some(first)
                 })
                 .collect();
-            let file = file.into_std().await;
             shards.push(Shard {
                 path,
+                name,
                 file,
+                size,
                 metadata,
                 pixel_crcs,
                 group_starts,
@@ -306,7 +409,7 @@ impl ShardIndex {
             .sum();
         if rows != info.rows {
             return Err(StreamError::RowCount {
-                dataset: dataset.display().to_string(),
+                dataset: location.root(),
                 split: split.name(),
                 expected: info.rows,
                 found: rows,
@@ -314,10 +417,12 @@ impl ShardIndex {
         }
         let index = Self {
             shards,
+            location,
+            runtime: tokio::runtime::Handle::current(),
             image_size: manifest.image_size,
             classes: manifest.num_classes(),
         };
-        index.check_label_ranges()?;
+        index.check_label_ranges().await?;
         Ok(index)
     }
 
@@ -333,7 +438,7 @@ impl ShardIndex {
     /// Refuses any row group holding a label outside `0..classes`, from the
     /// label column's footer statistics (which ingest always writes), else by
     /// reading its labels (4 bytes a row).
-    fn check_label_ranges(&self) -> Result<(), StreamError> {
+    async fn check_label_ranges(&self) -> Result<(), StreamError> {
         for (shard, s) in self.shards.iter().enumerate() {
             for (row_group, rg) in s.metadata.metadata().row_groups().iter().enumerate() {
                 if let Some(Statistics::Int32(stats)) = rg.column(LABEL).statistics()
@@ -348,8 +453,11 @@ impl ShardIndex {
                     row_group,
                     rows: rg.num_rows() as usize,
                 };
-                let mapped = self.map_columns(group, &[LABEL])?;
-                let labels = mapped.column::<Int32Type>(LABEL)?;
+                let fetched = match self.location {
+                    Location::Local(_) => self.map_columns(group, &[LABEL])?,
+                    Location::Remote(_) => self.fetch_columns(group, &[LABEL]).await?,
+                };
+                let labels = self.column::<Int32Type>(&fetched, LABEL)?;
                 self.check_labels(group, &labels)?;
             }
         }
@@ -378,7 +486,7 @@ impl ShardIndex {
             row,
         });
         Err(StreamError::Label(Box::new(LabelError {
-            path: shard.path.display().to_string(),
+            path: shard.path.clone(),
             row,
             row_group: group.row_group,
             key,
@@ -400,8 +508,19 @@ impl ShardIndex {
             rows: rows.num_rows() as usize,
         };
         let index = origin.row - shard.group_starts[origin.row_group];
-        self.map_columns(group, &[KEY])
-            .and_then(|mapped| mapped.column::<ByteArrayType>(KEY))
+        let fetched = match self.location {
+            Location::Local(_) => self.map_columns(group, &[KEY]),
+            // Called from synchronous code (augmentation, a blocking read), which
+            // may itself run on the runtime: block on it from a thread of its own.
+            Location::Remote(_) => std::thread::scope(|scope| {
+                scope
+                    .spawn(|| self.runtime.block_on(self.fetch_columns(group, &[KEY])))
+                    .join()
+                    .unwrap_or(Err(StreamError::Stopped))
+            }),
+        };
+        fetched
+            .and_then(|fetched| self.column::<ByteArrayType>(&fetched, KEY))
             .ok()
             .and_then(|keys| {
                 keys.get(index)
@@ -437,8 +556,26 @@ impl ShardIndex {
         group: RowGroupRef,
         with_keys: bool,
     ) -> Result<RowGroupData, StreamError> {
+        let columns: &'static [usize] = if with_keys {
+            &[KEY, LABEL, PIXELS]
+        } else {
+            &[LABEL, PIXELS]
+        };
         let index = self.clone();
-        match tokio::task::spawn_blocking(move || index.read_blocking(group, with_keys)).await {
+        let decoded = match self.location {
+            // Mapping faults pages in: on the blocking pool, with the decode.
+            Location::Local(_) => {
+                tokio::task::spawn_blocking(move || {
+                    index.decode(index.map_columns(group, columns)?, with_keys)
+                })
+                .await
+            }
+            Location::Remote(_) => {
+                let fetched = self.fetch_columns(group, columns).await?;
+                tokio::task::spawn_blocking(move || index.decode(fetched, with_keys)).await
+            }
+        };
+        match decoded {
             Ok(result) => result,
             Err(e) => Err(shard_error(
                 &self.shards[group.shard].path,
@@ -447,27 +584,19 @@ impl ShardIndex {
         }
     }
 
-    fn read_blocking(
-        &self,
-        group: RowGroupRef,
-        with_keys: bool,
-    ) -> Result<RowGroupData, StreamError> {
+    /// The rows of one fetched row group, checked.
+    fn decode(&self, fetched: Fetched, with_keys: bool) -> Result<RowGroupData, StreamError> {
+        let group = fetched.group;
         let shard = &self.shards[group.shard];
-        let columns: &[usize] = if with_keys {
-            &[KEY, LABEL, PIXELS]
-        } else {
-            &[LABEL, PIXELS]
-        };
-        let mapped = self.map_columns(group, columns)?;
-        let labels = mapped.column::<Int32Type>(LABEL)?;
-        let pixels = mapped.column::<FixedLenByteArrayType>(PIXELS)?;
+        let labels = self.column::<Int32Type>(&fetched, LABEL)?;
+        let pixels = self.column::<FixedLenByteArrayType>(&fetched, PIXELS)?;
         let keys = if with_keys {
-            let keys = mapped.column::<ByteArrayType>(KEY)?;
+            let keys = self.column::<ByteArrayType>(&fetched, KEY)?;
             let keys: Result<Vec<String>, _> = keys
                 .iter()
                 .map(|k| k.as_utf8().map(str::to_owned))
                 .collect();
-            Some(keys.map_err(|e| mapped.failed(&e))?)
+            Some(keys.map_err(|e| self.group_error(group, &e))?)
         } else {
             None
         };
@@ -477,7 +606,7 @@ impl ShardIndex {
             || pixels.len() != rows
             || pixels.iter().any(|p| p.len() != pixel_bytes)
         {
-            return Err(mapped.failed(&"is missing rows or columns"));
+            return Err(self.group_error(group, &"is missing rows or columns"));
         }
         self.check_labels(group, &labels)?;
         let first_row = shard.group_starts[group.row_group];
@@ -492,87 +621,137 @@ impl ShardIndex {
             pixels,
             keys,
             crcs,
-            mapped: mapped.bytes,
+            pieces: fetched
+                .range
+                .pieces
+                .iter()
+                .map(|(_, b)| b.clone())
+                .collect(),
         })
     }
 
-    /// Maps the byte range of `columns` of one row group (page tables filled).
-    fn map_columns(
+    fn group_error(&self, group: RowGroupRef, e: &dyn std::fmt::Display) -> StreamError {
+        shard_error(
+            &self.shards[group.shard].path,
+            format!("row group {}: {e}", group.row_group),
+        )
+    }
+
+    /// The footer entry of a row group and the byte ranges of its `columns`,
+    /// checked to lie within the file.
+    fn column_ranges(
         &self,
         group: RowGroupRef,
         columns: &[usize],
-    ) -> Result<MappedGroup<'_>, StreamError> {
+    ) -> Result<Vec<Range<u64>>, StreamError> {
         let shard = &self.shards[group.shard];
-        let path = &shard.path;
-        let failed = |e: &dyn std::fmt::Display| {
-            shard_error(path, format!("row group {}: {e}", group.row_group))
-        };
-        let metadata = shard.metadata.metadata();
-        let row_group = metadata
+        let row_group = shard
+            .metadata
+            .metadata()
             .row_groups()
             .get(group.row_group)
-            .ok_or_else(|| failed(&"not in the footer"))?;
-        let ranges: Vec<(u64, u64)> = columns
+            .ok_or_else(|| self.group_error(group, &"not in the footer"))?;
+        let mut ranges: Vec<Range<u64>> = columns
             .iter()
-            .map(|&c| row_group.column(c).byte_range())
+            .map(|&c| {
+                let (start, len) = row_group.column(c).byte_range();
+                start..start.saturating_add(len)
+            })
             .collect();
-        let start = ranges.iter().map(|r| r.0).min().unwrap_or(0);
-        let end = ranges.iter().map(|r| r.0 + r.1).max().unwrap_or(0);
-        let len = usize::try_from(end - start).map_err(|e| failed(&e))?;
-
-        let file_len = shard.file.metadata().map_err(|e| failed(&e))?.len();
-        if end > file_len {
-            return Err(failed(&format!(
-                "the footer places it at bytes {start}..{end}, past the end of the {file_len}-byte file"
-            )));
+        ranges.sort_by_key(|r| r.start);
+        let start = ranges.first().map_or(0, |r| r.start);
+        let end = ranges.iter().map(|r| r.end).max().unwrap_or(0);
+        if end > shard.size {
+            return Err(self.group_error(
+                group,
+                &format!(
+                    "the footer places it at bytes {start}..{end}, past the end of the {}-byte file",
+                    shard.size
+                ),
+            ));
         }
+        Ok(ranges)
+    }
+
+    /// Maps the byte range of `columns` of one row group (page tables filled).
+    fn map_columns(&self, group: RowGroupRef, columns: &[usize]) -> Result<Fetched, StreamError> {
+        let shard = &self.shards[group.shard];
+        let ranges = self.column_ranges(group, columns)?;
+        let start = ranges.first().map_or(0, |r| r.start);
+        let end = ranges.iter().map(|r| r.end).max().unwrap_or(0);
+        let len = usize::try_from(end - start).map_err(|e| self.group_error(group, &e))?;
+        let Some(file) = &shard.file else {
+            return Err(self.group_error(group, &"not a local file"));
+        };
         // SAFETY: shards are never modified in place (see the module notes), and
-        // the range lies within the file, checked just above.
+        // the range lies within the file, checked by `column_ranges`.
         let map = unsafe {
             memmap2::MmapOptions::new()
                 .offset(start)
                 .len(len)
                 .populate()
-                .map(&shard.file)
+                .map(file)
         }
-        .map_err(|e| failed(&format!("cannot map: {e}")))?;
-        let bytes = Bytes::from_owner(map);
-        let range = Arc::new(FileRange {
-            base: start,
-            bytes: bytes.clone(),
-        });
-        Ok(MappedGroup {
-            path,
+        .map_err(|e| self.group_error(group, &format!("cannot map: {e}")))?;
+        Ok(Fetched {
             group,
-            row_group,
-            range,
-            bytes,
+            range: Arc::new(FileRange {
+                pieces: vec![(start, Bytes::from_owner(map))],
+            }),
         })
     }
+
+    /// Fetches the column chunks of `columns` of one row group from the object
+    /// store, one range each (the store coalesces adjacent ones).
+    async fn fetch_columns(
+        &self,
+        group: RowGroupRef,
+        columns: &[usize],
+    ) -> Result<Fetched, StreamError> {
+        let shard = &self.shards[group.shard];
+        let ranges = self.column_ranges(group, columns)?;
+        let pieces = self
+            .location
+            .read_ranges(&shard.name, &ranges)
+            .await
+            .map_err(|e| {
+                store_error(&shard.path, &format!("row group {}: ", group.row_group), &e)
+            })?;
+        if pieces
+            .iter()
+            .zip(&ranges)
+            .any(|(piece, range)| piece.len() as u64 != range.end - range.start)
+        {
+            return Err(self.group_error(group, &"the object store returned a short range"));
+        }
+        Ok(Fetched {
+            group,
+            range: Arc::new(FileRange {
+                pieces: ranges.iter().map(|r| r.start).zip(pieces).collect(),
+            }),
+        })
+    }
+
+    /// Every value of one (fetched) column.
+    fn column<T: DataType>(
+        &self,
+        fetched: &Fetched,
+        column: usize,
+    ) -> Result<Vec<T::T>, StreamError> {
+        let group = fetched.group;
+        let row_group = self.shards[group.shard]
+            .metadata
+            .metadata()
+            .row_group(group.row_group);
+        read_column::<T>(&fetched.range, row_group, column, group.rows)
+            .map_err(|e| self.group_error(group, &e))
+    }
 }
 
-/// The mapped columns of one row group, ready to decode.
-struct MappedGroup<'a> {
-    path: &'a Path,
+/// The mapped or fetched columns of one row group, ready to decode.
+struct Fetched {
     group: RowGroupRef,
-    row_group: &'a RowGroupMetaData,
     range: Arc<FileRange>,
-    bytes: Bytes,
-}
-
-impl MappedGroup<'_> {
-    fn failed(&self, e: &dyn std::fmt::Display) -> StreamError {
-        shard_error(
-            self.path,
-            format!("row group {}: {e}", self.group.row_group),
-        )
-    }
-
-    /// Every value of one (mapped) column.
-    fn column<T: DataType>(&self, column: usize) -> Result<Vec<T::T>, StreamError> {
-        read_column::<T>(&self.range, self.row_group, column, self.group.rows)
-            .map_err(|e| self.failed(&e))
-    }
 }
 
 /// Every value of one required, flat column chunk (`rows` of them).

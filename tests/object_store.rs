@@ -1,0 +1,459 @@
+//! Datasets read straight from S3-compatible object storage, against a real S3
+//! server on loopback (moto): the same batches and the same training as from the
+//! local copy, and clear, bounded failures for a deleted object, a stalled server
+//! and a missing dataset.
+
+mod common;
+#[path = "common/moto.rs"]
+mod moto;
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::*;
+use moto::Moto;
+
+/// Images at the sample recipe's size, so `train` runs the tiny sample recipe.
+const S: usize = 72;
+/// The test's own guard against a hung child (not a speed claim).
+const HANG_GUARD: Duration = Duration::from_secs(60);
+
+/// A small dataset (10 train / 2 val images per class; 32-row shards of 8-row row
+/// groups, so several shards and row groups are in flight), ingested once.
+fn dataset() -> &'static Path {
+    static DATASET: OnceLock<PathBuf> = OnceLock::new();
+    DATASET.get_or_init(|| {
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("object-store");
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let source = render_sample(&root, "folders", 10, 2);
+        let dataset = root.join("dataset");
+        ingest(
+            &source,
+            &dataset,
+            S,
+            &["--rows-per-shard", "32", "--rows-per-row-group", "8"],
+        );
+        dataset
+    })
+}
+
+/// moto with the dataset uploaded as `s3://BUCKET/ds`.
+fn moto_with_dataset(test: &str, bucket: &str) -> Option<Moto> {
+    let moto = Moto::start(test)?;
+    moto.create_bucket(bucket);
+    moto.upload_dir(bucket, "ds", dataset());
+    Some(moto)
+}
+
+/// `pipeline ARGS` with `env` added to its environment, killed if it outlives the
+/// hang guard (then the test fails).
+fn pipeline_with_env(args: &[&str], env: &[(&str, String)]) -> Output {
+    let mut child = bin()
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if started.elapsed() > HANG_GUARD {
+            let _ = child.kill();
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "pipeline {args:?} hung for {HANG_GUARD:?} and was killed; stderr:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn succeeded(args: &[&str], output: &Output) {
+    assert!(
+        output.status.success(),
+        "pipeline {args:?} failed:\nstdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn recipe(dir: &Path) -> PathBuf {
+    let path = dir.join("recipe.toml");
+    std::fs::write(&path, format!("[data]\nimage_size = {S}\ncrop_size = 64\n")).unwrap();
+    path
+}
+
+/// `pipeline stream` of `dataset` with `extra` flags, dumping its first batches
+/// into `dump`; returns the dump's files (the model inputs, byte for byte).
+fn stream_dump(
+    dataset: &str,
+    recipe: &Path,
+    dump: &Path,
+    extra: &[&str],
+    env: &[(&str, String)],
+) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut args = vec![
+        "stream",
+        "--dataset",
+        dataset,
+        "--recipe",
+        path_str(recipe),
+        "--batch-size",
+        "8",
+        "--dump",
+        path_str(dump),
+        "--dump-batches",
+        "100",
+        "--workers",
+        "2",
+    ];
+    args.extend_from_slice(extra);
+    let output = pipeline_with_env(&args, env);
+    succeeded(&args, &output);
+    tree_bytes(dump)
+}
+
+#[test]
+fn streaming_from_s3_gives_the_local_batches_byte_for_byte() {
+    let test = "streaming_from_s3_gives_the_local_batches_byte_for_byte";
+    let Some(moto) = moto_with_dataset(test, "stream") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let recipe = recipe(tmp.path());
+    for (i, extra) in [
+        &["--seed", "3"][..],
+        &[
+            "--seed",
+            "3",
+            "--epoch",
+            "1",
+            "--rank",
+            "1",
+            "--world-size",
+            "2",
+        ][..],
+        &["--views", "ten-crop", "--split", "val"][..],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let local = stream_dump(
+            path_str(dataset()),
+            &recipe,
+            &tmp.path().join(format!("local-{i}")),
+            extra,
+            &[],
+        );
+        let remote = stream_dump(
+            "s3://stream/ds",
+            &recipe,
+            &tmp.path().join(format!("s3-{i}")),
+            extra,
+            &moto.env(),
+        );
+        assert!(
+            local.keys().any(|k| k.starts_with("images-")),
+            "{extra:?}: the local stream dumped batches: {:?}",
+            local.keys()
+        );
+        assert_eq!(
+            local.keys().collect::<Vec<_>>(),
+            remote.keys().collect::<Vec<_>>(),
+            "{extra:?}: the same batches"
+        );
+        for (name, bytes) in &local {
+            assert!(remote[name] == *bytes, "{extra:?}: {name} differs from S3");
+        }
+    }
+}
+
+#[test]
+fn training_from_s3_gives_the_local_metrics() {
+    let test = "training_from_s3_gives_the_local_metrics";
+    let Some(moto) = moto_with_dataset(test, "train") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let recipe = tiny_recipe(tmp.path());
+    let train = |dataset: &str, run: &Path, env: &[(&str, String)]| {
+        let args = [
+            "train",
+            "--recipe",
+            path_str(&recipe),
+            "--dataset",
+            dataset,
+            "--out",
+            path_str(run),
+            "--quiet",
+        ];
+        let output = pipeline_with_env(&args, env);
+        succeeded(&args, &output);
+        assert_eq!(last_json(&output)["finish"], "completed");
+    };
+    let local = tmp.path().join("local");
+    let remote = tmp.path().join("s3");
+    train(path_str(dataset()), &local, &[]);
+    train("s3://train/ds", &remote, &moto.env());
+    let local_metrics = metrics_without_timing(&local);
+    assert_eq!(local_metrics.len(), 1, "one epoch");
+    assert!(local_metrics[0]["train_loss"].is_number());
+    assert_eq!(local_metrics, metrics_without_timing(&remote));
+}
+
+/// The sample recipe shrunk for speed: width 1/8, batches of 32, one epoch.
+fn tiny_recipe(dir: &Path) -> PathBuf {
+    let sample =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipeline/sample.toml"))
+            .unwrap();
+    let mut text = String::new();
+    for line in sample.lines() {
+        match line.split('=').next().unwrap_or("").trim() {
+            "width" => text.push_str("width = 0.125\n"),
+            "epochs" => text.push_str("epochs = 1\n"),
+            "batch_size" => text.push_str("batch_size = 32\n"),
+            "shuffle_buffer" => text.push_str("shuffle_buffer = 64\n"),
+            _ => {
+                text.push_str(line);
+                text.push('\n');
+            }
+        }
+    }
+    let path = dir.join("tiny.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn a_shard_deleted_while_streaming_fails_naming_its_url() {
+    let test = "a_shard_deleted_while_streaming_fails_naming_its_url";
+    let Some(moto) = moto_with_dataset(test, "deleted") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let recipe = recipe(tmp.path());
+    let dump = tmp.path().join("dump");
+    // Many epochs: the first batch's dump shows the dataset is open and streaming;
+    // every epoch reads every shard again, so a later one meets the deletion.
+    let mut child = bin()
+        .args([
+            "stream",
+            "--dataset",
+            "s3://deleted/ds",
+            "--recipe",
+            path_str(&recipe),
+            "--batch-size",
+            "8",
+            "--epochs",
+            "100000",
+            "--dump",
+            path_str(&dump),
+            "--dump-batches",
+            "1",
+            "--workers",
+            "1",
+        ])
+        .envs(moto.env())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !dump.join("images-0.npy").exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the stream ended before its first batch"
+        );
+        assert!(started.elapsed() < HANG_GUARD, "no first batch");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    moto.delete("deleted", "ds/train/part-00001.parquet");
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > HANG_GUARD {
+            let _ = child.kill();
+            panic!("the stream neither failed nor ended after the deletion");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(!status.success(), "{err}");
+    assert!(
+        err.contains("s3://deleted/ds/train/part-00001.parquet") && err.contains("not found"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_stalled_server_times_out_naming_the_url() {
+    // Accepts connections and never answers.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            held.push(stream);
+        }
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let mut env = moto::s3_env(&format!("http://127.0.0.1:{port}"));
+    env.push(("PIPELINE_STORE_TIMEOUT_S", "0.5".to_string()));
+    let recipe = recipe(tmp.path());
+    let args = [
+        "stream",
+        "--dataset",
+        "s3://stalled/ds",
+        "--recipe",
+        path_str(&recipe),
+    ];
+    let output = pipeline_with_env(&args, &env);
+    let err = stderr(&output);
+    assert!(!output.status.success(), "{err}");
+    assert!(
+        err.contains("s3://stalled/ds/dataset.json") && err.contains("did not answer within 0.5 s"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_missing_dataset_or_bucket_fails_at_once_naming_the_url() {
+    let test = "a_missing_dataset_or_bucket_fails_at_once_naming_the_url";
+    let Some(moto) = moto_with_dataset(test, "present") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let recipe = recipe(tmp.path());
+    for (command, url) in [
+        ("stream", "s3://present/nothing-here"),
+        ("stream", "s3://no-such-bucket/ds"),
+        ("train", "s3://no-such-bucket/ds"),
+    ] {
+        let out = tmp.path().join("run");
+        let args = [
+            command,
+            "--dataset",
+            url,
+            "--recipe",
+            path_str(&recipe),
+            "--out",
+            path_str(&out),
+            "--device",
+            "cpu",
+        ];
+        let args = if command == "train" {
+            &args[..]
+        } else {
+            &args[..5]
+        };
+        let output = pipeline_with_env(args, &moto.env());
+        let err = stderr(&output);
+        assert!(!output.status.success(), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("{url}: no dataset here")),
+            "{args:?}: {err}"
+        );
+    }
+
+    // A shard missing from a dataset whose manifest is there: named at open.
+    moto.delete("present", "ds/val/part-00000.parquet");
+    let args = [
+        "stream",
+        "--dataset",
+        "s3://present/ds",
+        "--recipe",
+        path_str(&recipe),
+        "--split",
+        "val",
+    ];
+    let output = pipeline_with_env(&args, &moto.env());
+    let err = stderr(&output);
+    assert!(!output.status.success(), "{err}");
+    assert!(
+        err.contains("s3://present/ds/val/part-00000.parquet: not found"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_file_url_reads_the_local_dataset() {
+    let tmp = tempfile::tempdir().unwrap();
+    let recipe = recipe(tmp.path());
+    let url = format!("file://{}", dataset().display());
+    let local = stream_dump(
+        path_str(dataset()),
+        &recipe,
+        &tmp.path().join("local"),
+        &[],
+        &[],
+    );
+    let file = stream_dump(&url, &recipe, &tmp.path().join("file"), &[], &[]);
+    assert!(local == file, "file:// streams the local batches");
+}
+
+#[test]
+fn a_corrupt_row_in_s3_is_named_by_its_url_row_and_key() {
+    let test = "a_corrupt_row_in_s3_is_named_by_its_url_row_and_key";
+    let Some(moto) = Moto::start(test) else {
+        return;
+    };
+    // A copy of the dataset with one pixel byte of row 9 (row group 1) flipped.
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = tmp.path().join("ds");
+    for (name, bytes) in tree_bytes(dataset()) {
+        let path = copy.join(&name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+    let shard = copy.join("train/part-00000.parquet");
+    let rows = pipeline::dataset::reader::read_shard(&shard, S).unwrap();
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let at = bytes
+        .windows(rows[9].pixels.len())
+        .position(|w| w == rows[9].pixels.as_slice())
+        .expect("the row's pixels are stored verbatim");
+    bytes[at + 100] ^= 0x10;
+    std::fs::write(&shard, &bytes).unwrap();
+    moto.create_bucket("corrupt");
+    moto.upload_dir("corrupt", "ds", &copy);
+
+    // Centre views use every row (training views drop the last partial batch).
+    let recipe = recipe(tmp.path());
+    let args = [
+        "stream",
+        "--dataset",
+        "s3://corrupt/ds",
+        "--recipe",
+        path_str(&recipe),
+        "--views",
+        "centre",
+    ];
+    let output = pipeline_with_env(&args, &moto.env());
+    let err = stderr(&output);
+    assert!(!output.status.success(), "{err}");
+    let named = format!(
+        "s3://corrupt/ds/train/part-00000.parquet: row 9 (row group 1, key {}): pixel data is corrupt",
+        rows[9].key
+    );
+    assert!(err.contains(&named), "{err}");
+}
