@@ -11,7 +11,7 @@
 //! in name order, then its sub-folders in name order, depth first. Entries that cannot
 //! be followed (dangling symlinks, symlink loops) are skipped and listed, never fatal.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
@@ -490,13 +490,4 @@ fn read_devkit_ground_truth(path: &Path) -> Result<HashMap<String, String>, Layo
         map.insert(format!("ILSVRC2012_val_{:08}", i + 1), wnid.to_string());
     }
     Ok(map)
-}
-
-/// Counts per label, for summaries and tests.
-pub fn label_counts(images: &[SourceImage]) -> BTreeMap<i32, usize> {
-    let mut counts = BTreeMap::new();
-    for image in images {
-        *counts.entry(image.label).or_default() += 1;
-    }
-    counts
 }

@@ -14,16 +14,6 @@ use rand_distr::{Distribution, Normal};
 use super::alexnet::{ParamInit, param_specs};
 use super::config::ModelConfig;
 
-/// The draw order, part of the reproducibility contract (changing it changes every
-/// seeded run): parameters in network order `conv1.weight, conv1.bias, conv2.weight, …,
-/// fc8.weight, fc8.bias`; within a weight, row-major over its shape (`(out, in, kh, kw)`
-/// for convs, `(out, in)` for fc layers); one `Normal<f64>(0, init_std)` sample per
-/// entry, rounded to the target dtype. Constant (bias) tensors draw nothing.
-pub const PARAM_ORDER_DOC: &str = "conv1.weight conv1.bias conv2.weight conv2.bias conv3.weight \
-conv3.bias conv4.weight conv4.bias conv5.weight conv5.bias fc6.weight fc6.bias fc7.weight \
-fc7.bias fc8.weight fc8.bias; row-major within each weight; one Normal<f64>(0, init_std) draw \
-per weight entry from ChaCha8Rng::seed_from_u64(seed); biases are constants and draw nothing";
-
 /// A `VarMap` holding every AlexNet parameter, initialised as in the paper:
 /// weights ~ N(0, init_std²), biases 1 in conv2/4/5, fc6, fc7 (if `init_bias_one`) and
 /// 0 elsewhere. Build the model with
@@ -31,6 +21,12 @@ per weight entry from ChaCha8Rng::seed_from_u64(seed); biases are constants and 
 /// and hand `varmap.all_vars()` (or the named vars) to the optimiser.
 ///
 /// Same `seed` → bit-identical weights on every device (drawn on the host, then moved).
+/// The draw order is part of that contract (changing it changes every seeded run):
+/// parameters in network order `conv1.weight, conv1.bias, conv2.weight, …, fc8.weight,
+/// fc8.bias`; within a weight, row-major over its shape (`(out, in, kh, kw)` for convs,
+/// `(out, in)` for fc layers); one `Normal<f64>(0, init_std)` draw per entry from
+/// `ChaCha8Rng::seed_from_u64(seed)`, rounded to the target dtype. Biases are constants
+/// and draw nothing.
 pub fn init_paper(
     cfg: &ModelConfig,
     input_size: usize,

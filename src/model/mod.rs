@@ -29,7 +29,7 @@ pub use alexnet::{
 };
 pub use config::{Kernels, LrnConfig, ModelConfig, PoolConfig};
 pub use dropout::{DropoutRng, DropoutState};
-pub use init::{PARAM_ORDER_DOC, init_paper};
+pub use init::init_paper;
 
 /// What can go wrong building or running the model, naming the key or tensor at fault.
 /// [`ModelConfig::validate`], [`param_specs`] and [`parameter_count`] return it as is;

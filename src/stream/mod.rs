@@ -442,7 +442,6 @@ impl DataSource {
             times,
             total_batches: plan.batches,
             position: options.position,
-            started: Instant::now(),
             _runtime: self.runtime.clone(),
         })
     }
@@ -472,7 +471,6 @@ pub struct Stream {
     times: Arc<StageTimes>,
     total_batches: usize,
     position: StreamPosition,
-    started: Instant,
     _runtime: Arc<tokio::runtime::Runtime>,
 }
 
@@ -509,11 +507,6 @@ impl Stream {
 
     pub fn timing(&self) -> TimingReport {
         TimingReport::from(self.times.as_ref())
-    }
-
-    /// Seconds since the epoch's stream started.
-    pub fn elapsed_s(&self) -> f64 {
-        self.started.elapsed().as_secs_f64()
     }
 }
 
