@@ -5,7 +5,6 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::time::Duration;
 
 use common::*;
 use pipeline::dataset::reader::{read_shard, shard_paths};
@@ -268,7 +267,7 @@ fn killed_ingest_resumes_without_redoing_shards_and_ends_identical() {
     ingest(&source, &reference, 128, &["--rows-per-shard", "16"]);
 
     let out = tmp.path().join("killed");
-    let mut child = bin()
+    let child = bin()
         .args([
             "ingest",
             path_str(&source),
@@ -289,20 +288,7 @@ fn killed_ingest_resumes_without_redoing_shards_and_ends_identical() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let state = out.join(".ingest/state.json");
-    let mut shards_at_kill = 0;
-    for _ in 0..20_000 {
-        if let Ok(text) = std::fs::read_to_string(&state) {
-            let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-            shards_at_kill = value["train"]["shards_done"].as_u64().unwrap_or(0);
-            if shards_at_kill >= 2 {
-                break;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    child.kill().unwrap(); // SIGKILL: no chance to clean up
-    child.wait().unwrap();
+    let shards_at_kill = kill_after_train_shards(child, &out.join(".ingest/state.json"), 2);
     assert!(
         shards_at_kill >= 2,
         "the ingest did not get far enough to be killed mid-run"

@@ -7,7 +7,6 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use common::*;
 
@@ -219,25 +218,13 @@ fn killed_part_resumes_and_the_merge_is_identical() {
     let out = tmp.path().join("out");
     run_part(source, &out, "2/2");
     let args = ingest_args(source, &out, &["--part", "1/2", "--workers", "1"]);
-    let mut child = bin()
+    let child = bin()
         .args(&args[..])
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let state = out.join(".ingest/part-1-of-2/state.json");
-    let mut shards_at_kill = 0;
-    for _ in 0..20_000 {
-        if let Ok(text) = std::fs::read_to_string(&state) {
-            let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-            shards_at_kill = value["train"]["shards_done"].as_u64().unwrap_or(0);
-            if shards_at_kill >= 2 {
-                break;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    child.kill().unwrap(); // SIGKILL: no chance to clean up
-    child.wait().unwrap();
+    let shards_at_kill = kill_after_train_shards(child, &state, 2);
     assert!(shards_at_kill >= 2, "part 1 was not killed mid-run");
     assert!(
         !out.join("dataset.json").exists(),
@@ -247,26 +234,8 @@ fn killed_part_resumes_and_the_merge_is_identical() {
     let printed = run_part(source, &out, "1/2");
     assert!(printed.contains("shards already done"), "{printed}");
     // Temp files of the killed run may remain; every other file is the one-shot's.
-    for entry in walk(&out) {
-        if entry.extension().is_some_and(|e| e == "tmp") {
-            std::fs::remove_file(entry).unwrap();
-        }
+    for file in tree_bytes(&out).keys().filter(|f| f.ends_with(".tmp")) {
+        std::fs::remove_file(out.join(file)).unwrap();
     }
     assert_same_as_one_shot(&out, "after a killed part resumed");
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                files.push(path);
-            }
-        }
-    }
-    files
 }

@@ -188,7 +188,7 @@ fn training_from_s3_gives_the_local_metrics() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let recipe = tiny_recipe(tmp.path());
+    let recipe = tiny_recipe_with(tmp.path(), 1, &[("shuffle_buffer", "64")]);
     let train = |dataset: &str, run: &Path, env: &[(&str, String)]| {
         let args = [
             "train",
@@ -212,29 +212,6 @@ fn training_from_s3_gives_the_local_metrics() {
     assert_eq!(local_metrics.len(), 1, "one epoch");
     assert!(local_metrics[0]["train_loss"].is_number());
     assert_eq!(local_metrics, metrics_without_timing(&remote));
-}
-
-/// The sample recipe shrunk for speed: width 1/8, batches of 32, one epoch.
-fn tiny_recipe(dir: &Path) -> PathBuf {
-    let sample =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipeline/sample.toml"))
-            .unwrap();
-    let mut text = String::new();
-    for line in sample.lines() {
-        match line.split('=').next().unwrap_or("").trim() {
-            "width" => text.push_str("width = 0.125\n"),
-            "epochs" => text.push_str("epochs = 1\n"),
-            "batch_size" => text.push_str("batch_size = 32\n"),
-            "shuffle_buffer" => text.push_str("shuffle_buffer = 64\n"),
-            _ => {
-                text.push_str(line);
-                text.push('\n');
-            }
-        }
-    }
-    let path = dir.join("tiny.toml");
-    std::fs::write(&path, text).unwrap();
-    path
 }
 
 #[test]

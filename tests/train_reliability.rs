@@ -25,32 +25,6 @@ fn small_dataset() -> &'static Path {
     })
 }
 
-/// The sample recipe shrunk for speed (width 1/8, batches of 32: 9 steps per epoch on
-/// the small dataset), with `epochs` epochs and `lines` replacing lines by key.
-fn recipe_with(dir: &Path, epochs: usize, lines: &[(&str, &str)]) -> PathBuf {
-    let sample =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipeline/sample.toml"))
-            .unwrap();
-    let mut text = String::new();
-    for line in sample.lines() {
-        let key = line.split('=').next().unwrap_or("").trim();
-        let given = lines.iter().find(|(k, _)| *k == key);
-        let replaced = match (key, given) {
-            (_, Some((k, v))) => Some(format!("{k} = {v}")),
-            ("width", None) => Some("width = 0.125".to_string()),
-            ("epochs", None) => Some(format!("epochs = {epochs}")),
-            ("batch_size", None) => Some("batch_size = 32".to_string()),
-            ("shuffle_buffer", None) => Some("shuffle_buffer = 128".to_string()),
-            _ => None,
-        };
-        text.push_str(replaced.as_deref().unwrap_or(line));
-        text.push('\n');
-    }
-    let path = dir.join("tiny.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
 fn s(path: &Path) -> &str {
     path_str(path)
 }
@@ -80,7 +54,7 @@ fn reference_run() -> &'static Path {
         let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("train-reliability-reference");
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).unwrap();
-        let recipe = recipe_with(&root, 2, &[]);
+        let recipe = tiny_recipe_with(&root, 2, &[]);
         let run = root.join("run");
         common::run(&train_args(&recipe, &run));
         assert_eq!(
@@ -183,7 +157,7 @@ fn strip_digest(path: &Path) {
 #[test]
 fn a_checkpoint_without_a_digest_still_resumes_and_says_so_once() {
     let tmp = tempfile::tempdir().unwrap();
-    let recipe = recipe_with(tmp.path(), 2, &[]);
+    let recipe = tiny_recipe_with(tmp.path(), 2, &[]);
     let run = tmp.path().join("run");
     let mut args = train_args(&recipe, &run);
     args.extend(["--stop-after-steps", "2"]);
@@ -206,7 +180,7 @@ fn a_checkpoint_without_a_digest_still_resumes_and_says_so_once() {
 fn sigterm_saves_a_checkpoint_exits_143_and_the_run_resumes() {
     let tmp = tempfile::tempdir().unwrap();
     // Far more epochs than the signal lets it train.
-    let recipe = recipe_with(tmp.path(), 50, &[]);
+    let recipe = tiny_recipe_with(tmp.path(), 50, &[]);
     let run = tmp.path().join("run");
     let Signalled {
         rest,
@@ -249,7 +223,7 @@ fn a_second_signal_quits_at_once_without_waiting_for_the_step() {
     let tmp = tempfile::tempdir().unwrap();
     // The full-width net: a step takes far longer than the two signals are apart, so
     // the second one lands while the first step after the first signal still runs.
-    let recipe = recipe_with(tmp.path(), 50, &[("width", "1.0")]);
+    let recipe = tiny_recipe_with(tmp.path(), 50, &[("width", "1.0")]);
     let run = tmp.path().join("run");
     let Signalled { rest, status, .. } =
         train_signalled(&train_args(&recipe, &run), &["-TERM", "-INT"]);
@@ -269,7 +243,7 @@ fn a_second_signal_quits_at_once_without_waiting_for_the_step() {
 #[test]
 fn stop_after_steps_on_resume_counts_from_the_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
-    let recipe = recipe_with(tmp.path(), 2, &[]);
+    let recipe = tiny_recipe_with(tmp.path(), 2, &[]);
     let run = tmp.path().join("run");
     let mut args = train_args(&recipe, &run);
     args.extend(["--stop-after-steps", "5"]);
@@ -297,7 +271,7 @@ fn stop_after_steps_on_resume_counts_from_the_checkpoint() {
 #[test]
 fn a_bad_stream_key_is_refused_before_any_run_folder_is_made() {
     let tmp = tempfile::tempdir().unwrap();
-    let recipe = recipe_with(tmp.path(), 1, &[("lighting_std", "-0.1")]);
+    let recipe = tiny_recipe_with(tmp.path(), 1, &[("lighting_std", "-0.1")]);
     let run = tmp.path().join("run");
     let err = run_fails(&train_args(&recipe, &run));
     assert!(
@@ -326,7 +300,7 @@ fn a_bad_stream_key_is_refused_before_any_run_folder_is_made() {
 #[test]
 fn a_panic_in_an_augment_worker_ends_the_run_with_a_checkpoint_and_a_named_error() {
     let tmp = tempfile::tempdir().unwrap();
-    let recipe = recipe_with(tmp.path(), 2, &[]);
+    let recipe = tiny_recipe_with(tmp.path(), 2, &[]);
     let run = tmp.path().join("run");
     let output = bin()
         .args(train_args(&recipe, &run))

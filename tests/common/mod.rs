@@ -110,3 +110,23 @@ pub fn tree_bytes(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
     }
     files
 }
+
+/// Kills `child` with SIGKILL (no chance to clean up) once the ingest state file
+/// `state` records at least `shards` finished train shards; returns how many it had
+/// recorded (fewer when the ingest finished or stalled first).
+pub fn kill_after_train_shards(mut child: std::process::Child, state: &Path, shards: u64) -> u64 {
+    let mut done = 0;
+    for _ in 0..20_000 {
+        if let Ok(text) = std::fs::read_to_string(state) {
+            let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            done = value["train"]["shards_done"].as_u64().unwrap_or(0);
+            if done >= shards {
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    done
+}

@@ -107,24 +107,34 @@ pub fn train_signalled(args: &[&str], signals: &[&str]) -> Signalled {
 /// The sample recipe, shrunk for speed: width 1/8, batches of 32 (9 steps per epoch on
 /// the small dataset), `epochs` epochs. `extra` is appended to `[train]`.
 pub fn tiny_recipe(dir: &Path, epochs: usize, extra: &str) -> PathBuf {
+    let path = tiny_recipe_with(dir, epochs, &[]);
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str(extra);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The sample recipe shrunk for speed (width 1/8, batches of 32: 9 steps per epoch on
+/// the small dataset), with `epochs` epochs and `lines` replacing lines by key.
+pub fn tiny_recipe_with(dir: &Path, epochs: usize, lines: &[(&str, &str)]) -> PathBuf {
     let sample =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipeline/sample.toml"))
             .unwrap();
     let mut text = String::new();
     for line in sample.lines() {
         let key = line.split('=').next().unwrap_or("").trim();
-        match key {
-            "width" => text.push_str("width = 0.125\n"),
-            "epochs" => text.push_str(&format!("epochs = {epochs}\n")),
-            "batch_size" => text.push_str("batch_size = 32\n"),
-            "shuffle_buffer" => text.push_str("shuffle_buffer = 128\n"),
-            _ => {
-                text.push_str(line);
-                text.push('\n');
-            }
-        }
+        let given = lines.iter().find(|(k, _)| *k == key);
+        let replaced = match (key, given) {
+            (_, Some((k, v))) => Some(format!("{k} = {v}")),
+            ("width", None) => Some("width = 0.125".to_string()),
+            ("epochs", None) => Some(format!("epochs = {epochs}")),
+            ("batch_size", None) => Some("batch_size = 32".to_string()),
+            ("shuffle_buffer", None) => Some("shuffle_buffer = 128".to_string()),
+            _ => None,
+        };
+        text.push_str(replaced.as_deref().unwrap_or(line));
+        text.push('\n');
     }
-    text.push_str(extra);
     let path = dir.join("tiny.toml");
     std::fs::write(&path, text).unwrap();
     path
