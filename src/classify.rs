@@ -14,7 +14,6 @@ use serde::Serialize;
 use crate::augment::{Augmenter, Geometry, centre_view, ten_crop_views};
 use crate::dataset::manifest::ClassInfo;
 use crate::features::commands::{CommandError, LoadedRun};
-use crate::ingest::decode::decode;
 use crate::ingest::resize::CentreCropper;
 
 /// Images sent through the network at once.
@@ -104,16 +103,12 @@ pub fn classify(
         let mut paths = Vec::new();
         for file in chunk {
             let path = file.display().to_string();
-            match std::fs::read(file)
-                .map_err(|e| e.to_string())
-                .and_then(|bytes| decode(&bytes, max_pixels).map_err(|e| e.to_string()))
-            {
-                Ok(image) => {
-                    let pixels = cropper.crop(&image);
+            match cropper.crop_file(file, max_pixels) {
+                Ok(pixels) => {
                     for view in &views {
-                        let mut out = vec![0f32; augmenter.output_len()];
-                        augmenter.eval_image(&pixels, *view, &mut out);
-                        inputs.extend(out);
+                        let start = inputs.len();
+                        inputs.resize(start + augmenter.output_len(), 0.0);
+                        augmenter.eval_image(&pixels, *view, &mut inputs[start..]);
                     }
                     paths.push(path);
                 }

@@ -737,10 +737,7 @@ fn main() -> Result<()> {
             batch_size,
             quiet,
         } => {
-            let run = match run {
-                Some(run) => run,
-                None => commands::newest_run(Path::new(pipeline::train::run_dir::RUNS_ROOT))?,
-            };
+            let run = commands::run_or_newest(run)?;
             let loaded = commands::load_run(&run, dataset.as_deref(), split, device.as_deref())?;
             let summary =
                 commands::export(&loaded, &layer, codes.as_deref(), &out, batch_size, !quiet)?;
@@ -755,10 +752,7 @@ fn main() -> Result<()> {
             device,
             images,
         } => {
-            let run = match run {
-                Some(run) => run,
-                None => commands::newest_run(Path::new(pipeline::train::run_dir::RUNS_ROOT))?,
-            };
+            let run = commands::run_or_newest(run)?;
             let files = pipeline::classify::image_files(&images)?;
             let loaded =
                 commands::load_run(&run, dataset.as_deref(), Split::Val, device.as_deref())?;
@@ -804,12 +798,7 @@ fn main() -> Result<()> {
                     sheet.as_deref(),
                 )?,
                 (None, Some(image)) => {
-                    let run = match run {
-                        Some(run) => run,
-                        None => {
-                            commands::newest_run(Path::new(pipeline::train::run_dir::RUNS_ROOT))?
-                        }
-                    };
+                    let run = commands::run_or_newest(run)?;
                     let loaded = commands::load_run(&run, dataset.as_deref(), Split::Val, None)?;
                     commands::neighbours_of_image(&table, &loaded, &image, k, dataset.as_deref())?
                 }

@@ -57,6 +57,14 @@ pub struct LoadedRun {
     pub device: Device,
 }
 
+/// The run given, or else the newest under `runs/`.
+pub fn run_or_newest(run: Option<PathBuf>) -> Result<PathBuf, CommandError> {
+    match run {
+        Some(run) => Ok(run),
+        None => newest_run(Path::new(crate::train::run_dir::RUNS_ROOT)),
+    }
+}
+
 /// The newest run under `root` (`runs/run-NNNN`, highest number).
 pub fn newest_run(root: &Path) -> Result<PathBuf, CommandError> {
     let newest = std::fs::read_dir(root)
@@ -369,15 +377,12 @@ pub fn neighbours_of_image(
     dataset: Option<&Path>,
 ) -> Result<Neighbours, CommandError> {
     let k = k.min(table.len());
-    let bytes = std::fs::read(image)
-        .map_err(|e| CommandError::Invalid(format!("{}: {e}", image.display())))?;
-    let decoded = crate::ingest::decode::decode(&bytes, loaded.recipe.ingest.max_pixels)
-        .map_err(|e| CommandError::Invalid(format!("{}: {e}", image.display())))?;
     let crop = crate::ingest::resize::CentreCropper::new(
         loaded.source.image_size(),
         loaded.recipe.ingest.filter,
     )
-    .crop(&decoded);
+    .crop_file(image, loaded.recipe.ingest.max_pixels)
+    .map_err(|e| CommandError::Invalid(format!("{}: {e}", image.display())))?;
     let recorded = table.meta(schema::META_LAYER)?;
     let layer = schema::parse_layer(recorded).ok_or_else(|| {
         CommandError::Invalid(format!(

@@ -84,6 +84,18 @@ impl CentreCropper {
     }
 
     /// The S×S×3 RGB centre crop of `image`, row-major HWC.
+    /// An image file outside a dataset, as ingest would store it: decoded (refusing more
+    /// than `max_pixels`), then cropped. Errors are the reason, without the path.
+    pub fn crop_file(
+        &mut self,
+        path: &std::path::Path,
+        max_pixels: u64,
+    ) -> Result<Vec<u8>, String> {
+        let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+        let image = super::decode::decode(&bytes, max_pixels).map_err(|e| e.to_string())?;
+        Ok(self.crop(&image))
+    }
+
     pub fn crop(&mut self, image: &DecodedImage) -> Vec<u8> {
         let s = self.size as usize;
         let mut out = vec![0; s * s * 3];
