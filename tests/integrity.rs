@@ -58,7 +58,6 @@ fn copy_dataset(dir: &Path) -> PathBuf {
     to
 }
 
-/// The sample recipe, shrunk for speed (width 1/8, batches of 32, `epochs` epochs).
 fn s(path: &Path) -> &str {
     path_str(path)
 }

@@ -7,10 +7,9 @@ mod common;
 #[path = "common/moto.rs"]
 mod moto;
 
-use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -53,14 +52,19 @@ fn moto_with_dataset(test: &str, bucket: &str) -> Option<Moto> {
 /// `pipeline ARGS` with `env` added to its environment, killed if it outlives the
 /// hang guard (then the test fails).
 fn pipeline_with_env(args: &[&str], env: &[(&str, String)]) -> Output {
-    let mut child = bin()
+    let child = bin()
         .args(args)
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let started = Instant::now();
+    wait_within_guard(child, Instant::now(), &format!("pipeline {args:?}"))
+}
+
+/// Waits for `child` (started at `started`), killing it and failing the test if it
+/// outlives the hang guard.
+fn wait_within_guard(mut child: Child, started: Instant, what: &str) -> Output {
     loop {
         if child.try_wait().unwrap().is_some() {
             return child.wait_with_output().unwrap();
@@ -69,7 +73,7 @@ fn pipeline_with_env(args: &[&str], env: &[(&str, String)]) -> Output {
             let _ = child.kill();
             let output = child.wait_with_output().unwrap();
             panic!(
-                "pipeline {args:?} hung for {HANG_GUARD:?} and was killed; stderr:\n{}",
+                "{what} hung for {HANG_GUARD:?} and was killed; stderr:\n{}",
                 String::from_utf8_lossy(&output.stderr)
             );
         }
@@ -258,24 +262,9 @@ fn a_shard_deleted_while_streaming_fails_naming_its_url() {
         std::thread::sleep(Duration::from_millis(20));
     }
     moto.delete("deleted", "ds/train/part-00001.parquet");
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > HANG_GUARD {
-            let _ = child.kill();
-            panic!("the stream neither failed nor ended after the deletion");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert!(!status.success(), "{err}");
+    let output = wait_within_guard(child, started, "the stream after the deletion");
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{err}");
     assert!(
         err.contains("s3://deleted/ds/train/part-00001.parquet") && err.contains("not found"),
         "{err}"
