@@ -62,19 +62,6 @@ fn s(path: &Path) -> &str {
     path_str(path)
 }
 
-fn train_args<'a>(recipe: &'a Path, dataset: &'a Path, run: &'a Path) -> Vec<&'a str> {
-    vec![
-        "train",
-        "--recipe",
-        s(recipe),
-        "--dataset",
-        s(dataset),
-        "--out",
-        s(run),
-        "--quiet",
-    ]
-}
-
 fn stream_args<'a>(recipe: &'a Path, dataset: &'a Path) -> Vec<&'a str> {
     vec![
         "stream",

@@ -321,17 +321,8 @@ fn datasets_recipes_and_devices_that_do_not_fit_are_refused() {
     let dataset = small_dataset();
     let tmp = tempfile::tempdir().unwrap();
     let recipe = tiny_recipe(tmp.path(), 1, "");
-    let train = |recipe: &Path, dataset: &Path, out: &str, extra: &[&str]| {
-        let mut args = vec![
-            "train",
-            "--recipe",
-            s(recipe),
-            "--dataset",
-            s(dataset),
-            "--out",
-            out,
-            "--quiet",
-        ];
+    let train = |recipe: &Path, dataset: &Path, out: &Path, extra: &[&str]| {
+        let mut args = train_args(recipe, dataset, out);
         args.extend_from_slice(extra);
         run_fails(&args)
     };
@@ -339,16 +330,16 @@ fn datasets_recipes_and_devices_that_do_not_fit_are_refused() {
 
     // The paper's recipe (256 px) on a 72 px dataset.
     let paper = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipeline/paper.toml");
-    let err = train(&paper, dataset, s(&out), &["--device", "cpu"]);
+    let err = train(&paper, dataset, &out, &["--device", "cpu"]);
     assert!(
         err.contains("data.image_size") && err.contains("72"),
         "{err}"
     );
 
     // CUDA in a CPU build; an unknown device; an unknown recipe key.
-    let err = train(&recipe, dataset, s(&out), &["--device", "cuda"]);
+    let err = train(&recipe, dataset, &out, &["--device", "cuda"]);
     assert!(err.contains("built without the `cuda` feature"), "{err}");
-    let err = train(&recipe, dataset, s(&out), &["--device", "tpu"]);
+    let err = train(&recipe, dataset, &out, &["--device", "tpu"]);
     assert!(
         err.contains("train.device") || err.contains("\"tpu\""),
         "{err}"
@@ -359,7 +350,7 @@ fn datasets_recipes_and_devices_that_do_not_fit_are_refused() {
         std::fs::read_to_string(&recipe).unwrap() + "learning_rate = 0.1\n",
     )
     .unwrap();
-    let err = train(&typo, dataset, s(&out), &[]);
+    let err = train(&typo, dataset, &out, &[]);
     assert!(
         err.contains("learning_rate") && err.contains("typo.toml"),
         "{err}"
@@ -375,7 +366,7 @@ fn datasets_recipes_and_devices_that_do_not_fit_are_refused() {
             .replace("batch_size = 32", "batch_size = 4096"),
     )
     .unwrap();
-    let err = train(&big, dataset, s(&tmp.path().join("big")), &[]);
+    let err = train(&big, dataset, &tmp.path().join("big"), &[]);
     assert!(
         err.contains("train.batch_size") && err.contains("299"),
         "{err}"
@@ -432,7 +423,7 @@ fn datasets_recipes_and_devices_that_do_not_fit_are_refused() {
         "{err}"
     );
     // A new run over an existing one is refused; so is resuming a directory that is no run.
-    let err = train(&recipe, dataset, s(&out), &[]);
+    let err = train(&recipe, dataset, &out, &[]);
     assert!(
         err.contains("already holds a run") && err.contains("--resume"),
         "{err}"

@@ -139,3 +139,17 @@ pub fn tiny_recipe_with(dir: &Path, epochs: usize, lines: &[(&str, &str)]) -> Pa
     std::fs::write(&path, text).unwrap();
     path
 }
+
+/// `pipeline train` of `recipe` on `dataset` into `run`, quietly.
+pub fn train_args<'a>(recipe: &'a Path, dataset: &'a Path, run: &'a Path) -> Vec<&'a str> {
+    vec![
+        "train",
+        "--recipe",
+        super::path_str(recipe),
+        "--dataset",
+        super::path_str(dataset),
+        "--out",
+        super::path_str(run),
+        "--quiet",
+    ]
+}
