@@ -552,6 +552,7 @@ fn main() -> Result<()> {
                 workers,
                 val_labels,
                 progress: !quiet,
+                publish: None,
             };
             let summary = match (part, merge) {
                 (Some(part), _) => match ingest::parts::ingest_part(&options, part)? {

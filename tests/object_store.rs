@@ -21,24 +21,27 @@ const S: usize = 72;
 /// The test's own guard against a hung child (not a speed claim).
 const HANG_GUARD: Duration = Duration::from_secs(60);
 
-/// A small dataset (10 train / 2 val images per class; 32-row shards of 8-row row
-/// groups, so several shards and row groups are in flight), ingested once.
-fn dataset() -> &'static Path {
-    static DATASET: OnceLock<PathBuf> = OnceLock::new();
-    DATASET.get_or_init(|| {
+/// The rendered source tree and the rows-per-shard / row-group flags of [`dataset`].
+const SHARDING: [&str; 4] = ["--rows-per-shard", "32", "--rows-per-row-group", "8"];
+
+/// A small source tree (10 train / 2 val images per class) and its dataset (32-row
+/// shards of 8-row row groups, so several shards and row groups are in flight),
+/// ingested once.
+fn fixture() -> &'static (PathBuf, PathBuf) {
+    static FIXTURE: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
         let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("object-store");
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).unwrap();
         let source = render_sample(&root, "folders", 10, 2);
         let dataset = root.join("dataset");
-        ingest(
-            &source,
-            &dataset,
-            S,
-            &["--rows-per-shard", "32", "--rows-per-row-group", "8"],
-        );
-        dataset
+        ingest(&source, &dataset, S, &SHARDING);
+        (source, dataset)
     })
+}
+
+fn dataset() -> &'static Path {
+    &fixture().1
 }
 
 /// moto with the dataset uploaded as `s3://BUCKET/ds`.
@@ -185,6 +188,33 @@ fn streaming_from_s3_gives_the_local_batches_byte_for_byte() {
     }
 }
 
+/// Trains the tiny recipe for one epoch on `dataset` into `run`; the metrics
+/// without their timings.
+fn train_one_epoch(
+    recipe: &Path,
+    dataset: &str,
+    run: &Path,
+    env: &[(&str, String)],
+) -> Vec<serde_json::Value> {
+    let args = [
+        "train",
+        "--recipe",
+        path_str(recipe),
+        "--dataset",
+        dataset,
+        "--out",
+        path_str(run),
+        "--quiet",
+    ];
+    let output = pipeline_with_env(&args, env);
+    succeeded(&args, &output);
+    assert_eq!(last_json(&output)["finish"], "completed");
+    let metrics = metrics_without_timing(run);
+    assert_eq!(metrics.len(), 1, "one epoch");
+    assert!(metrics[0]["train_loss"].is_number());
+    metrics
+}
+
 #[test]
 fn training_from_s3_gives_the_local_metrics() {
     let test = "training_from_s3_gives_the_local_metrics";
@@ -193,29 +223,200 @@ fn training_from_s3_gives_the_local_metrics() {
     };
     let tmp = tempfile::tempdir().unwrap();
     let recipe = tiny_recipe_with(tmp.path(), 1, &[("shuffle_buffer", "64")]);
-    let train = |dataset: &str, run: &Path, env: &[(&str, String)]| {
-        let args = [
-            "train",
-            "--recipe",
-            path_str(&recipe),
-            "--dataset",
-            dataset,
-            "--out",
-            path_str(run),
-            "--quiet",
-        ];
-        let output = pipeline_with_env(&args, env);
-        succeeded(&args, &output);
-        assert_eq!(last_json(&output)["finish"], "completed");
+    let local = train_one_epoch(&recipe, path_str(dataset()), &tmp.path().join("local"), &[]);
+    let remote = train_one_epoch(
+        &recipe,
+        "s3://train/ds",
+        &tmp.path().join("s3"),
+        &moto.env(),
+    );
+    assert_eq!(local, remote);
+}
+
+/// `pipeline ingest` of the fixture's source into `out` (a folder or URL), with
+/// the fixture's settings and `extra` flags; the child, not waited for.
+fn spawn_ingest(out: &str, env: &[(&str, String)], extra: &[&str]) -> Child {
+    let size = S.to_string();
+    let default_size = ["--image-size", &size];
+    bin()
+        .args(["ingest", path_str(&fixture().0), "--out", out, "--quiet"])
+        .args(if extra.contains(&"--image-size") {
+            &[][..]
+        } else {
+            &default_size[..]
+        })
+        .args(if extra.contains(&"--rows-per-shard") {
+            &[][..]
+        } else {
+            &SHARDING[..]
+        })
+        .args(extra)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn ingest_to(out: &str, env: &[(&str, String)], extra: &[&str]) -> Output {
+    let child = spawn_ingest(out, env, extra);
+    let output = wait_within_guard(child, Instant::now(), &format!("ingest --out {out}"));
+    succeeded(&["ingest", "--out", out], &output);
+    output
+}
+
+#[test]
+fn ingesting_to_s3_publishes_the_local_dataset_and_trains_from_it() {
+    let test = "ingesting_to_s3_publishes_the_local_dataset_and_trains_from_it";
+    let Some(moto) = Moto::start(test) else {
+        return;
     };
+    moto.create_bucket("out");
+    let output = ingest_to("s3://out/ds", &moto.env(), &[]);
+    assert!(
+        stdout(&output).contains("s3://out/ds"),
+        "the summary names the URL, not the staging folder:\n{}",
+        stdout(&output)
+    );
+    // Every file of the local ingest, the resume state included, byte for byte.
+    assert_eq!(
+        moto.objects("out", "ds"),
+        tree_bytes(dataset()),
+        "the published dataset differs from the local ingest"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let recipe = tiny_recipe_with(tmp.path(), 1, &[("shuffle_buffer", "64")]);
+    let local = train_one_epoch(&recipe, path_str(dataset()), &tmp.path().join("local"), &[]);
+    let remote = train_one_epoch(&recipe, "s3://out/ds", &tmp.path().join("s3"), &moto.env());
+    assert_eq!(local, remote);
+    // Ingesting again finds the complete dataset and changes nothing.
+    ingest_to("s3://out/ds", &moto.env(), &[]);
+    assert_eq!(moto.objects("out", "ds"), tree_bytes(dataset()));
+}
+
+#[test]
+fn a_shard_larger_than_a_part_goes_up_in_parts() {
+    let test = "a_shard_larger_than_a_part_goes_up_in_parts";
+    let Some(moto) = Moto::start(test) else {
+        return;
+    };
+    moto.create_bucket("big");
+    // 100 rows of 72×72×3 in one shard: ~1.5 MB. At 256 px a 48-row shard is
+    // ~9.4 MB, more than one 8 MiB part.
+    let tmp = tempfile::tempdir().unwrap();
     let local = tmp.path().join("local");
-    let remote = tmp.path().join("s3");
-    train(path_str(dataset()), &local, &[]);
-    train("s3://train/ds", &remote, &moto.env());
-    let local_metrics = metrics_without_timing(&local);
-    assert_eq!(local_metrics.len(), 1, "one epoch");
-    assert!(local_metrics[0]["train_loss"].is_number());
-    assert_eq!(local_metrics, metrics_without_timing(&remote));
+    let flags = ["--rows-per-shard", "48", "--rows-per-row-group", "16"];
+    let image_size = ["--image-size", "256"];
+    let extra: Vec<&str> = flags.iter().chain(&image_size).copied().collect();
+    ingest_to(path_str(&local), &[], &extra);
+    ingest_to("s3://big/ds", &moto.env(), &extra);
+    let shard = "train/part-00000.parquet";
+    assert!(
+        std::fs::metadata(local.join(shard)).unwrap().len() > pipeline::store::PART_BYTES as u64,
+        "the test's shard must be larger than one part"
+    );
+    let e_tag = moto.e_tag("big", &format!("ds/{shard}"));
+    assert!(
+        e_tag.trim_matches('"').ends_with("-2"),
+        "a two-part upload's ETag ends in -2, got {e_tag}"
+    );
+    assert_eq!(moto.objects("big", "ds"), tree_bytes(&local));
+}
+
+#[test]
+fn a_killed_ingest_to_s3_resumes_from_the_published_shards() {
+    let test = "a_killed_ingest_to_s3_resumes_from_the_published_shards";
+    let Some(moto) = Moto::start(test) else {
+        return;
+    };
+    moto.create_bucket("resume");
+    let tmp = tempfile::tempdir().unwrap();
+    let local = tmp.path().join("local");
+    // 4-row shards: 25 train shards, so the kill lands mid-ingest.
+    let flags = [
+        "--rows-per-shard",
+        "4",
+        "--rows-per-row-group",
+        "2",
+        "--workers",
+        "1",
+    ];
+    ingest_to(path_str(&local), &[], &flags);
+    let child = spawn_ingest("s3://resume/ds", &moto.env(), &flags);
+    let mut published = 0;
+    let started = Instant::now();
+    while published < 3 && started.elapsed() < HANG_GUARD {
+        if let Some(state) = moto.get("resume", "ds/.ingest/state.json") {
+            let state: serde_json::Value = serde_json::from_slice(&state).unwrap();
+            published = state["train"]["shards_done"].as_u64().unwrap();
+        }
+    }
+    let mut child = child;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        (3..25).contains(&published),
+        "killed after {published} of 25 train shards"
+    );
+    // A reader never sees the half dataset: there is no dataset.json yet.
+    assert_eq!(moto.get("resume", "ds/dataset.json"), None);
+    let recipe = recipe(tmp.path());
+    let args = [
+        "stream",
+        "--dataset",
+        "s3://resume/ds",
+        "--recipe",
+        path_str(&recipe),
+    ];
+    let output = pipeline_with_env(&args, &moto.env());
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("s3://resume/ds: no dataset here (dataset.json is missing)"),
+        "{}",
+        stderr(&output)
+    );
+    let output = ingest_to("s3://resume/ds", &moto.env(), &flags);
+    assert!(
+        stdout(&output).contains("already done"),
+        "the second run resumes:\n{}",
+        stdout(&output)
+    );
+    assert_eq!(moto.objects("resume", "ds"), tree_bytes(&local));
+}
+
+#[test]
+fn ingest_refuses_a_prefix_holding_other_objects() {
+    let test = "ingest_refuses_a_prefix_holding_other_objects";
+    let Some(moto) = moto_with_dataset(test, "taken") else {
+        return;
+    };
+    // `ds` holds an uploaded dataset without ingest state, `ds/train` only shards.
+    for (out, named) in [
+        ("s3://taken/ds", "s3://taken/ds"),
+        ("s3://taken/ds/train", "part-00000"),
+    ] {
+        let output = pipeline_with_env(
+            &[
+                "ingest",
+                path_str(&fixture().0),
+                "--out",
+                out,
+                "--image-size",
+                "72",
+            ],
+            &moto.env(),
+        );
+        assert!(
+            !output.status.success(),
+            "ingest into {out} must be refused"
+        );
+        assert!(stderr(&output).contains(named), "{}", stderr(&output));
+    }
+    assert_eq!(
+        moto.objects("taken", "ds"),
+        tree_bytes(dataset()),
+        "nothing written"
+    );
 }
 
 #[test]

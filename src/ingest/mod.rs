@@ -4,12 +4,14 @@
 //! Stages: [`layout`] finds images and labels, [`decode`] turns bytes into
 //! pixels, [`resize`] makes the centre crop, [`stats`] accumulates the mean and
 //! covariance, [`run`] orchestrates shards with resume, [`state`] remembers
-//! what is finished, [`parts`] splits the shards among independent runs and merges them.
+//! what is finished, [`parts`] splits the shards among independent runs and merges them,
+//! [`publish`] uploads a dataset to an object store as it is written.
 
 pub mod decode;
 pub mod devkit;
 pub mod layout;
 pub mod parts;
+pub mod publish;
 pub mod resize;
 pub mod run;
 pub mod state;

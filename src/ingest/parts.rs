@@ -148,11 +148,27 @@ pub enum PartsError {
          `--part K/N` and `--merge`, or choose another --out"
     )]
     InProgress { out: String, folder: String },
+    #[error(
+        "--part and --merge write to a folder all the parts share (a network file system); \
+         {out} is an object store: ingest the parts into a shared folder and upload it, or \
+         ingest to {out} in one run"
+    )]
+    ObjectStore { out: String },
     #[error("{path}: {source}")]
     Io {
         path: String,
         source: std::io::Error,
     },
+}
+
+/// Parts claim the merge with an exclusive file create in the shared folder.
+fn refuse_object_store(opts: &IngestOptions) -> Result<(), PartsError> {
+    if crate::store::is_url(&opts.out) {
+        return Err(PartsError::ObjectStore {
+            out: opts.out.display().to_string(),
+        });
+    }
+    Ok(())
 }
 
 /// The part folders in `out`'s state folder (none when it has none).
@@ -227,6 +243,7 @@ pub struct PartSummary {
 
 /// Runs (or resumes) part `part` of an ingest; the last part to finish merges.
 pub fn ingest_part(opts: &IngestOptions, part: Part) -> Result<PartOutcome, IngestError> {
+    refuse_object_store(opts)?;
     let started = Instant::now();
     let plan = Plan::new(opts)?;
     let out = &opts.out;
@@ -339,6 +356,7 @@ fn waiting_for(why: PartsError) -> String {
 
 /// `pipeline ingest SRC --out DIR --merge`: merges every part into the dataset.
 pub fn merge(opts: &IngestOptions) -> Result<IngestSummary, IngestError> {
+    refuse_object_store(opts)?;
     let started = Instant::now();
     let plan = Plan::new(opts)?;
     if check_out(opts, &plan)? && part_folders(&opts.out).is_empty() {

@@ -17,6 +17,7 @@ use super::IngestConfig;
 use super::decode::{self, DecodeError};
 use super::layout::{self, LayoutKind, SourceImage, SourceTree};
 use super::parts::PartsError;
+use super::publish::Publisher;
 use super::resize::CentreCropper;
 use super::state::{IngestState, SplitProgress, StateError};
 use super::stats::StatsAccumulator;
@@ -41,6 +42,19 @@ pub struct IngestOptions {
     pub val_labels: Option<PathBuf>,
     /// Draw a progress bar on stderr.
     pub progress: bool,
+    /// Set by [`ingest`] itself when `out` is an object store URL: `out` is then
+    /// the local staging folder, and each finished file goes on to the store.
+    pub publish: Option<Publisher>,
+}
+
+impl IngestOptions {
+    /// `--out` as the user named it (the URL, for an ingest into an object store).
+    pub fn out_name(&self) -> String {
+        match &self.publish {
+            Some(publisher) => publisher.url().to_string(),
+            None => self.out.display().to_string(),
+        }
+    }
 }
 
 /// The one-screen summary printed at the end.
@@ -111,6 +125,8 @@ pub enum IngestError {
     NoUsableImages(String),
     #[error(transparent)]
     Parts(#[from] PartsError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     #[error("cannot start {workers} decode threads: {message}")]
     Threads { workers: usize, message: String },
 }
@@ -412,6 +428,10 @@ impl Job<'_> {
                     } else {
                         state.save(state_dir)?;
                     }
+                    if let Some(publisher) = &self.opts.publish {
+                        let name = format!("{}/{}", split.name(), shard_file_name(shard.index));
+                        publisher.shard_done(&name, state, with_stats)?;
+                    }
                 }
                 Ok(())
             });
@@ -530,10 +550,13 @@ pub(super) struct ThisRun {
 /// Runs (or resumes) an ingest. Safe to kill at any point: re-running the same
 /// command continues from the last finished shard and ends with the same files.
 pub fn ingest(opts: &IngestOptions) -> Result<IngestSummary, IngestError> {
+    if opts.publish.is_none() && crate::store::is_url(&opts.out) {
+        return super::publish::ingest_to_store(opts);
+    }
     let started = Instant::now();
     let plan = Plan::new(opts)?;
     let out = &opts.out;
-    let print = |p: &Path| p.display().to_string();
+    let print = |_: &Path| opts.out_name();
     let state_dir = IngestState::dir(out);
     let complete = out.join(crate::dataset::MANIFEST_FILE).exists();
     let mut state = match IngestState::load(&state_dir)? {
@@ -555,7 +578,7 @@ pub fn ingest(opts: &IngestOptions) -> Result<IngestSummary, IngestError> {
         }
     };
     std::fs::create_dir_all(out).map_err(|source| IngestError::Io {
-        path: print(out),
+        path: out.display().to_string(),
         source,
     })?;
     // Saved before the first shard, so a folder this ingest has written to is
@@ -679,7 +702,7 @@ fn split_without_rows(
     };
     let skipped = [&listed[..], &progress.skipped[..]].concat();
     let error = no_usable_images(&opts.source, split, found, &skipped);
-    with_restart_hint(error, &opts.out)
+    with_restart_hint(error, &opts.out_name())
 }
 
 /// The one way a dataset is completed, from the state of every shard and the
@@ -740,6 +763,9 @@ pub(super) fn finish(
         stats: stats.clone(),
     };
     manifest.save(out)?;
+    if let Some(publisher) = &opts.publish {
+        publisher.dataset_done()?;
+    }
     Ok(IngestSummary {
         out: out.clone(),
         layout: tree.layout,
@@ -808,11 +834,10 @@ fn no_usable_images(
 
 /// Shards already written are not decoded again by a resume, so files
 /// repaired in place are only read once the unfinished dataset is gone.
-fn with_restart_hint(error: IngestError, out: &Path) -> IngestError {
+fn with_restart_hint(error: IngestError, out: &str) -> IngestError {
     match error {
         IngestError::NoUsableImages(message) => IngestError::NoUsableImages(format!(
-            "{message}\n{} holds this unfinished ingest; remove it before ingesting again",
-            out.display()
+            "{message}\n{out} holds this unfinished ingest; remove it before ingesting again"
         )),
         other => other,
     }

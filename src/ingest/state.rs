@@ -16,7 +16,7 @@ use super::stats::StatsAccumulator;
 use crate::dataset::{SkippedImage, atomic, npy};
 
 pub const STATE_DIR: &str = ".ingest";
-const STATE_FILE: &str = "state.json";
+pub const STATE_FILE: &str = "state.json";
 
 /// Progress of one split.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +72,16 @@ impl IngestState {
             val: SplitProgress::default(),
             train_sums: SmallSums::default(),
         }
+    }
+
+    /// The training sums file this state names, and the one the state before
+    /// its last train shard named; `None` before the first train shard.
+    pub fn sums_file_names(&self) -> Option<(String, Option<String>)> {
+        let done = self.train.shards_done;
+        (done > 0).then(|| {
+            let previous = (done > 1).then(|| sums_file(done - 1));
+            (sums_file(done), previous)
+        })
     }
 
     pub fn dir(dataset: &Path) -> PathBuf {

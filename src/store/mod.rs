@@ -28,6 +28,9 @@ use object_store::{
 };
 use url::Url;
 
+mod write;
+pub use write::PART_BYTES;
+
 /// Overrides the per-request timeout, in seconds (default [`DEFAULT_TIMEOUT`]).
 pub const TIMEOUT_ENV: &str = "PIPELINE_STORE_TIMEOUT_S";
 /// A request that has not finished in this long is abandoned (then retried).
@@ -193,6 +196,13 @@ impl Location {
         matches!(self, Location::Remote(_))
     }
 
+    pub fn remote(&self) -> Option<&Remote> {
+        match self {
+            Location::Local(_) => None,
+            Location::Remote(remote) => Some(remote),
+        }
+    }
+
     /// The local path of `name` (a `/`-separated name inside the dataset), for a
     /// local dataset.
     pub fn local_path(&self, name: &str) -> Option<PathBuf> {
@@ -354,6 +364,11 @@ fn read_file_ranges(path: &Path, ranges: &[Range<u64>]) -> std::io::Result<Vec<B
 }
 
 impl Remote {
+    /// The URL the dataset was named by, without a trailing `/`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
     fn object(&self, name: &str) -> ObjectPath {
         if self.prefix.as_ref().is_empty() {
             ObjectPath::from(name)
@@ -363,7 +378,11 @@ impl Remote {
     }
 
     fn url_of(&self, name: &str) -> String {
-        format!("{}/{name}", self.url)
+        if name.is_empty() {
+            self.url.clone()
+        } else {
+            format!("{}/{name}", self.url)
+        }
     }
 
     /// An object store error as ours, naming the full URL; a timeout is told

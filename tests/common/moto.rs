@@ -11,9 +11,12 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use object_store::ObjectStoreExt;
+use std::collections::BTreeMap;
+
+use futures::TryStreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
 
 use super::python::REQUIRE_ENV;
 
@@ -128,6 +131,46 @@ impl Moto {
                 .block_on(store.put(&key, bytes.into()))
                 .unwrap_or_else(|e| panic!("upload {key}: {e}"));
         }
+    }
+
+    /// Every object under `prefix/` (name relative to the prefix → bytes), to
+    /// compare with a local dataset through `tree_bytes`.
+    pub fn objects(&self, bucket: &str, prefix: &str) -> BTreeMap<String, Vec<u8>> {
+        let store = self.bucket(bucket);
+        let listed: Vec<_> = self
+            .runtime
+            .block_on(store.list(Some(&ObjectPath::from(prefix))).try_collect())
+            .unwrap_or_else(|e| panic!("list {bucket}/{prefix}: {e}"));
+        listed
+            .into_iter()
+            .map(|meta| {
+                let key = meta.location.to_string();
+                let name = key.strip_prefix(&format!("{prefix}/")).unwrap().to_string();
+                (name, self.get(bucket, &key).unwrap())
+            })
+            .collect()
+    }
+
+    /// The object `key`, or `None` if there is none.
+    pub fn get(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
+        let store = self.bucket(bucket);
+        self.runtime.block_on(async {
+            match store.get(&ObjectPath::from(key)).await {
+                Ok(got) => Some(got.bytes().await.unwrap().to_vec()),
+                Err(object_store::Error::NotFound { .. }) => None,
+                Err(e) => panic!("get {key}: {e}"),
+            }
+        })
+    }
+
+    /// The object's ETag (S3 gives a multipart upload's as `"md5-PARTS"`).
+    pub fn e_tag(&self, bucket: &str, key: &str) -> String {
+        let store = self.bucket(bucket);
+        let meta = self
+            .runtime
+            .block_on(store.head(&ObjectPath::from(key)))
+            .unwrap_or_else(|e| panic!("head {key}: {e}"));
+        meta.e_tag.unwrap_or_default()
     }
 
     pub fn delete(&self, bucket: &str, key: &str) {
