@@ -114,6 +114,38 @@ enum CheckCommand {
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Keep whole shards of object-store datasets in DIR, so later epochs (and later
+    /// runs) read them from disk; least recently used shards go first.
+    #[arg(long, global = true, value_name = "DIR")]
+    cache: Option<PathBuf>,
+    /// The --cache bound: bytes, or with a K/M/G/T suffix (powers of 1024).
+    #[arg(long, global = true, value_name = "SIZE", default_value = "16G", value_parser = parse_bytes)]
+    cache_size: u64,
+}
+
+/// `123`, `512M`, `16G`, `1.5T` → bytes.
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (number, unit) = match text.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&text[..i], c.to_ascii_uppercase()),
+        _ => (text, 'B'),
+    };
+    let scale: u64 = match unit {
+        'B' => 1,
+        'K' => 1 << 10,
+        'M' => 1 << 20,
+        'G' => 1 << 30,
+        'T' => 1 << 40,
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {text:?} (use K, M, G or T)"
+            ));
+        }
+    };
+    match number.trim().parse::<f64>() {
+        Ok(n) if n.is_finite() && n >= 0.0 => Ok((n * scale as f64) as u64),
+        _ => Err(format!("{text:?} is not a size (e.g. 512M, 16G)")),
+    }
 }
 
 #[derive(Subcommand)]
@@ -465,6 +497,12 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Train { .. }) {
         quit_quietly_on_a_closed_stdout();
+    }
+    if let Some(dir) = cli.cache {
+        pipeline::store::enable_cache(pipeline::store::CacheConfig {
+            dir,
+            limit_bytes: cli.cache_size,
+        });
     }
     match cli.command {
         Command::Demo { dir } => {

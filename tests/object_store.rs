@@ -624,3 +624,156 @@ fn a_corrupt_row_in_s3_is_named_by_its_url_row_and_key() {
     );
     assert!(err.contains(&named), "{err}");
 }
+
+/// The train split's shard files of the fixture, and their total size.
+fn train_shard_bytes() -> u64 {
+    tree_bytes(dataset())
+        .iter()
+        .filter(|(name, _)| name.starts_with("train/"))
+        .map(|(_, bytes)| bytes.len() as u64)
+        .sum()
+}
+
+/// `pipeline stream` of `s3://BUCKET/ds` for two epochs with `extra` flags; its
+/// per-epoch store traffic (fetched bytes, bytes read from the cache).
+fn two_epochs_traffic(moto: &Moto, bucket: &str, recipe: &Path, extra: &[&str]) -> Vec<(u64, u64)> {
+    let url = format!("s3://{bucket}/ds");
+    let mut args = vec!["stream", "--dataset", &url, "--recipe", path_str(recipe)];
+    args.extend(["--batch-size", "8", "--epochs", "2"]);
+    args.extend_from_slice(extra);
+    let output = pipeline_with_env(&args, &moto.env());
+    succeeded(&args, &output);
+    let report = last_json(&output);
+    report["store_per_epoch"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no store_per_epoch in {report}"))
+        .iter()
+        .map(|t| {
+            (
+                t["fetched_bytes"].as_u64().unwrap(),
+                t["cache_read_bytes"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// The files in the cache folder and their total size.
+fn cache_bytes(dir: &Path) -> (usize, u64) {
+    let files = tree_bytes(dir);
+    (files.len(), files.values().map(|b| b.len() as u64).sum())
+}
+
+#[test]
+fn a_cache_serves_later_epochs_from_disk_with_the_same_batches() {
+    let test = "a_cache_serves_later_epochs_from_disk_with_the_same_batches";
+    let Some(moto) = moto_with_dataset(test, "cached") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let recipe = recipe(tmp.path());
+    let cache = tmp.path().join("cache");
+    let shards = train_shard_bytes();
+
+    // Without a cache every epoch streams the row groups again.
+    let uncached = two_epochs_traffic(&moto, "cached", &recipe, &[]);
+    assert!(
+        uncached
+            .iter()
+            .all(|&(fetched, from_cache)| fetched > 0 && from_cache == 0)
+    );
+
+    // With one: the first epoch fetches each shard whole, once; the second reads disk.
+    let flags = ["--cache", path_str(&cache)];
+    let cached = two_epochs_traffic(&moto, "cached", &recipe, &flags);
+    assert_eq!(
+        cached[0].0, shards,
+        "epoch 1 fetches every train shard whole, once"
+    );
+    assert_eq!(cached[1].0, 0, "epoch 2 fetches nothing");
+    assert_eq!(
+        cached[1].1, uncached[1].0,
+        "epoch 2 reads from disk what it would fetch"
+    );
+    assert_eq!(
+        cache_bytes(&cache),
+        (4, shards),
+        "the 4 train shards are kept"
+    );
+    // A later process starts warm.
+    let warm = two_epochs_traffic(&moto, "cached", &recipe, &flags);
+    assert!(warm.iter().all(|&(fetched, _)| fetched == 0), "{warm:?}");
+
+    // The bytes served from the cache are the shards' own: the same batches.
+    let local = stream_dump(
+        path_str(dataset()),
+        &recipe,
+        &tmp.path().join("local"),
+        &[],
+        &[],
+    );
+    let from_cache = stream_dump(
+        "s3://cached/ds",
+        &recipe,
+        &tmp.path().join("from-cache"),
+        &flags,
+        &moto.env(),
+    );
+    assert_eq!(local, from_cache);
+}
+
+#[test]
+fn a_cache_smaller_than_the_dataset_stays_within_its_bound() {
+    let test = "a_cache_smaller_than_the_dataset_stays_within_its_bound";
+    let Some(moto) = moto_with_dataset(test, "bounded") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let recipe = recipe(tmp.path());
+    let largest = tree_bytes(dataset())
+        .iter()
+        .filter(|(name, _)| name.starts_with("train/"))
+        .map(|(_, bytes)| bytes.len() as u64)
+        .max()
+        .unwrap();
+    // Room for two of the four shards (three 32-row ones, one of 4 rows).
+    let limit = 2 * largest + 1000;
+    let cache = tmp.path().join("cache");
+    let size = limit.to_string();
+    let flags = ["--cache", path_str(&cache), "--cache-size", &size];
+    let traffic = two_epochs_traffic(&moto, "bounded", &recipe, &flags);
+    let (files, bytes) = cache_bytes(&cache);
+    assert!(
+        bytes <= limit,
+        "{bytes} cached bytes over the {limit} limit"
+    );
+    assert!((1..4).contains(&files), "{files} shards cached");
+    assert!(
+        traffic[1].0 > 0 && traffic[1].1 > 0,
+        "epoch 2 mixes disk and fetches: {traffic:?}"
+    );
+
+    // Smaller than one shard: nothing is cached, every epoch reads by ranges.
+    let tiny = tmp.path().join("tiny");
+    let flags = ["--cache", path_str(&tiny), "--cache-size", "1K"];
+    let traffic = two_epochs_traffic(&moto, "bounded", &recipe, &flags);
+    assert_eq!(cache_bytes(&tiny), (0, 0));
+    assert!(
+        traffic
+            .iter()
+            .all(|&(fetched, from_cache)| fetched > 0 && from_cache == 0)
+    );
+}
+
+#[test]
+fn ingest_in_parts_refuses_an_object_store() {
+    let out = "s3://bucket/ds";
+    for flags in [&["--part", "1/2"][..], &["--merge"][..]] {
+        let mut args = vec!["ingest", path_str(&fixture().0), "--out", out];
+        args.extend_from_slice(flags);
+        let message = run_fails(&args);
+        assert!(
+            message.contains("is an object store") && message.contains(out),
+            "{flags:?}: {message}"
+        );
+    }
+}

@@ -15,9 +15,11 @@
 //! (`AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP`, `AWS_ACCESS_KEY_ID`,
 //! `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, …), read by the builder's `from_env`.
 
+use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -28,7 +30,9 @@ use object_store::{
 };
 use url::Url;
 
+mod cache;
 mod write;
+pub use cache::{CacheConfig, enable as enable_cache};
 pub use write::PART_BYTES;
 
 /// Overrides the per-request timeout, in seconds (default [`DEFAULT_TIMEOUT`]).
@@ -83,6 +87,46 @@ pub struct Remote {
     url: String,
     prefix: ObjectPath,
     timeout: Duration,
+    /// `--cache`: whole shards kept on local disk.
+    cache: Option<Arc<cache::ShardCache>>,
+    /// Size and ETag of each object as first seen (its footer was read from that
+    /// version; the cache fetches only that version).
+    seen: Arc<Mutex<HashMap<String, Seen>>>,
+}
+
+/// An object's size and ETag.
+type Seen = (u64, Option<String>);
+
+/// Bytes this process has fetched from object stores, and read from `--cache`
+/// instead, since it started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Traffic {
+    pub fetched_bytes: u64,
+    pub cache_read_bytes: u64,
+}
+
+static FETCHED: AtomicU64 = AtomicU64::new(0);
+static CACHE_READ: AtomicU64 = AtomicU64::new(0);
+
+pub fn traffic() -> Traffic {
+    Traffic {
+        fetched_bytes: FETCHED.load(Ordering::Relaxed),
+        cache_read_bytes: CACHE_READ.load(Ordering::Relaxed),
+    }
+}
+
+impl std::ops::Sub for Traffic {
+    type Output = Traffic;
+    fn sub(self, earlier: Traffic) -> Traffic {
+        Traffic {
+            fetched_bytes: self.fetched_bytes - earlier.fetched_bytes,
+            cache_read_bytes: self.cache_read_bytes - earlier.cache_read_bytes,
+        }
+    }
+}
+
+fn fetched(bytes: u64) {
+    FETCHED.fetch_add(bytes, Ordering::Relaxed);
 }
 
 /// Whether `dataset` names an object store URL (`scheme://…`) rather than a path.
@@ -186,9 +230,11 @@ impl Location {
         };
         Ok(Location::Remote(Remote {
             store,
+            cache: cache::for_dataset(&url_text)?,
             url: url_text,
             prefix,
             timeout,
+            seen: Arc::default(),
         }))
     }
 
@@ -248,7 +294,9 @@ impl Location {
                     Ok(got) => got.bytes().await,
                     Err(e) => Err(e),
                 };
-                got.map_err(|e| remote.error(name, e))
+                let got = got.map_err(|e| remote.error(name, e))?;
+                fetched(got.len() as u64);
+                Ok(got)
             }
         }
     }
@@ -274,12 +322,20 @@ impl Location {
                     .map_err(|e| io(std::io::Error::other(e)))?
                     .map_err(io)
             }
-            Location::Remote(remote) => remote
-                .store
-                .get_ranges(&remote.object(name), ranges)
-                .await
-                .map_err(|e| remote.error(name, e)),
+            Location::Remote(remote) => remote.read_ranges(name, ranges, true).await,
         }
+    }
+
+    /// The last `len` bytes of `name` (`size` bytes long), where a footer is: from
+    /// the cache if the shard is there, never a reason to fetch it whole.
+    pub async fn read_tail(&self, name: &str, size: u64, len: u64) -> Result<Bytes, StoreError> {
+        let range = size.saturating_sub(len)..size;
+        let range = std::slice::from_ref(&range);
+        let mut pieces = match self {
+            Location::Local(_) => self.read_ranges(name, range).await?,
+            Location::Remote(remote) => remote.read_ranges(name, range, false).await?,
+        };
+        Ok(pieces.pop().unwrap_or_default())
     }
 
     /// The size of `name` in bytes.
@@ -295,12 +351,7 @@ impl Location {
                         source,
                     })
             }
-            Location::Remote(remote) => remote
-                .store
-                .head(&remote.object(name))
-                .await
-                .map(|meta| meta.size)
-                .map_err(|e| remote.error(name, e)),
+            Location::Remote(remote) => remote.head(name).await.map(|(size, _)| size),
         }
     }
 
@@ -351,8 +402,11 @@ pub fn block_on<T: Send>(
 }
 
 fn read_file_ranges(path: &Path, ranges: &[Range<u64>]) -> std::io::Result<Vec<Bytes>> {
+    read_at(&std::fs::File::open(path)?, ranges)
+}
+
+fn read_at(file: &std::fs::File, ranges: &[Range<u64>]) -> std::io::Result<Vec<Bytes>> {
     use std::os::unix::fs::FileExt;
-    let file = std::fs::File::open(path)?;
     ranges
         .iter()
         .map(|r| {
@@ -367,6 +421,58 @@ impl Remote {
     /// The URL the dataset was named by, without a trailing `/`.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// Size and ETag of `name`: as first seen, else asked for now.
+    async fn head(&self, name: &str) -> Result<Seen, StoreError> {
+        if let Some(seen) = self
+            .seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+        {
+            return Ok(seen.clone());
+        }
+        let meta = self
+            .store
+            .head(&self.object(name))
+            .await
+            .map_err(|e| self.error(name, e))?;
+        let seen = (meta.size, meta.e_tag);
+        let mut known = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(known.entry(name.to_string()).or_insert(seen).clone())
+    }
+
+    /// Byte ranges of `name`: through the cache for a shard when there is one
+    /// (fetching it whole first if `fetch`), else straight from the store (which
+    /// coalesces nearby ranges).
+    async fn read_ranges(
+        &self,
+        name: &str,
+        ranges: &[Range<u64>],
+        fetch: bool,
+    ) -> Result<Vec<Bytes>, StoreError> {
+        if let Some(cache) = self.cache.as_ref().filter(|_| name.ends_with(".parquet")) {
+            let (size, e_tag) = self.head(name).await?;
+            let wanted: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+            if let Some((pieces, served)) = cache
+                .read_ranges(self, name, (size, e_tag.as_deref()), ranges, fetch)
+                .await?
+            {
+                if let cache::Served::Fetched(shard_bytes) = served {
+                    fetched(shard_bytes);
+                }
+                CACHE_READ.fetch_add(wanted, Ordering::Relaxed);
+                return Ok(pieces);
+            }
+        }
+        let pieces = self
+            .store
+            .get_ranges(&self.object(name), ranges)
+            .await
+            .map_err(|e| self.error(name, e))?;
+        fetched(pieces.iter().map(|p| p.len() as u64).sum());
+        Ok(pieces)
     }
 
     fn object(&self, name: &str) -> ObjectPath {

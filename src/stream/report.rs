@@ -43,6 +43,10 @@ pub struct StreamReport {
     pub peak_rss_mb: Option<f64>,
     /// Summed over epochs.
     pub stages: TimingReport,
+    /// For a dataset in an object store: each epoch's bytes fetched from it and
+    /// read from `--cache` instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_per_epoch: Option<Vec<crate::store::Traffic>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,7 +74,9 @@ pub fn run(source: &DataSource, run: &StreamRun) -> Result<StreamReport, StreamR
     let (mut images, mut batches) = (0, 0);
     let mut epoch_images_per_s = Vec::new();
     let mut stages = TimingReport::default();
+    let mut store_per_epoch = Vec::new();
     for epoch in run.epoch..run.epoch + run.epochs.max(1) as u64 {
+        let traffic_before = crate::store::traffic();
         let options = EpochOptions {
             mode: run.mode,
             crop: run.crop,
@@ -112,6 +118,7 @@ pub fn run(source: &DataSource, run: &StreamRun) -> Result<StreamReport, StreamR
         epoch_images_per_s
             .push(epoch_images as f64 / epoch_started.elapsed().as_secs_f64().max(1e-9));
         stages += stream.timing();
+        store_per_epoch.push(crate::store::traffic() - traffic_before);
     }
     let seconds = started.elapsed().as_secs_f64();
     Ok(StreamReport {
@@ -124,6 +131,7 @@ pub fn run(source: &DataSource, run: &StreamRun) -> Result<StreamReport, StreamR
         workers: source.workers(),
         peak_rss_mb: peak_rss_bytes().map(|b| b as f64 / 1e6),
         stages,
+        store_per_epoch: crate::store::is_url(&source.dataset).then_some(store_per_epoch),
     })
 }
 
@@ -136,7 +144,7 @@ impl StreamReport {
                 100.0 * s / self.seconds.max(1e-9)
             )
         };
-        vec![
+        let mut lines = vec![
             format!(
                 "{} in {} over {}, {:.2} s: {:.0} images/s ({})",
                 count(self.images, "image", "images"),
@@ -169,6 +177,20 @@ impl StreamReport {
                 self.peak_rss_mb
                     .map_or("unknown".into(), |m| format!("{m:.0} MB"))
             ),
-        ]
+        ];
+        if let Some(epochs) = &self.store_per_epoch {
+            let per_epoch = epochs.iter().map(|t| {
+                format!(
+                    "{:.1} MB fetched, {:.1} MB from the cache",
+                    t.fetched_bytes as f64 / 1e6,
+                    t.cache_read_bytes as f64 / 1e6
+                )
+            });
+            lines.push(format!(
+                "store     {}",
+                per_epoch.collect::<Vec<_>>().join("; ")
+            ));
+        }
+        lines
     }
 }

@@ -301,10 +301,9 @@ async fn remote_footer(
     let mut want = FOOTER_GUESS.min(size);
     loop {
         let tail = location
-            .read_ranges(name, std::slice::from_ref(&(size - want..size)))
+            .read_tail(name, size, want)
             .await
             .map_err(|e| store_error(path, "", &e))?;
-        let tail = tail.into_iter().next().unwrap_or_default();
         let mut reader = ParquetMetaDataReader::new();
         match reader.try_parse_sized(&tail, size) {
             Ok(()) => {
