@@ -1,24 +1,24 @@
 #!/usr/bin/env python3
-"""Stream throughput from S3 (moto on loopback) against the same dataset on local disk.
+"""Streaming from S3 (moto on loopback) against the same dataset on local disk.
 
   1. renders the bundled sample (default 100 train + 10 val per class) and ingests it at
-     the sample recipe's 72 px;
-  2. starts `moto_server` on a free loopback port and uploads the dataset with boto3 to
-     s3://bench/ds;
-  3. per round (default 3), back to back: `pipeline stream` from the local folder, then
-     from s3://bench/ds, same recipe, seed and flags (--epochs E);
-  4. prints images/s of each (the median over rounds), the ratio s3/local, and the bytes
-     fetched per image: the label and pixel column chunks of the split over its rows (what
-     each epoch fetches; the footers once, on open, are not counted).
+     S = 256 (the paper's size; `--image-size`) twice: into a folder, and straight into
+     s3://bench/ds with `pipeline ingest --out s3://…` (both timed; the objects are the
+     local files byte for byte, as tests/object_store.rs proves);
+  2. per round (default 3), back to back, the same recipe (crop 7/8 of S, the paper's
+     224/256), seed and flags, 2 epochs each: `pipeline stream` from the folder, from S3,
+     and from S3 with a fresh `--cache` (epoch 1 cold, epoch 2 from the cache);
+  3. prints images/s of each (median over rounds; per epoch for the cached one), the
+     ratios to local, and the bytes fetched from the store per image and epoch, as the
+     stream itself counts them (`store_per_epoch` in its JSON report).
 
 A loopback server measures the client's cost (requests, copies, decode of fetched
 buffers), not a network's: a real bucket adds latency, which `read_ahead` row groups in
 flight hide up to the bandwidth.
 
-usage: python3 benches/stream_s3_bench.py [--train-per-class 100] [--epochs 2]
+usage: python3 benches/stream_s3_bench.py [--train-per-class 100] [--image-size 256]
            [--rounds 3] [--work /tmp/stream-s3-bench]
-Needs: target/release/pipeline, moto_server and boto3 (pip install 'moto[server]'),
-pyarrow.
+Needs: target/release/pipeline and moto_server (pip install 'moto[server]').
 """
 import argparse
 import json
@@ -31,12 +31,9 @@ import subprocess
 import time
 import urllib.request
 
-import boto3
-import pyarrow.parquet as pq
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BIN = ROOT / "target" / "release" / "pipeline"
-RECIPE = ROOT / "pipeline" / "sample.toml"
 
 
 def free_port():
@@ -45,18 +42,24 @@ def free_port():
         return s.getsockname()[1]
 
 
-def stream(dataset, epochs, env):
+def stream(dataset, recipe, env, extra=()):
     out = subprocess.run(
-        [BIN, "stream", "--dataset", dataset, "--recipe", RECIPE, "--epochs", str(epochs),
-         "--batch-size", "64"],
+        [BIN, "stream", "--dataset", dataset, "--recipe", recipe, "--epochs", "2",
+         "--batch-size", "64", *extra],
         env=env, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
+
+
+def timed(command, env):
+    started = time.perf_counter()
+    subprocess.run(command, env=env, check=True, capture_output=True)
+    return time.perf_counter() - started
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--train-per-class", type=int, default=100)
-    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--image-size", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--work", default="/tmp/stream-s3-bench")
     args = ap.parse_args()
@@ -64,12 +67,16 @@ def main():
     work = pathlib.Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
+    size = args.image_size
+    recipe = work / "recipe.toml"
+    recipe.write_text(
+        f"[data]\nimage_size = {size}\ncrop_size = {size * 7 // 8}\n"
+        "[ingest]\nrows_per_shard = 256\nrows_per_row_group = 32\n"
+        "[stream]\nshuffle_buffer = 1024\n")
     src, ds = work / "src", work / "ds"
     subprocess.run([BIN, "sample", "--out", src, "--train-per-class",
                     str(args.train_per_class), "--val-per-class", "10"], check=True,
                    capture_output=True)
-    subprocess.run([BIN, "ingest", src, "--out", ds, "--recipe", RECIPE, "--quiet"],
-                   check=True, capture_output=True)
 
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
@@ -82,41 +89,46 @@ def main():
                 break
             except OSError:
                 time.sleep(0.1)
-        keys = dict(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
-                    AWS_REGION="us-east-1")
-        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                          aws_access_key_id="bench", aws_secret_access_key="bench")
-        s3.create_bucket(Bucket="bench")
-        for path in sorted(ds.rglob("*")):
-            if path.is_file():
-                s3.upload_file(str(path), "bench", f"ds/{path.relative_to(ds)}")
-        env = dict(os.environ, AWS_ENDPOINT_URL=endpoint, AWS_ALLOW_HTTP="true", **keys)
+        env = dict(os.environ, AWS_ENDPOINT_URL=endpoint, AWS_ALLOW_HTTP="true",
+                   AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
+                   AWS_REGION="us-east-1")
+        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/bench", method="PUT"))
+        ingest = [BIN, "ingest", src, "--recipe", recipe, "--quiet", "--out"]
+        ingest_local = timed([*ingest, ds], env)
+        ingest_s3 = timed([*ingest, "s3://bench/ds"], env)
 
-        local, remote = [], []
+        local, remote, cold, warm, fetched = [], [], [], [], None
         for r in range(args.rounds):
-            local.append(stream(str(ds), args.epochs, env)["images_per_s"])
-            remote.append(stream("s3://bench/ds", args.epochs, env)["images_per_s"])
-            print(f"round {r + 1}: local {local[-1]:.0f} images/s, s3 {remote[-1]:.0f} images/s")
+            local.append(stream(str(ds), recipe, env)["images_per_s"])
+            report = stream("s3://bench/ds", recipe, env)
+            remote.append(report["images_per_s"])
+            cache = work / f"cache-{r}"
+            cached = stream("s3://bench/ds", recipe, env, ["--cache", str(cache)])
+            cold.append(cached["epoch_images_per_s"][0])
+            warm.append(cached["epoch_images_per_s"][1])
+            rows = report["images"] // 2
+            fetched = [t["fetched_bytes"] / rows for t in report["store_per_epoch"]]
+            fetched_cached = [t["fetched_bytes"] / rows for t in cached["store_per_epoch"]]
+            print(f"round {r + 1}: local {local[-1]:.0f}, s3 {remote[-1]:.0f}, "
+                  f"s3 + cache {cold[-1]:.0f} then {warm[-1]:.0f} images/s")
     finally:
         moto.kill()
         moto.wait()
 
-    rows = fetched = 0
-    for shard in sorted((ds / "train").glob("*.parquet")):
-        meta = pq.ParquetFile(shard).metadata
-        rows += meta.num_rows
-        for g in range(meta.num_row_groups):
-            group = meta.row_group(g)
-            for c in range(group.num_columns):
-                column = group.column(c)
-                if column.path_in_schema in ("label", "pixels"):
-                    fetched += column.total_compressed_size
-    lo, re_ = statistics.median(local), statistics.median(remote)
-    print(f"train rows {rows}, {args.epochs} epochs per run, {args.rounds} rounds (medians):")
-    print(f"  local  {lo:8.0f} images/s")
-    print(f"  s3     {re_:8.0f} images/s   (moto on loopback)")
-    print(f"  s3/local {re_ / lo:.2f}")
-    print(f"  bytes fetched per image {fetched / rows:.0f} (72x72x3 = {72 * 72 * 3} pixels)")
+    med = statistics.median
+    lo = med(local)
+    images = report["images"] // 2
+    print(f"S = {size}, crop {size * 7 // 8}, {images} train images streamed per epoch, "
+          f"{args.rounds} rounds (medians):")
+    print(f"  ingest         local {images / ingest_local:6.0f} images/s, "
+          f"to s3 {images / ingest_s3:6.0f} images/s ({ingest_local / ingest_s3:.2f}x)")
+    print(f"  local          {lo:8.0f} images/s")
+    print(f"  s3             {med(remote):8.0f} images/s  ({med(remote) / lo:.2f}x local)")
+    print(f"  s3 + cache, 1  {med(cold):8.0f} images/s  ({med(cold) / lo:.2f}x local, cold)")
+    print(f"  s3 + cache, 2  {med(warm):8.0f} images/s  ({med(warm) / lo:.2f}x local, from disk)")
+    print(f"  fetched per image and epoch: s3 {fetched[0]:.0f}, {fetched[1]:.0f} bytes; "
+          f"s3 + cache {fetched_cached[0]:.0f}, {fetched_cached[1]:.0f} bytes "
+          f"({size}x{size}x3 = {size * size * 3} pixels)")
 
 
 if __name__ == "__main__":
