@@ -98,8 +98,8 @@ impl RunDir {
         Ok(path)
     }
 
-    /// The dataset the run was trained on: `run.json`'s (which `--resume --dataset`
-    /// updates), else the one `card` names.
+    /// The dataset the run was trained on: `run.json`'s (written when the run began),
+    /// else the one `card` names.
     pub fn trained_dataset(&self, card: &ModelCard) -> Result<PathBuf, RunError> {
         if self.info().exists() || card.dataset.location.is_empty() {
             return Ok(self.load_info()?.dataset);
