@@ -8,9 +8,9 @@
   2. per round (default 3), back to back, the same recipe (crop 7/8 of S, the paper's
      224/256), seed and flags, 2 epochs each: `pipeline stream` from the folder, from S3,
      and from S3 with a fresh `--cache` (epoch 1 cold, epoch 2 from the cache);
-  3. prints images/s of each (median over rounds; per epoch for the cached one), the
-     ratios to local, and the bytes fetched from the store per image and epoch, as the
-     stream itself counts them (`store_per_epoch` in its JSON report).
+  3. prints each epoch's images/s (median over rounds), its ratio to the same epoch from
+     local disk, and the bytes fetched from the store per image and epoch, as the stream
+     itself counts them (`store_per_epoch` in its JSON report).
 
 A loopback server measures the client's cost (requests, copies, decode of fetched
 buffers), not a network's: a real bucket adds latency, which `read_ahead` row groups in
@@ -97,39 +97,41 @@ def main():
         ingest_local = timed([*ingest, ds], env)
         ingest_s3 = timed([*ingest, "s3://bench/ds"], env)
 
-        local, remote, cold, warm, fetched = [], [], [], [], None
+        runs = {"local": [], "s3": [], "s3 + cache": []}
         for r in range(args.rounds):
-            local.append(stream(str(ds), recipe, env)["images_per_s"])
-            report = stream("s3://bench/ds", recipe, env)
-            remote.append(report["images_per_s"])
-            cache = work / f"cache-{r}"
-            cached = stream("s3://bench/ds", recipe, env, ["--cache", str(cache)])
-            cold.append(cached["epoch_images_per_s"][0])
-            warm.append(cached["epoch_images_per_s"][1])
-            rows = report["images"] // 2
-            fetched = [t["fetched_bytes"] / rows for t in report["store_per_epoch"]]
-            fetched_cached = [t["fetched_bytes"] / rows for t in cached["store_per_epoch"]]
-            print(f"round {r + 1}: local {local[-1]:.0f}, s3 {remote[-1]:.0f}, "
-                  f"s3 + cache {cold[-1]:.0f} then {warm[-1]:.0f} images/s")
+            reports = {
+                "local": stream(str(ds), recipe, env),
+                "s3": stream("s3://bench/ds", recipe, env),
+                "s3 + cache": stream("s3://bench/ds", recipe, env,
+                                     ["--cache", str(work / f"cache-{r}")]),
+            }
+            for name, report in reports.items():
+                runs[name].append(report)
+            print(f"round {r + 1}: " + ", ".join(
+                f"{name} {report['epoch_images_per_s'][0]:.0f} then "
+                f"{report['epoch_images_per_s'][1]:.0f}" for name, report in reports.items())
+                + " images/s")
     finally:
         moto.kill()
         moto.wait()
 
     med = statistics.median
-    lo = med(local)
-    images = report["images"] // 2
+    images = runs["local"][0]["images"] // 2
     print(f"S = {size}, crop {size * 7 // 8}, {images} train images streamed per epoch, "
           f"{args.rounds} rounds (medians):")
     print(f"  ingest         local {images / ingest_local:6.0f} images/s, "
           f"to s3 {images / ingest_s3:6.0f} images/s ({ingest_local / ingest_s3:.2f}x)")
-    print(f"  local          {lo:8.0f} images/s")
-    print(f"  s3             {med(remote):8.0f} images/s  ({med(remote) / lo:.2f}x local)")
-    print(f"  s3 + cache, 1  {med(cold):8.0f} images/s  ({med(cold) / lo:.2f}x local, cold)")
-    print(f"  s3 + cache, 2  {med(warm):8.0f} images/s  ({med(warm) / lo:.2f}x local, from disk)")
-    print(f"  fetched per image and epoch: s3 {fetched[0]:.0f}, {fetched[1]:.0f} bytes; "
-          f"s3 + cache {fetched_cached[0]:.0f}, {fetched_cached[1]:.0f} bytes "
-          f"({size}x{size}x3 = {size * size * 3} pixels)")
-
+    local = [med(r["epoch_images_per_s"][e] for r in runs["local"]) for e in (0, 1)]
+    for name, reports in runs.items():
+        rates = [med(r["epoch_images_per_s"][e] for r in reports) for e in (0, 1)]
+        line = f"  {name:12s} epoch 1 {rates[0]:6.0f} images/s ({rates[0] / local[0]:.2f}x local)"
+        line += f", epoch 2 {rates[1]:6.0f} images/s ({rates[1] / local[1]:.2f}x local)"
+        if name != "local":
+            fetched = [t["fetched_bytes"] / images for t in reports[-1]["store_per_epoch"]]
+            line += f"; fetched per image {fetched[0]:.0f}, {fetched[1]:.0f} bytes"
+        print(line)
+    print(f"  ({size}x{size}x3 = {size * size * 3} pixel bytes per image; epoch 1 also "
+          "fills the shuffle buffer)")
 
 if __name__ == "__main__":
     main()

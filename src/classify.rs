@@ -84,7 +84,7 @@ pub fn classify(
     top: usize,
 ) -> Result<Vec<Outcome>, CommandError> {
     let side = loaded.source.image_size();
-    let geometry = Geometry::new(side, loaded.input_size)
+    let geometry = Geometry::new(side, loaded.run.input_size())
         .map_err(|e| CommandError::Invalid(format!("the run's input size: {e}")))?;
     let augmenter = Augmenter::new(geometry, loaded.source.mean().clone(), None, 0.0)
         .map_err(|e| CommandError::Invalid(format!("the dataset's mean: {e}")))?;
@@ -94,8 +94,9 @@ pub fn classify(
         vec![centre_view(geometry)]
     };
     let classes = &loaded.source.manifest.classes;
-    let mut cropper = CentreCropper::new(side, loaded.recipe.ingest.filter);
-    let max_pixels = loaded.recipe.ingest.max_pixels;
+    let recipe = loaded.run.recipe();
+    let mut cropper = CentreCropper::new(side, recipe.ingest.filter);
+    let max_pixels = recipe.ingest.max_pixels;
 
     let mut outcomes = Vec::with_capacity(files.len());
     for chunk in files.chunks(BATCH) {
@@ -136,11 +137,11 @@ fn probabilities(
     images: usize,
     views: usize,
 ) -> Result<Vec<f32>, CommandError> {
-    let crop = loaded.input_size;
+    let crop = loaded.run.input_size();
     let failed = |e: candle_core::Error| CommandError::Invalid(format!("the network: {e}"));
-    let x = Tensor::from_vec(inputs, (images * views, 3, crop, crop), &loaded.device)
+    let x = Tensor::from_vec(inputs, (images * views, 3, crop, crop), loaded.run.device())
         .map_err(failed)?;
-    let logits = loaded.model.forward(&x, None).map_err(failed)?;
+    let logits = loaded.run.model().forward(&x, None).map_err(failed)?;
     let classes = logits.dim(1).map_err(failed)?;
     candle_nn::ops::softmax_last_dim(&logits)
         .and_then(|p| p.reshape((images, views, classes)))

@@ -475,11 +475,8 @@ fn recipe_for_dataset(path: Option<&PathBuf>, dataset: &Path) -> Result<Recipe> 
 
 /// Opens a dataset split for streaming, refusing one that does not fit the recipe.
 fn open_source(dataset: &Path, split: Split, recipe: &Recipe) -> Result<DataSource> {
-    let source = DataSource::open(dataset, split, recipe.stream.clone())?;
-    recipe
-        .check_dataset(dataset, source.image_size())
-        .map_err(anyhow::Error::msg)?;
-    Ok(source)
+    let against = pipeline::run::Against::Recipe(recipe);
+    Ok(pipeline::run::compat::open_split(dataset, split, against)?)
 }
 
 /// `pipeline stream | head`: once the reader has gone, end as any Unix tool does (the

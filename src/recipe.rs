@@ -11,7 +11,12 @@ use serde::{Deserialize, Serialize};
 use crate::ingest::IngestConfig;
 use crate::model::ModelConfig;
 use crate::stream::StreamConfig;
-use crate::train::TrainConfig;
+
+// The `[train]` section lives with the recipe rather than in `train/`: the trainer reads
+// every section, so a recipe that reached back into `train/` would make the two import
+// each other.
+pub mod train;
+pub use train::TrainConfig;
 
 /// `[data]`: the geometry shared by ingest (what is stored) and training (what is fed).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -100,19 +105,6 @@ impl Recipe {
     /// Loads `path`, or the built-in paper recipe when no path is given.
     pub fn load_or_default(path: Option<&Path>) -> Result<Self, RecipeError> {
         path.map_or_else(|| Ok(Recipe::default()), Recipe::load)
-    }
-
-    /// Refuses a dataset whose stored image size is not the recipe's.
-    pub fn check_dataset(&self, dataset: &Path, image_size: usize) -> Result<(), String> {
-        if image_size != self.data.image_size {
-            return Err(format!(
-                "{} stores {image_size}×{image_size} images but the recipe's data.image_size is {}; \
-                 use the recipe the dataset was ingested with (e.g. --recipe pipeline/sample.toml)",
-                dataset.display(),
-                self.data.image_size
-            ));
-        }
-        Ok(())
     }
 
     /// The resolved recipe as TOML, saved into every run and dataset.

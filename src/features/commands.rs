@@ -15,18 +15,19 @@ use super::{
 };
 use crate::dataset::manifest::ClassInfo;
 use crate::dataset::{Manifest, Split};
-use crate::model::AlexNet;
-use crate::recipe::Recipe;
+use crate::device::DeviceError;
+use crate::run::{RunDir, RunError, TrainedRun, WhichCheckpoint};
 use crate::stream::{DataSource, StreamError};
-use crate::train::TrainError;
-use crate::train::run_dir::RunDir;
-use crate::train::{checkpoint, device, eval::check_classes, net};
+
+pub use crate::run::{newest_run, run_or_newest};
 
 /// The big errors are boxed so every `Result` of these commands stays small.
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
     #[error(transparent)]
-    Train(Box<TrainError>),
+    Run(Box<RunError>),
+    #[error(transparent)]
+    Device(#[from] DeviceError),
     #[error(transparent)]
     Features(Box<FeaturesError>),
     #[error(transparent)]
@@ -35,9 +36,9 @@ pub enum CommandError {
     Invalid(String),
 }
 
-impl From<TrainError> for CommandError {
-    fn from(e: TrainError) -> Self {
-        Self::Train(Box::new(e))
+impl From<RunError> for CommandError {
+    fn from(e: RunError) -> Self {
+        Self::Run(Box::new(e))
     }
 }
 
@@ -49,84 +50,26 @@ impl From<FeaturesError> for CommandError {
 
 /// A trained network with the dataset split it will see.
 pub struct LoadedRun {
-    pub model: AlexNet,
+    pub run: TrainedRun,
     pub source: DataSource,
-    pub recipe: Recipe,
-    pub checkpoint: PathBuf,
-    pub input_size: usize,
-    pub device: Device,
 }
 
-/// The run given, or else the newest under `runs/`.
-pub fn run_or_newest(run: Option<PathBuf>) -> Result<PathBuf, CommandError> {
-    match run {
-        Some(run) => Ok(run),
-        None => newest_run(Path::new(crate::train::run_dir::RUNS_ROOT)),
-    }
-}
-
-/// The newest run under `root` (`runs/run-NNNN`, highest number).
-pub fn newest_run(root: &Path) -> Result<PathBuf, CommandError> {
-    let newest = std::fs::read_dir(root)
-        .ok()
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().join("recipe.toml").exists())
-        .map(|e| e.path())
-        .max();
-    newest.ok_or_else(|| {
-        CommandError::Invalid(format!(
-            "no run under {}; train one with `pipeline train`",
-            root.display()
-        ))
-    })
-}
-
-/// Loads a run's best checkpoint and opens `split` of its dataset (or `dataset`),
-/// refusing a dataset whose image size or classes differ from the run's.
+/// Opens a run's best checkpoint for inference and `split` of its dataset (or
+/// `dataset`), refusing a dataset the network cannot read. The device is the one named,
+/// else the run's `train.device`.
 pub fn load_run(
     run: &Path,
     dataset: Option<&Path>,
     split: Split,
     device_name: Option<&str>,
 ) -> Result<LoadedRun, CommandError> {
-    let run_dir = RunDir::open(run)?;
-    let recipe = run_dir.load_recipe()?;
-    let checkpoint = run_dir.best();
-    if !checkpoint.exists() {
-        return Err(CommandError::Invalid(format!(
-            "{}: no best checkpoint yet (has it finished an epoch?)",
-            run.display()
-        )));
-    }
-    let dataset = match dataset {
-        Some(d) => d.to_path_buf(),
-        None => run_dir.load_info()?.dataset,
+    let device = match device_name {
+        Some(name) => crate::device::open(name)?,
+        None => crate::device::open(&RunDir::open(run)?.load_recipe()?.train.device)?,
     };
-    let device = device::open(device_name.unwrap_or(&recipe.train.device))?;
-    let source = DataSource::open(&dataset, split, recipe.stream.clone())?;
-    recipe
-        .check_dataset(&dataset, source.image_size())
-        .map_err(CommandError::Invalid)?;
-    let (tensors, meta) = checkpoint::load(&checkpoint, &device)?;
-    check_classes(&dataset, &source, &meta, &checkpoint)?;
-    let net = net::from_checkpoint(
-        &meta.model,
-        meta.input_size,
-        meta.classes.len(),
-        &tensors,
-        &checkpoint,
-        &device,
-    )?;
-    Ok(LoadedRun {
-        model: net.model,
-        source,
-        recipe,
-        checkpoint,
-        input_size: meta.input_size,
-        device,
-    })
+    let run = TrainedRun::open(run, WhichCheckpoint::Best, &device)?;
+    let source = run.open_dataset(dataset, split)?;
+    Ok(LoadedRun { run, source })
 }
 
 /// `pipeline export-features`.
@@ -142,18 +85,18 @@ pub fn export(
         CommandError::Invalid(format!("--layer {layer}: expected fc6, fc7 or fc8"))
     })?;
     let codes = codes
-        .map(|dir| CodeModel::load(dir, &loaded.device))
+        .map(|dir| CodeModel::load(dir, loaded.run.device()))
         .transpose()?;
     let metadata = vec![
         (
             "checkpoint".to_string(),
-            loaded.checkpoint.display().to_string(),
+            loaded.run.checkpoint().display().to_string(),
         ),
-        ("recipe".to_string(), loaded.recipe.to_toml()),
+        ("recipe".to_string(), loaded.run.recipe().to_toml()),
     ];
     let options = ExportOptions {
         layer,
-        crop: loaded.input_size,
+        crop: loaded.run.input_size(),
         batch_size,
         metadata: &metadata,
         codes: codes.as_ref(),
@@ -161,8 +104,8 @@ pub fn export(
     };
     Ok(export_features(
         &loaded.source,
-        &loaded.model,
-        &loaded.device,
+        loaded.run.model(),
+        loaded.run.device(),
         out,
         &options,
     )?)
@@ -379,9 +322,9 @@ pub fn neighbours_of_image(
     let k = k.min(table.len());
     let crop = crate::ingest::resize::CentreCropper::new(
         loaded.source.image_size(),
-        loaded.recipe.ingest.filter,
+        loaded.run.recipe().ingest.filter,
     )
-    .crop_file(image, loaded.recipe.ingest.max_pixels)
+    .crop_file(image, loaded.run.recipe().ingest.max_pixels)
     .map_err(|e| CommandError::Invalid(format!("{}: {e}", image.display())))?;
     let recorded = table.meta(schema::META_LAYER)?;
     let layer = schema::parse_layer(recorded).ok_or_else(|| {
@@ -392,10 +335,10 @@ pub fn neighbours_of_image(
     })?;
     let query = features_of_images(
         &loaded.source,
-        &loaded.model,
-        &loaded.device,
+        loaded.run.model(),
+        loaded.run.device(),
         layer,
-        loaded.input_size,
+        loaded.run.input_size(),
         &[crop],
     )?;
     let found =

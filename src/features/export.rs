@@ -189,10 +189,8 @@ pub fn export_features(
     let mut writer =
         FeatureWriter::try_new(out, dim, options.codes.map(|c| c.code_bytes()), &metadata)?;
 
-    let mut stream = source.epoch(EpochOptions {
-        with_keys: true,
-        ..EpochOptions::new(ViewMode::Centre, crop, options.batch_size)
-    })?;
+    let mut stream =
+        source.epoch(EpochOptions::new(ViewMode::Centre, crop, options.batch_size).keyed(true))?;
     let total = source.manifest.split(source.split).map_or(0, |s| s.rows);
     let bar = options
         .progress

@@ -247,6 +247,25 @@ impl EpochOptions {
             with_keys: false,
         }
     }
+
+    /// Starting at `position` (a resumed epoch) instead of the split's start.
+    pub fn from_position(self, position: StreamPosition) -> Self {
+        Self { position, ..self }
+    }
+
+    /// Rank `rank`'s share of the split, of `world_size` data-parallel ranks.
+    pub fn for_rank(self, rank: usize, world_size: usize) -> Self {
+        Self {
+            rank,
+            world_size,
+            ..self
+        }
+    }
+
+    /// With the source keys in each batch (or not).
+    pub fn keyed(self, with_keys: bool) -> Self {
+        Self { with_keys, ..self }
+    }
 }
 
 impl DataSource {

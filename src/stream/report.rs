@@ -77,15 +77,10 @@ pub fn run(source: &DataSource, run: &StreamRun) -> Result<StreamReport, StreamR
     let mut store_per_epoch = Vec::new();
     for epoch in run.epoch..run.epoch + run.epochs.max(1) as u64 {
         let traffic_before = crate::store::traffic();
-        let options = EpochOptions {
-            mode: run.mode,
-            crop: run.crop,
-            batch_size: run.batch_size,
-            position: StreamPosition { epoch, batch: 0 },
-            rank: run.rank,
-            world_size: run.world_size,
-            with_keys: run.dump.is_some(),
-        };
+        let options = EpochOptions::new(run.mode, run.crop, run.batch_size)
+            .from_position(StreamPosition { epoch, batch: 0 })
+            .for_rank(run.rank, run.world_size)
+            .keyed(run.dump.is_some());
         let epoch_started = Instant::now();
         let mut stream = source.epoch(options)?;
         if stream.total_batches() == 0 {

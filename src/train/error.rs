@@ -1,6 +1,8 @@
 //! What can stop training or evaluation, each naming the file, key or tensor at fault.
 
+use crate::device::DeviceError;
 use crate::recipe::RecipeError;
+use crate::run::RunError;
 use crate::stream::StreamError;
 
 #[derive(Debug, thiserror::Error)]
@@ -24,22 +26,22 @@ pub enum TrainError {
         checkpoint: String,
         run: String,
     },
-    #[error("device {device:?}: {message}")]
-    Device { device: String, message: String },
-    /// The dataset does not fit the recipe or the run (image size, classes).
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// The run directory, a checkpoint, or a dataset that does not fit the run.
+    #[error(transparent)]
+    Run(Box<RunError>),
+    /// The dataset cannot be trained on or evaluated (too few images, no val split).
     #[error("dataset {dataset}: {message}")]
     Dataset { dataset: String, message: String },
-    /// The run directory is missing, already used, or incomplete.
-    #[error("run {path}: {message}")]
-    Run { path: String, message: String },
+    /// A line of `metrics.jsonl` is unreadable.
+    #[error("{path}: {message}")]
+    Metrics { path: String, message: String },
     #[error("{path}: {source}")]
     Io {
         path: String,
         source: std::io::Error,
     },
-    /// A checkpoint file is unreadable or does not match the run.
-    #[error("checkpoint {path}: {message}")]
-    Checkpoint { path: String, message: String },
     /// A tensor operation failed; `what` says which (building the model, a forward pass…).
     #[error("{what}: {source}")]
     Candle {
@@ -60,6 +62,12 @@ pub enum TrainError {
         batches: usize,
         resume_hint: String,
     },
+}
+
+impl From<RunError> for TrainError {
+    fn from(e: RunError) -> Self {
+        Self::Run(Box::new(e))
+    }
 }
 
 /// Wraps a candle error with what was being done.

@@ -2,7 +2,7 @@
 //! training) or the paper's ten-crop (§4.1: four corners + centre and their mirrors,
 //! the ten softmax outputs averaged), and `pipeline eval` on a finished run.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -10,13 +10,11 @@ use candle_core::{Device, Tensor};
 use indicatif::ProgressBar;
 use serde::Serialize;
 
-use super::checkpoint::{self, CheckpointMeta};
-use super::net::{self, Net};
-use super::run_dir::RunDir;
 use super::schedule::ValCounts;
-use super::{TrainError, device, error::candle};
+use super::{TrainError, error::candle};
 use crate::dataset::{MANIFEST_FILE, Manifest, Split};
 use crate::model::AlexNet;
+use crate::run::{RunDir, TrainedRun, WhichCheckpoint};
 use crate::stream::{DataSource, EpochOptions, StreamError, ViewMode};
 
 /// Runs the model over the whole split of `source` in eval mode (no dropout), read as
@@ -82,15 +80,6 @@ pub fn count_errors(scores: &[Vec<f32>], labels: &[i64]) -> (usize, usize) {
         errors.1 += usize::from(rank >= 5);
     }
     errors
-}
-
-/// Which checkpoint of a run to evaluate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum WhichCheckpoint {
-    /// The lowest validation top-1 error seen during training.
-    Best,
-    /// The newest.
-    Last,
 }
 
 /// `pipeline eval`.
@@ -162,73 +151,30 @@ impl EvalReport {
 
 /// Evaluates a run's checkpoint on the validation split of a dataset.
 pub fn run_eval(options: &EvalOptions) -> Result<EvalReport, TrainError> {
-    let run = RunDir::open(&options.run)?;
-    let recipe = run.load_recipe()?;
+    let dir = RunDir::open(&options.run)?;
     let dataset = match &options.dataset {
         Some(d) => d.clone(),
-        None => run.load_info()?.dataset,
-    };
-    let misfit = |message: String| TrainError::Dataset {
-        dataset: dataset.display().to_string(),
-        message,
+        None => dir.load_info()?.dataset,
     };
     // An empty split would "evaluate" to 0 % error over 0 images.
     if !Manifest::load(&dataset)
         .map_err(StreamError::from)?
         .has_rows(Split::Val)
     {
-        return Err(misfit(format!(
-            "has no val split (no validation images in {}): eval measures the val split, so \
-             there is nothing to evaluate; pass --dataset with a dataset ingested from a source \
-             that has a val/ folder",
-            dataset.join(MANIFEST_FILE).display()
-        )));
-    }
-    let path = match options.checkpoint {
-        WhichCheckpoint::Best => run.best(),
-        WhichCheckpoint::Last => run
-            .last_checkpoint()?
-            .unwrap_or_else(|| run.checkpoints().join("step-*.safetensors")),
-    };
-    if !path.exists() {
-        return Err(TrainError::Run {
-            path: run.path.display().to_string(),
+        return Err(TrainError::Dataset {
+            dataset: dataset.display().to_string(),
             message: format!(
-                "has no checkpoint {} yet (has it finished an epoch?)",
-                path.display()
+                "has no val split (no validation images in {}): eval measures the val split, \
+                 so there is nothing to evaluate; pass --dataset with a dataset ingested from a \
+                 source that has a val/ folder",
+                dataset.join(MANIFEST_FILE).display()
             ),
         });
     }
-    let device = device::open(options.device.as_deref().unwrap_or(&recipe.train.device))?;
-    let source = DataSource::open(&dataset, Split::Val, recipe.stream.clone())?;
-    let trained_at = recipe.data.image_size;
-    if source.image_size() != trained_at {
-        let own = match run.load_info() {
-            Ok(info) => format!(
-                ", or leave --dataset out to use the run's own ({})",
-                info.dataset.display()
-            ),
-            Err(_) => String::new(),
-        };
-        return Err(misfit(format!(
-            "stores {s}×{s} images but the run was trained on {trained_at}×{trained_at} \
-             (data.image_size in {}); pass --dataset with a dataset ingested at that size \
-             (`pipeline ingest SRC --out DIR --image-size {trained_at}`){own}",
-            run.recipe().display(),
-            s = source.image_size(),
-        )));
-    }
-    let (tensors, meta) = checkpoint::load(&path, &device)?;
-    check_classes(&dataset, &source, &meta, &path)?;
-    let Net { model, .. } = net::from_checkpoint(
-        &meta.model,
-        meta.input_size,
-        meta.classes.len(),
-        &tensors,
-        &path,
-        &device,
-    )?;
-    drop(tensors);
+    let recipe = dir.load_recipe()?;
+    let device = crate::device::open(options.device.as_deref().unwrap_or(&recipe.train.device))?;
+    let run = TrainedRun::open(&options.run, options.checkpoint, &device)?;
+    let source = run.open_dataset(Some(&dataset), Split::Val)?;
 
     let mode = if options.ten_crop {
         ViewMode::TenCrop
@@ -251,20 +197,21 @@ pub fn run_eval(options: &EvalOptions) -> Result<EvalReport, TrainError> {
     });
     let started = Instant::now();
     let counts = evaluate(
-        &model,
+        run.model(),
         &source,
-        EpochOptions::new(mode, meta.input_size, batch_size),
+        EpochOptions::new(mode, run.input_size(), batch_size),
         &device,
         &bar,
         None,
     )?
     .expect("no interrupt flag");
     bar.finish_and_clear();
+    let trained = run.card().trained;
     Ok(EvalReport {
-        run: run.path.clone(),
-        checkpoint: path,
-        epoch: meta.position.epoch,
-        step: meta.step,
+        run: dir.path.clone(),
+        checkpoint: run.checkpoint().to_path_buf(),
+        epoch: trained.epochs,
+        step: trained.steps,
         dataset,
         views: if options.ten_crop {
             "ten-crop"
@@ -276,44 +223,6 @@ pub fn run_eval(options: &EvalOptions) -> Result<EvalReport, TrainError> {
         top5_err: counts.top5_err(),
         seconds: started.elapsed().as_secs_f64(),
     })
-}
-
-/// Refuses a dataset whose classes are not those the checkpoint was trained on.
-pub fn check_classes(
-    dataset: &Path,
-    source: &DataSource,
-    meta: &CheckpointMeta,
-    checkpoint: &Path,
-) -> Result<(), TrainError> {
-    let wnids: Vec<&str> = source
-        .manifest
-        .classes
-        .iter()
-        .map(|c| c.wnid.as_str())
-        .collect();
-    if wnids != meta.classes.iter().map(String::as_str).collect::<Vec<_>>() {
-        let differ = wnids
-            .iter()
-            .zip(&meta.classes)
-            .position(|(a, b)| *a != b.as_str())
-            .map_or(String::new(), |i| {
-                format!(
-                    "; class {i} is {} there but {} here",
-                    meta.classes[i], wnids[i]
-                )
-            });
-        return Err(TrainError::Dataset {
-            dataset: dataset.display().to_string(),
-            message: format!(
-                "has {} classes but the run was trained on {} (the classes recorded in {}){differ}; \
-                 use the dataset the run was trained on",
-                wnids.len(),
-                meta.classes.len(),
-                checkpoint.display()
-            ),
-        });
-    }
-    Ok(())
 }
 
 #[cfg(test)]

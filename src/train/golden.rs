@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 
-use super::config::Precision;
 use super::sgd::PaperSgd;
 use crate::model::{Kernels, ModelConfig, alexnet};
+use crate::recipe::train::Precision;
 
 /// The fixture shipped in the repository.
 pub fn fixture_path() -> PathBuf {

@@ -64,7 +64,7 @@ pub fn read(path: &Path) -> Result<Vec<EpochMetrics>, TrainError> {
         .filter(|l| !l.trim().is_empty())
         .enumerate()
         .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| TrainError::Run {
+            serde_json::from_str(l).map_err(|e| TrainError::Metrics {
                 path: path.display().to_string(),
                 message: format!("line {}: {e}", i + 1),
             })

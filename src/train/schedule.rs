@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::config::{ScheduleKind, TrainConfig};
+use crate::recipe::train::{ScheduleKind, TrainConfig};
 
 /// A validation result as counts: exact to store and compare.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

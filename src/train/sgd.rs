@@ -47,7 +47,7 @@ impl From<SgdError> for candle_core::Error {
 }
 
 /// Prefix of the velocity tensors in a checkpoint: `velocity.conv1.weight`, …
-pub const VELOCITY_PREFIX: &str = "velocity.";
+pub const VELOCITY_PREFIX: &str = crate::run::checkpoint::VELOCITY_PREFIX;
 
 /// SGD with the paper's momentum and weight decay, over named parameters.
 #[derive(Debug)]

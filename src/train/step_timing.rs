@@ -62,7 +62,7 @@ pub fn time_steps(device: &Device, case: &StepCase) -> Result<StepTiming> {
         kernels: case.kernels,
         ..Default::default()
     };
-    let net = super::net::fresh(&cfg, case.input, case.classes, 1, device)
+    let net = crate::run::net::fresh(&cfg, case.input, case.classes, 1, device)
         .map_err(candle_core::Error::wrap)?;
     let model = net.model;
     let mut opt = PaperSgd::new(net.vars, 0.9, 0.0005)?;

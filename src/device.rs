@@ -5,7 +5,13 @@
 
 use candle_core::Device;
 
-use super::TrainError;
+/// A device that cannot be opened or cannot compute as asked, with how to go on.
+#[derive(Debug, thiserror::Error)]
+#[error("device {device:?}: {message}")]
+pub struct DeviceError {
+    pub device: String,
+    pub message: String,
+}
 
 /// A parsed device name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,23 +45,21 @@ pub fn is_missing_cuda(name: &str) -> bool {
 }
 
 /// Opens the device named `name`.
-pub fn open(name: &str) -> Result<Device, TrainError> {
-    let spec = parse_device_name(name).map_err(|message| TrainError::Device {
+pub fn open(name: &str) -> Result<Device, DeviceError> {
+    let spec = parse_device_name(name).map_err(|message| DeviceError {
         device: name.into(),
         message,
     })?;
     match spec {
         DeviceSpec::Cpu => Ok(Device::Cpu),
-        DeviceSpec::Cuda(_) if !candle_core::utils::cuda_is_available() => {
-            Err(TrainError::Device {
-                device: name.into(),
-                message: format!(
-                    "this build has no CUDA (built without the `cuda` feature); use \
+        DeviceSpec::Cuda(_) if !candle_core::utils::cuda_is_available() => Err(DeviceError {
+            device: name.into(),
+            message: format!(
+                "this build has no CUDA (built without the `cuda` feature); use \
                      --device cpu, or rebuild with `{CUDA_BUILD}`"
-                ),
-            })
-        }
-        DeviceSpec::Cuda(ordinal) => Device::new_cuda(ordinal).map_err(|e| TrainError::Device {
+            ),
+        }),
+        DeviceSpec::Cuda(ordinal) => Device::new_cuda(ordinal).map_err(|e| DeviceError {
             device: name.into(),
             message: e.to_string(),
         }),
@@ -64,9 +68,9 @@ pub fn open(name: &str) -> Result<Device, TrainError> {
 
 /// Checks that `device` can compute in `dtype`: bf16 needs CUDA (candle's CPU backend
 /// has no bf16 matmul).
-pub fn check_precision(device: &Device, dtype: candle_core::DType) -> Result<(), TrainError> {
+pub fn check_precision(device: &Device, dtype: candle_core::DType) -> Result<(), DeviceError> {
     if dtype == candle_core::DType::BF16 && !device.is_cuda() {
-        return Err(TrainError::Device {
+        return Err(DeviceError {
             device: if device.is_cpu() {
                 "cpu".into()
             } else {

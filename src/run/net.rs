@@ -1,4 +1,5 @@
-//! The network and its parameters, fresh (the paper's init) or from a checkpoint.
+//! The network and its parameters, fresh (the paper's init) or from a checkpoint's
+//! weights: the one place both training and inference build an AlexNet.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -6,7 +7,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 
-use super::{TrainError, error::candle};
+use super::error::{RunError, candle};
 use crate::model::{AlexNet, ModelConfig, alexnet, init_paper, param_specs};
 
 /// Training and checkpoints are f32 throughout.
@@ -19,28 +20,13 @@ pub struct Net {
     pub vars: Vec<(String, Var)>,
 }
 
-/// Checks the model fits the data (input side, classes), naming the recipe key.
-pub fn check_fits(
-    cfg: &ModelConfig,
-    input_size: usize,
-    num_classes: usize,
-) -> Result<usize, TrainError> {
-    let specs = param_specs(cfg, input_size, num_classes).map_err(|e| {
-        TrainError::Config(format!("[model] with data.crop_size = {input_size}: {e}"))
-    })?;
-    Ok(specs
-        .iter()
-        .map(|s| s.shape.iter().product::<usize>())
-        .sum())
-}
-
 fn build(
     cfg: &ModelConfig,
     input_size: usize,
     num_classes: usize,
     varmap: VarMap,
     device: &Device,
-) -> Result<Net, TrainError> {
+) -> Result<Net, RunError> {
     let model = alexnet(
         cfg,
         input_size,
@@ -65,7 +51,7 @@ pub fn fresh(
     num_classes: usize,
     seed: u64,
     device: &Device,
-) -> Result<Net, TrainError> {
+) -> Result<Net, RunError> {
     let varmap = init_paper(cfg, input_size, num_classes, seed, DTYPE, device)
         .map_err(candle("initialising the weights"))?;
     build(cfg, input_size, num_classes, varmap, device)
@@ -80,8 +66,8 @@ pub fn from_checkpoint(
     tensors: &HashMap<String, Tensor>,
     path: &Path,
     device: &Device,
-) -> Result<Net, TrainError> {
-    let fail = |message: String| TrainError::Checkpoint {
+) -> Result<Net, RunError> {
+    let fail = |message: String| RunError::Checkpoint {
         path: path.display().to_string(),
         message,
     };

@@ -120,7 +120,7 @@ impl Default for TrainConfig {
 impl TrainConfig {
     /// Checks the values a recipe could get wrong, naming the offending key.
     pub fn validate(&self) -> Result<(), String> {
-        super::device::parse_device_name(&self.device).map_err(|e| format!("train.device: {e}"))?;
+        crate::device::parse_device_name(&self.device).map_err(|e| format!("train.device: {e}"))?;
         let positive = [
             ("train.epochs", self.epochs),
             ("train.batch_size", self.batch_size),
