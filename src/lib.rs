@@ -9,6 +9,7 @@ pub mod buffer_pool;
 pub mod classify;
 pub mod dataset;
 pub mod demo;
+pub mod export;
 pub mod features;
 pub mod ingest;
 pub mod model;

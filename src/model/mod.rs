@@ -25,7 +25,7 @@ pub mod parity;
 mod test_util;
 
 pub use alexnet::{
-    AlexNet, FeatureLayer, ParamInit, ParamSpec, alexnet, param_specs, parameter_count,
+    AlexNet, FeatureLayer, LayerParams, ParamInit, ParamSpec, alexnet, param_specs, parameter_count,
 };
 pub use config::{Kernels, LrnConfig, ModelConfig, PoolConfig};
 pub use dropout::{DropoutRng, DropoutState};
