@@ -9,6 +9,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod confusion;
 pub mod device;
 mod error;
 pub mod eval;
