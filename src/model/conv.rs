@@ -39,6 +39,8 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
+use super::cpu_slice::{contiguous_range, contiguous_slice};
+
 /// Stride, zero padding (same on all four sides) and groups of a convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConvParams {
@@ -383,23 +385,19 @@ impl CustomOp2 for GradRows {
         let &[b, c, h, w] = gl.dims() else {
             candle_core::bail!("conv-grad-rows: expects 4-D, got {:?}", gl.dims())
         };
-        let (ga, gb) = gl
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("conv-grad-rows: grad not contiguous".into()))?;
-        let (ra, rb) = rl.contiguous_offsets().ok_or_else(|| {
-            candle_core::Error::Msg("conv-grad-rows: output not contiguous".into())
-        })?;
+        let g_range = contiguous_range(gl, "conv-grad-rows: grad")?;
+        let r_range = contiguous_range(rl, "conv-grad-rows: output")?;
         let out = match (gs, rs) {
             (CpuStorage::F32(g), CpuStorage::F32(r)) => CpuStorage::F32(grad_to_rows(
-                &g[ga..gb],
-                self.relu.then(|| &r[ra..rb]),
+                &g[g_range.clone()],
+                self.relu.then(|| &r[r_range.clone()]),
                 b,
                 c,
                 h * w,
             )),
             (CpuStorage::F64(g), CpuStorage::F64(r)) => CpuStorage::F64(grad_to_rows(
-                &g[ga..gb],
-                self.relu.then(|| &r[ra..rb]),
+                &g[g_range.clone()],
+                self.relu.then(|| &r[r_range.clone()]),
                 b,
                 c,
                 h * w,
@@ -408,17 +406,6 @@ impl CustomOp2 for GradRows {
         };
         Ok((out, Shape::from((c, b * h * w))))
     }
-}
-
-fn contiguous_slice<'a, T: WithDType>(
-    s: &'a CpuStorage,
-    l: &Layout,
-    what: &str,
-) -> Result<&'a [T]> {
-    let (a, b) = l
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg(format!("conv2d: {what} not contiguous")))?;
-    Ok(&s.as_slice::<T>()?[a..b])
 }
 
 impl CustomOp3 for Conv2dOp {
@@ -449,7 +436,7 @@ impl CustomOp3 for Conv2dOp {
                 xl,
                 ks,
                 kl,
-                contiguous_slice(bs, bl, "bias")?,
+                contiguous_slice(bs, bl, "conv2d: bias")?,
                 self.relu,
                 &gm,
             )?),
@@ -458,7 +445,7 @@ impl CustomOp3 for Conv2dOp {
                 xl,
                 ks,
                 kl,
-                contiguous_slice(bs, bl, "bias")?,
+                contiguous_slice(bs, bl, "conv2d: bias")?,
                 self.relu,
                 &gm,
             )?),
@@ -563,13 +550,11 @@ impl CustomOp1 for Col2Im {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let gm = &self.gm;
-        let (a, b) = l
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("col2im: non-contiguous".into()))?;
+        let range = contiguous_range(l, "col2im")?;
         let shape = Shape::from((gm.b, gm.cin_g(), gm.h, gm.w));
         let out = match s {
-            CpuStorage::F32(c) => CpuStorage::F32(col2im(&c[a..b], gm)),
-            CpuStorage::F64(c) => CpuStorage::F64(col2im(&c[a..b], gm)),
+            CpuStorage::F32(c) => CpuStorage::F32(col2im(&c[range], gm)),
+            CpuStorage::F64(c) => CpuStorage::F64(col2im(&c[range], gm)),
             _ => candle_core::bail!("col2im: supports f32/f64, got {:?}", s.dtype()),
         };
         Ok((out, shape))

@@ -35,6 +35,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape
 use rayon::prelude::*;
 
 use super::config::LrnConfig;
+use super::cpu_slice::contiguous_slice;
 
 /// Applies LRN across dim 1 of a `(batch, channels, height, width)` tensor.
 /// Picks the custom op for f32/f64 on the CPU and f32/f64/bf16 on CUDA (`cuda` builds),
@@ -198,17 +199,6 @@ fn lrn_bwd<T: LrnFloat>(x: &[T], g: &[T], dims: (usize, usize, usize), cfg: &Lrn
             }
         });
     out
-}
-
-fn contiguous_slice<'a, T: candle_core::WithDType>(
-    s: &'a CpuStorage,
-    l: &Layout,
-    op: &'static str,
-) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
-        None => candle_core::bail!("{op}: expects a contiguous input"),
-    }
 }
 
 fn dims_of(l: &Layout, op: &'static str) -> Result<(usize, usize, usize)> {
@@ -384,9 +374,9 @@ mod gpu {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
+    use candle_core::Var;
 
-    use super::super::test_util::{max_abs_diff, scaled_tensor as rand_tensor};
+    use super::super::test_util::{check_gradient, max_abs_diff, scaled_tensor as rand_tensor};
 
     // A large alpha makes the normalisation (not just the identity-like a/k^beta) matter
     // in the gradient; the paper's config is tested too.
@@ -442,44 +432,20 @@ mod tests {
             let shape = [2usize, 6, 3, 3];
             let x0 = rand_tensor(&shape, 10 + ci as u64, 2.0, DType::F64);
             let w = rand_tensor(&shape, 20 + ci as u64, 1.0, DType::F64);
-            let x = Var::from_tensor(&x0)?;
-            let loss = (lrn(x.as_tensor(), cfg)? * &w)?.sum_all()?;
-            let grads = loss.backward()?;
-            let analytic = grads
-                .get(x.as_tensor())
-                .expect("grad")
-                .flatten_all()?
-                .to_vec1::<f64>()?;
-            let base = x0.flatten_all()?.to_vec1::<f64>()?;
-            let f = |v: &[f64]| -> f64 {
-                let t = Tensor::from_slice(v, &shape, &Device::Cpu).unwrap();
-                (lrn(&t, cfg).unwrap() * &w)
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .to_scalar::<f64>()
-                    .unwrap()
-            };
-            let h = 1e-6;
-            let mut worst = 0f64;
-            for i in 0..base.len() {
-                let mut p = base.clone();
-                p[i] += h;
-                let mut m = base.clone();
-                m[i] -= h;
-                let numeric = (f(&p) - f(&m)) / (2.0 * h);
-                let err =
-                    (numeric - analytic[i]).abs() / (1e-3 + numeric.abs().max(analytic[i].abs()));
-                worst = worst.max(err);
-            }
-            assert!(worst < 1e-6, "cfg {cfg:?}: worst relative error {worst:e}");
+            let check = check_gradient(|x| lrn(x, cfg), &x0, &w)?;
+            let worst = check.worst;
+            assert!(
+                worst < 1e-6,
+                "cfg {cfg:?}: worst relative error {worst:e} at element {}",
+                check.element
+            );
             println!("lrn {cfg:?}: worst relative error vs finite differences {worst:.1e}");
             // Same gradient as candle differentiating the composite.
             let xc = Var::from_tensor(&x0)?;
             let lc = (lrn_composite(xc.as_tensor(), cfg)? * &w)?.sum_all()?;
             let gc = lc.backward()?;
             let gcomp = gc.get(xc.as_tensor()).expect("grad");
-            assert!(max_abs_diff(gcomp, grads.get(x.as_tensor()).unwrap()) < 1e-12);
+            assert!(max_abs_diff(gcomp, &check.analytic) < 1e-12);
         }
         Ok(())
     }

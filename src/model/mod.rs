@@ -11,6 +11,7 @@
 mod alexnet;
 mod config;
 pub mod conv;
+pub mod cpu_slice;
 #[cfg(feature = "cuda")]
 mod cuda;
 #[cfg(feature = "cudnn")]
