@@ -14,8 +14,9 @@
 //! Why the custom op on CPU: at conv1's size (batch 128, 96x55x55, f32) the composite
 //! makes ~12 full-size temporaries and a generic `powf`, and candle differentiates each
 //! of them; the custom op reads the input once per pass and uses
-//! `s^-0.75 = 1/(sqrt(s)*sqrt(sqrt(s)))` for the paper's beta. Measured by `lrn_speed`
-//! (an `#[ignore]` test below) on the 2-core dev box, best of 3, f32:
+//! `s^-0.75 = 1/(sqrt(s)*sqrt(sqrt(s)))` for the paper's beta. Measured by `cargo bench
+//! --bench ops` (backward: its forward+backward less the forward) on the 2-core dev
+//! box, best of 3, f32:
 //!
 //! | implementation                           | forward | backward |
 //! |------------------------------------------|---------|----------|
@@ -447,47 +448,6 @@ mod tests {
             let gcomp = gc.get(xc.as_tensor()).expect("grad");
             assert!(max_abs_diff(gcomp, &check.analytic) < 1e-12);
         }
-        Ok(())
-    }
-
-    /// Timing of the two implementations at conv1's size (report only, not a check).
-    /// `cargo test --release lrn_speed -- --ignored --nocapture`
-    #[test]
-    #[ignore]
-    fn lrn_speed() -> Result<()> {
-        let cfg = LrnConfig::default();
-        let shape = [128usize, 96, 55, 55];
-        let x0 = rand_tensor(&shape, 3, 2.0, DType::F32);
-        let g = rand_tensor(&shape, 4, 1.0, DType::F32);
-        let time = |f: &dyn Fn() -> Result<Tensor>| -> Result<f64> {
-            let mut best = f64::MAX;
-            for _ in 0..3 {
-                let t = std::time::Instant::now();
-                let _ = f()?;
-                best = best.min(t.elapsed().as_secs_f64());
-            }
-            Ok(best)
-        };
-        let fwd = time(&|| x0.apply_op1_no_bwd(&Lrn(cfg)))?;
-        let bwd = time(&|| x0.apply_op2_no_bwd(&g, &LrnBackward(cfg)))?;
-        println!("lrn custom: forward {fwd:.3}s backward {bwd:.3}s");
-        let cfwd = time(&|| lrn_composite(&x0, cfg))?;
-        // Composite backward: candle's autograd through the chain, seeded with g.
-        let x = Var::from_tensor(&x0)?;
-        let cboth = time(&|| {
-            let y = lrn_composite(x.as_tensor(), cfg)?;
-            let grads = (y * &g)?.sum_all()?.backward()?;
-            Ok(grads.get(x.as_tensor()).unwrap().clone())
-        })?;
-        let seed_cost = time(&|| {
-            let y = (x.as_tensor() * 1.0)?;
-            let grads = (y * &g)?.sum_all()?.backward()?;
-            Ok(grads.get(x.as_tensor()).unwrap().clone())
-        })?;
-        println!(
-            "lrn composite: forward {cfwd:.3}s backward ~{:.3}s (forward+backward {cboth:.3}s minus seeding {seed_cost:.3}s)",
-            cboth - seed_cost - cfwd
-        );
         Ok(())
     }
 }

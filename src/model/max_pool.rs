@@ -713,48 +713,4 @@ mod tests {
         assert_eq!(total, 9.0);
         Ok(())
     }
-
-    /// Timing at conv1's size (batch 128, 96x55x55, f32): ours vs candle's forward.
-    /// Report only: `cargo test --release pool_speed -- --ignored --nocapture`.
-    #[test]
-    #[ignore]
-    fn pool_speed() -> Result<()> {
-        let shape = (128usize, 96usize, 55usize, 55usize);
-        let n = shape.0 * shape.1 * shape.2 * shape.3;
-        let x = Tensor::from_vec(rand_vec(n, 1), shape, &Device::Cpu)?.to_dtype(DType::F32)?;
-        let g = Tensor::from_vec(
-            rand_vec(128 * 96 * 27 * 27, 2),
-            (128, 96, 27, 27),
-            &Device::Cpu,
-        )?
-        .to_dtype(DType::F32)?;
-        let best = |f: &dyn Fn() -> Result<Tensor>| -> Result<f64> {
-            let mut b = f64::MAX;
-            for _ in 0..3 {
-                let t = std::time::Instant::now();
-                f()?;
-                b = b.min(t.elapsed().as_secs_f64());
-            }
-            Ok(b)
-        };
-        let ours = best(&|| x.apply_op1_no_bwd(&MaxPool::new(paper())))?;
-        let theirs = best(&|| x.max_pool2d_with_stride(3, 2))?;
-        let recompute = best(&|| x.apply_op2_no_bwd(&g, &MaxPoolBackward(paper())))?;
-        let op = MaxPool::new(paper());
-        x.apply_op1_no_bwd(&op)?;
-        let argmax = op.argmax.lock().unwrap().clone().unwrap();
-        let in_dims = x.dims4()?;
-        let scatter = best(&|| {
-            g.apply_op1_no_bwd(&MaxPoolScatter {
-                argmax: argmax.clone(),
-                in_dims,
-                cfg: paper(),
-            })
-        })?;
-        println!(
-            "max-pool 3/2: forward ours {ours:.3}s candle {theirs:.3}s; backward: scatter {scatter:.3}s, \
-             recompute {recompute:.3}s"
-        );
-        Ok(())
-    }
 }
