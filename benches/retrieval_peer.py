@@ -9,7 +9,7 @@ Both sides search a random Gaussian database of n × dim float32 vectors for `qu
 random queries, k nearest by Euclidean distance, and n random `bits`-bit codes by
 Hamming distance (the first `queries` codes as queries).
 
-- **ours**: the ignored test `search_speed` of tests/features.rs, run through cargo with
+- **ours**: the bench target `search` (benches/search.rs), run through `cargo bench` with
   RAYON_NUM_THREADS = --threads: `ExactIndex` (blocked gemm distances
   ‖q‖² + ‖x‖² − 2 q·x via candle's CPU matmul, a bounded heap per query, exact distances
   recomputed for the k winners) and the scalar f64 brute force it is tested against
@@ -63,8 +63,7 @@ def numpy_hamming(np, codes, queries, k):
 def ours(args):
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads),
                SEARCH_SPEED=f"{args.n}:{args.dim}:{args.queries}:{args.k}:{args.bits}")
-    cmd = ["cargo", "test", "--release", "--manifest-path", args.manifest_path, "--test", "features",
-           "search_speed", "--", "--ignored", "--nocapture"]
+    cmd = ["cargo", "bench", "--manifest-path", args.manifest_path, "--bench", "search"]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"cargo failed:\n{out.stdout}\n{out.stderr}")

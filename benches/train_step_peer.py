@@ -6,8 +6,8 @@
 
 Each case is width:input:batch:classes:steps. One step = forward (train mode: dropout on)
 + mean cross-entropy + backward + the paper's SGD update (v <- 0.9 v - 0.0005 lr w - lr g;
-w <- w + v), f32 on the CPU, after one warm-up step. The candle side is the ignored test
-`train_step_speed` of tests/model_golden.rs, run through cargo with RAYON_NUM_THREADS set
+w <- w + v), f32 on the CPU, after one warm-up step. The candle side is the bench target
+`train_step` (benches/train_step.rs), run through `cargo bench` with RAYON_NUM_THREADS set
 to the same thread count as torch.set_num_threads. Prints images/s for both and the ratio
 candle/PyTorch (project target: >= 0.5).
 """
@@ -98,8 +98,7 @@ def torch_case(width, input_size, batch, classes, steps):
 
 def candle_cases(cases, threads, manifest):
     env = dict(os.environ, TRAIN_STEP_CASES=cases, RAYON_NUM_THREADS=str(threads))
-    cmd = ["cargo", "test", "--release", "--manifest-path", manifest, "--test", "model_golden",
-           "train_step_speed", "--", "--ignored", "--nocapture"]
+    cmd = ["cargo", "bench", "--manifest-path", manifest, "--bench", "train_step"]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"cargo failed:\n{out.stdout}\n{out.stderr}")

@@ -10,6 +10,7 @@ pub mod classify;
 pub mod dataset;
 pub mod demo;
 pub mod device;
+pub mod export;
 pub mod features;
 pub mod ingest;
 pub mod model;

@@ -384,6 +384,27 @@ enum Command {
         #[arg(required = true)]
         images: Vec<PathBuf>,
     },
+    /// A trained run's network for another framework (PyTorch: safetensors with PyTorch's
+    /// parameter names, a self-contained module file, config, classes and mean image).
+    Export {
+        /// The run (default: the newest under runs/).
+        #[arg(long)]
+        run: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "torch")]
+        format: pipeline::export::ExportFormat,
+        /// The folder to write (created if needed).
+        #[arg(long)]
+        out: PathBuf,
+        /// Also the first N val images as the network's input and the run's logits for
+        /// them (sample_input.npy, sample_logits.npy), to check a load against.
+        #[arg(long, value_name = "N", value_parser = at_least_one)]
+        with_sample: Option<usize>,
+        /// Dataset whose classes and mean go with the export (default: the run's own).
+        #[arg(long)]
+        dataset: Option<PathBuf>,
+        #[arg(long)]
+        device: Option<String>,
+    },
     /// The k nearest neighbours of an image by feature distance.
     Neighbors {
         #[arg(long)]
@@ -811,6 +832,26 @@ fn main() -> Result<()> {
             }
             if unreadable > 0 {
                 eprintln!("{unreadable} of {} files could not be read", outcomes.len());
+            }
+        }
+        Command::Export {
+            run,
+            format,
+            out,
+            with_sample,
+            dataset,
+            device,
+        } => {
+            let run = commands::run_or_newest(run)?;
+            let loaded =
+                commands::load_run(&run, dataset.as_deref(), Split::Val, device.as_deref())?;
+            match format {
+                pipeline::export::ExportFormat::Torch => {
+                    println!(
+                        "{}",
+                        pipeline::export::torch::export(&loaded, &out, with_sample)?
+                    );
+                }
             }
         }
         Command::Neighbors {

@@ -43,33 +43,3 @@ fn matches_pytorch_f32() -> Result<()> {
 fn reference_kernels_match_pytorch_f32() -> Result<()> {
     run(DType::F32, Kernels::Reference)
 }
-
-/// Training-step throughput (forward + backward + SGD, f32, CPU), for
-/// `benches/train_step_peer.py`, which runs it next to PyTorch and prints the ratio.
-/// Not a check: `cargo test --release --test model_golden train_step_speed -- --ignored --nocapture`.
-/// Cases: `TRAIN_STEP_CASES="width:input:batch:classes:steps,..."` (default: the two
-/// sizes of the bench, 0.25:64:128:10:5 and 1:224:32:1000:3).
-#[test]
-#[ignore]
-fn train_step_speed() -> Result<()> {
-    use pipeline::train::step_timing::{StepCase, time_steps};
-    let cases = std::env::var("TRAIN_STEP_CASES")
-        .unwrap_or_else(|_| "0.25:64:128:10:5,1:224:32:1000:3".into());
-    for case in cases.split(',') {
-        let f: Vec<f64> = case
-            .split(':')
-            .map(|v| v.parse().expect("TRAIN_STEP_CASES number"))
-            .collect();
-        let case = StepCase {
-            width: f[0],
-            input: f[1] as usize,
-            batch: f[2] as usize,
-            classes: f[3] as usize,
-            steps: f[4] as usize,
-            dtype: DType::F32,
-            kernels: Kernels::Custom,
-        };
-        println!("{}", time_steps(&Device::Cpu, &case)?.line(&case));
-    }
-    Ok(())
-}

@@ -8,6 +8,7 @@
 
 use super::flip::mirror_row;
 use super::{Geometry, MeanSubtraction, View};
+use crate::dataset::schema::PixelLayout;
 
 /// Writes one image's slot of an NCHW batch:
 ///
@@ -70,7 +71,8 @@ pub fn write_chw_visiting(
         );
     }
 
-    let row_bytes = s * 3;
+    let layout = PixelLayout::new(s);
+    let row_bytes = layout.row_bytes();
     if let Some(visit) = visit.as_mut() {
         visit(&src[..view.y * row_bytes]);
     }
@@ -82,7 +84,7 @@ pub fn write_chw_visiting(
         .zip(blue.chunks_exact_mut(c));
     for (y, ((r, gr), b)) in rows.enumerate() {
         let sy = view.y + y;
-        let start = (sy * s + view.x) * 3;
+        let start = layout.offset(view.x, sy);
         let pixels = src[start..start + 3 * c].as_chunks::<3>().0;
         // Each output row is computed in source order — contiguous reads and writes that
         // the compiler vectorises — then reversed in place for mirrored views, while it

@@ -18,7 +18,7 @@ impl MeanImage {
     /// Builds from HWC values as stored in `mean.npy`; errors, naming both sizes, unless
     /// there are exactly `side·side·3` of them.
     pub fn from_hwc(side: usize, hwc: Vec<f32>) -> Result<Self, AugmentError> {
-        let expected = side * side * 3;
+        let expected = crate::dataset::schema::PixelLayout::new(side).bytes();
         if hwc.len() != expected {
             return Err(AugmentError::MeanImageSize {
                 side,

@@ -42,7 +42,7 @@ impl Geometry {
 
     /// Bytes in one stored HWC RGB image.
     pub fn source_len(self) -> usize {
-        self.source * self.source * 3
+        crate::dataset::schema::PixelLayout::new(self.source).bytes()
     }
 
     /// Floats in one CHW output image (one slot of an NCHW batch).

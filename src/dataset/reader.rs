@@ -139,17 +139,17 @@ pub fn read_shard(path: &Path, image_size: usize) -> Result<Vec<ShardRow>, ReadE
 /// Converts a full-schema batch to rows.
 pub fn append_rows(batch: &RecordBatch, rows: &mut Vec<ShardRow>) {
     let keys = batch
-        .column(0)
+        .column(schema::Column::Key.index())
         .as_any()
         .downcast_ref::<StringArray>()
         .expect("key is utf8");
     let labels = batch
-        .column(1)
+        .column(schema::Column::Label.index())
         .as_any()
         .downcast_ref::<Int32Array>()
         .expect("label is int32");
     let pixels = batch
-        .column(2)
+        .column(schema::Column::Pixels.index())
         .as_any()
         .downcast_ref::<FixedSizeBinaryArray>()
         .expect("pixels is fixed binary");

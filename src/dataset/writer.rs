@@ -122,7 +122,7 @@ impl ShardWriter {
         })?;
         Ok(Self {
             path: path.to_path_buf(),
-            row_bytes: schema::pixel_bytes(image_size),
+            row_bytes: schema::PixelLayout::new(image_size).bytes(),
             writer,
             pixel_crcs: Vec::new(),
         })
@@ -168,16 +168,17 @@ impl ShardWriter {
         let mut group = self.writer.next_row_group().map_err(parquet_error)?;
         let mut written = 0;
         while let Some(mut column) = group.next_column().map_err(parquet_error)? {
-            let result = match written {
-                0 => column
+            // The file's columns come in the schema's order (the writer was made from it).
+            let result = match schema::Column::at(written) {
+                Some(schema::Column::Key) => column
                     .typed::<ByteArrayType>()
                     .write_batch(&keys, None, None)
                     .map(drop),
-                1 => column
+                Some(schema::Column::Label) => column
                     .typed::<Int32Type>()
                     .write_batch(labels, None, None)
                     .map(drop),
-                _ => {
+                Some(schema::Column::Pixels) | None => {
                     let writer = column.typed::<FixedLenByteArrayType>();
                     // A value per call: with the page limit above, a page per value.
                     values
@@ -231,7 +232,7 @@ pub fn write_shard(
     rows_per_group: usize,
     rows: &[ShardRow],
 ) -> Result<(), WriteError> {
-    let expected = schema::pixel_bytes(image_size);
+    let expected = schema::PixelLayout::new(image_size).bytes();
     if let Some(bad) = rows.iter().find(|r| r.pixels.len() != expected) {
         let path = path.display().to_string();
         return Err(WriteError::PixelSize {

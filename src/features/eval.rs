@@ -22,6 +22,7 @@ use super::images::{centre_crop, for_each_row_by_key};
 use super::reader::FeatureTable;
 use super::schema::{META_CROP, META_IMAGE_SIZE, META_LAYER};
 use super::search::ExactIndex;
+use crate::dataset::schema::PixelLayout;
 
 /// What to evaluate.
 #[derive(Clone, Debug, PartialEq)]
@@ -175,7 +176,7 @@ pub fn retrieval_eval(
     if !options.skip_pixels {
         let crop = table.meta_usize(META_CROP)?;
         let side = table.meta_usize(META_IMAGE_SIZE)?;
-        let dim = crop * crop * 3;
+        let dim = PixelLayout::new(crop).bytes();
         // Only the crops are kept, as they are read: the whole images of a large split
         // would not fit in memory.
         let mut pixels = vec![0f32; n * dim];
@@ -184,7 +185,7 @@ pub fn retrieval_eval(
             if failure.is_some() {
                 return;
             }
-            if row.pixels.len() != side * side * 3 {
+            if row.pixels.len() != PixelLayout::new(side).bytes() {
                 failure = Some(FeaturesError::mismatch(
                     "pixel baseline image size",
                     format!("features file {}", table.path.display()),

@@ -261,11 +261,12 @@ pub fn features_of_images(
     let len = augmenter.output_len();
     let mut chw = vec![0f32; images.len() * len];
     for (i, image) in images.iter().enumerate() {
-        if image.len() != side * side * 3 {
+        let expected = crate::dataset::schema::PixelLayout::new(side).bytes();
+        if image.len() != expected {
             return Err(FeaturesError::mismatch(
                 "image size",
                 format!("dataset {}", source.dataset.display()),
-                format!("{side}×{side}×3 = {} bytes", side * side * 3),
+                format!("{side}×{side}×3 = {expected} bytes"),
                 format!("image {i}"),
                 format!("{} bytes", image.len()),
             ));

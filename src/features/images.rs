@@ -15,6 +15,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use super::FeaturesError;
 use crate::augment::{Geometry, centre_view};
 use crate::dataset::reader::{check_schema, shard_paths};
+use crate::dataset::schema::PixelLayout;
 use crate::dataset::writer::ShardRow;
 use crate::dataset::{Manifest, Split};
 
@@ -179,10 +180,11 @@ pub fn centre_crop(pixels: &[u8], side: usize, crop: usize) -> Result<Vec<u8>, F
         reason: e.to_string(),
     })?;
     let view = centre_view(geometry);
-    let mut out = Vec::with_capacity(crop * crop * 3);
+    let (source, cropped) = (PixelLayout::new(side), PixelLayout::new(crop));
+    let mut out = Vec::with_capacity(cropped.bytes());
     for y in view.y..view.y + crop {
-        let row = (y * side + view.x) * 3;
-        out.extend_from_slice(&pixels[row..row + crop * 3]);
+        let row = source.offset(view.x, y);
+        out.extend_from_slice(&pixels[row..row + cropped.row_bytes()]);
     }
     Ok(out)
 }

@@ -10,6 +10,7 @@ use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer
 use serde::{Deserialize, Serialize};
 
 use super::decode::DecodedImage;
+use crate::dataset::schema::PixelLayout;
 
 /// The resampling filter (Pillow's names). Bilinear matches Pillow's
 /// `resize(BILINEAR)`, the usual ImageNet preprocessing.
@@ -97,8 +98,7 @@ impl CentreCropper {
     }
 
     pub fn crop(&mut self, image: &DecodedImage) -> Vec<u8> {
-        let s = self.size as usize;
-        let mut out = vec![0; s * s * 3];
+        let mut out = vec![0; PixelLayout::new(self.size as usize).bytes()];
         self.crop_into(image, &mut out);
         out
     }
@@ -109,7 +109,7 @@ impl CentreCropper {
         let s = self.size;
         assert_eq!(
             out.len(),
-            (s * s * 3) as usize,
+            PixelLayout::new(s as usize).bytes(),
             "output must hold S·S·3 bytes"
         );
         let plan = plan(image.width, image.height, s);

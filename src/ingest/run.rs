@@ -266,7 +266,7 @@ impl Job<'_> {
         with_stats: bool,
     ) -> DecodedUnit {
         let max_pixels = self.opts.config.max_pixels;
-        let row_bytes = crate::dataset::schema::pixel_bytes(self.opts.image_size);
+        let row_bytes = crate::dataset::schema::PixelLayout::new(self.opts.image_size).bytes();
         let mut buffer = self.buffers.take(images.len() * row_bytes);
         self.pool.install(|| {
             buffer

@@ -138,12 +138,13 @@ impl IngestState {
         };
         let array = npyz::NpyFile::new(&bytes[..]).map_err(io)?;
         acc.pixel_sums = array.into_vec::<u64>().map_err(io)?;
-        if acc.pixel_sums.len() != image_size * image_size * 3 {
+        let expected = crate::dataset::schema::PixelLayout::new(image_size).bytes();
+        if acc.pixel_sums.len() != expected {
             return Err(StateError::Npy {
                 path: shown,
                 source: npy::NpyError::Shape {
                     path: String::new(),
-                    expected: vec![(image_size * image_size * 3) as u64],
+                    expected: vec![expected as u64],
                     found: vec![acc.pixel_sums.len() as u64],
                 },
             });

@@ -30,7 +30,7 @@ const RECENT_IMAGES: u32 = 257;
 
 impl StatsAccumulator {
     pub fn new(image_size: usize) -> Self {
-        let len = image_size * image_size * 3;
+        let len = crate::dataset::schema::PixelLayout::new(image_size).bytes();
         Self {
             images: 0,
             pixel_sums: vec![0; len],

@@ -179,6 +179,17 @@ pub fn parameter_count(
         .sum())
 }
 
+/// One layer's learned tensors: `weight` is `(c_out, c_in/groups, k, k)` for a conv
+/// (`conv` holds its stride, padding and groups) and `(out, in)` for a fully connected
+/// layer, PyTorch's layouts; fc6 reads conv5's pooled maps flattened in (c, y, x) order.
+#[derive(Debug, Clone, Copy)]
+pub struct LayerParams<'a> {
+    pub name: &'static str,
+    pub weight: &'a Tensor,
+    pub bias: &'a Tensor,
+    pub conv: Option<ConvParams>,
+}
+
 /// AlexNet: five conv layers and three fully connected ones.
 ///
 /// Ops (`[model] kernels = "custom"`): on the CPU (f32/f64) every layer is one of this
@@ -283,6 +294,52 @@ impl AlexNet {
     /// Eval-mode activations of fc6/fc7 (after ReLU) or fc8 (logits).
     pub fn forward_features(&self, x: &Tensor, layer: FeatureLayer) -> Result<Tensor> {
         self.run(x, layer, None)
+    }
+
+    /// Every layer's parameters in forward order (conv1..conv5, fc6..fc8), for writing
+    /// them out in another framework's layout.
+    pub fn layers(&self) -> Vec<LayerParams<'_>> {
+        fn conv<'a>(name: &'static str, c: &'a Conv2d) -> LayerParams<'a> {
+            LayerParams {
+                name,
+                weight: c.weight(),
+                bias: c.bias(),
+                conv: Some(c.params()),
+            }
+        }
+        fn linear<'a>(name: &'static str, l: &'a Linear) -> LayerParams<'a> {
+            LayerParams {
+                name,
+                weight: l.weight(),
+                bias: l.bias(),
+                conv: None,
+            }
+        }
+        vec![
+            conv("conv1", &self.conv1),
+            conv("conv2", &self.conv2),
+            conv("conv3", &self.conv3),
+            conv("conv4", &self.conv4),
+            conv("conv5", &self.conv5),
+            linear("fc6", &self.fc6),
+            linear("fc7", &self.fc7),
+            linear("fc8", &self.fc8),
+        ]
+    }
+
+    /// The LRN after conv1 and conv2.
+    pub fn lrn_config(&self) -> LrnConfig {
+        self.lrn
+    }
+
+    /// The max-pool after conv1, conv2 and conv5.
+    pub fn pool_config(&self) -> PoolConfig {
+        self.pool
+    }
+
+    /// Dropout probability on fc6's and fc7's outputs (training only).
+    pub fn dropout_probability(&self) -> f32 {
+        self.dropout
     }
 
     /// Input side this network was built for.

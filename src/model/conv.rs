@@ -39,6 +39,8 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
+use super::cpu_slice::{contiguous_range, contiguous_slice};
+
 /// Stride, zero padding (same on all four sides) and groups of a convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConvParams {
@@ -383,23 +385,19 @@ impl CustomOp2 for GradRows {
         let &[b, c, h, w] = gl.dims() else {
             candle_core::bail!("conv-grad-rows: expects 4-D, got {:?}", gl.dims())
         };
-        let (ga, gb) = gl
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("conv-grad-rows: grad not contiguous".into()))?;
-        let (ra, rb) = rl.contiguous_offsets().ok_or_else(|| {
-            candle_core::Error::Msg("conv-grad-rows: output not contiguous".into())
-        })?;
+        let g_range = contiguous_range(gl, "conv-grad-rows: grad")?;
+        let r_range = contiguous_range(rl, "conv-grad-rows: output")?;
         let out = match (gs, rs) {
             (CpuStorage::F32(g), CpuStorage::F32(r)) => CpuStorage::F32(grad_to_rows(
-                &g[ga..gb],
-                self.relu.then(|| &r[ra..rb]),
+                &g[g_range.clone()],
+                self.relu.then(|| &r[r_range.clone()]),
                 b,
                 c,
                 h * w,
             )),
             (CpuStorage::F64(g), CpuStorage::F64(r)) => CpuStorage::F64(grad_to_rows(
-                &g[ga..gb],
-                self.relu.then(|| &r[ra..rb]),
+                &g[g_range.clone()],
+                self.relu.then(|| &r[r_range.clone()]),
                 b,
                 c,
                 h * w,
@@ -408,17 +406,6 @@ impl CustomOp2 for GradRows {
         };
         Ok((out, Shape::from((c, b * h * w))))
     }
-}
-
-fn contiguous_slice<'a, T: WithDType>(
-    s: &'a CpuStorage,
-    l: &Layout,
-    what: &str,
-) -> Result<&'a [T]> {
-    let (a, b) = l
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg(format!("conv2d: {what} not contiguous")))?;
-    Ok(&s.as_slice::<T>()?[a..b])
 }
 
 impl CustomOp3 for Conv2dOp {
@@ -449,7 +436,7 @@ impl CustomOp3 for Conv2dOp {
                 xl,
                 ks,
                 kl,
-                contiguous_slice(bs, bl, "bias")?,
+                contiguous_slice(bs, bl, "conv2d: bias")?,
                 self.relu,
                 &gm,
             )?),
@@ -458,7 +445,7 @@ impl CustomOp3 for Conv2dOp {
                 xl,
                 ks,
                 kl,
-                contiguous_slice(bs, bl, "bias")?,
+                contiguous_slice(bs, bl, "conv2d: bias")?,
                 self.relu,
                 &gm,
             )?),
@@ -563,13 +550,11 @@ impl CustomOp1 for Col2Im {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let gm = &self.gm;
-        let (a, b) = l
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("col2im: non-contiguous".into()))?;
+        let range = contiguous_range(l, "col2im")?;
         let shape = Shape::from((gm.b, gm.cin_g(), gm.h, gm.w));
         let out = match s {
-            CpuStorage::F32(c) => CpuStorage::F32(col2im(&c[a..b], gm)),
-            CpuStorage::F64(c) => CpuStorage::F64(col2im(&c[a..b], gm)),
+            CpuStorage::F32(c) => CpuStorage::F32(col2im(&c[range], gm)),
+            CpuStorage::F64(c) => CpuStorage::F64(col2im(&c[range], gm)),
             _ => candle_core::bail!("col2im: supports f32/f64, got {:?}", s.dtype()),
         };
         Ok((out, shape))
@@ -767,104 +752,6 @@ mod tests {
         let g = conv2d(&x, w.as_tensor(), p)?.sum_all()?.backward()?;
         assert!(g.get(&x).is_none());
         assert!(g.get(w.as_tensor()).is_some());
-        Ok(())
-    }
-
-    /// Per-layer timing at AlexNet's full size, batch 32, f32: ours vs candle's conv2d.
-    /// Report only: `cargo test --release conv_speed -- --ignored --nocapture`.
-    #[test]
-    #[ignore]
-    fn conv_speed() -> Result<()> {
-        let layers: [(&str, [usize; 4], [usize; 4], ConvParams); 5] = [
-            (
-                "conv1",
-                [32, 3, 224, 224],
-                [96, 3, 11, 11],
-                ConvParams {
-                    stride: 4,
-                    padding: 2,
-                    groups: 1,
-                },
-            ),
-            (
-                "conv2",
-                [32, 96, 27, 27],
-                [256, 48, 5, 5],
-                ConvParams {
-                    stride: 1,
-                    padding: 2,
-                    groups: 2,
-                },
-            ),
-            (
-                "conv3",
-                [32, 256, 13, 13],
-                [384, 256, 3, 3],
-                ConvParams {
-                    stride: 1,
-                    padding: 1,
-                    groups: 1,
-                },
-            ),
-            (
-                "conv4",
-                [32, 384, 13, 13],
-                [384, 192, 3, 3],
-                ConvParams {
-                    stride: 1,
-                    padding: 1,
-                    groups: 2,
-                },
-            ),
-            (
-                "conv5",
-                [32, 384, 13, 13],
-                [256, 192, 3, 3],
-                ConvParams {
-                    stride: 1,
-                    padding: 1,
-                    groups: 2,
-                },
-            ),
-        ];
-        let best = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
-            let mut b = f64::MAX;
-            for _ in 0..3 {
-                let t = std::time::Instant::now();
-                f()?;
-                b = b.min(t.elapsed().as_secs_f64());
-            }
-            Ok(b)
-        };
-        for (name, xs, ks, p) in layers {
-            let x0 = rand_tensor(&xs, 1).to_dtype(DType::F32)?;
-            let x = if name == "conv1" {
-                x0.clone()
-            } else {
-                Var::from_tensor(&x0)?.as_tensor().clone()
-            };
-            let w = Var::from_tensor(&rand_tensor(&ks, 2).to_dtype(DType::F32)?)?;
-            let ours_f = best(&mut || conv2d(&x, w.as_tensor(), p).map(|_| ()))?;
-            let theirs_f = best(&mut || {
-                x.conv2d(w.as_tensor(), p.padding, p.stride, 1, p.groups)
-                    .map(|_| ())
-            })?;
-            let ours_b = best(&mut || {
-                conv2d(&x, w.as_tensor(), p)?
-                    .sum_all()?
-                    .backward()
-                    .map(|_| ())
-            })?;
-            let theirs_b = best(&mut || {
-                x.conv2d(w.as_tensor(), p.padding, p.stride, 1, p.groups)?
-                    .sum_all()?
-                    .backward()
-                    .map(|_| ())
-            })?;
-            println!(
-                "{name}: forward ours {ours_f:.3}s candle {theirs_f:.3}s | forward+backward ours {ours_b:.3}s candle {theirs_b:.3}s"
-            );
-        }
         Ok(())
     }
 }

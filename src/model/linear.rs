@@ -11,6 +11,8 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Result, Shape, Tensor};
 
+use super::cpu_slice::contiguous_range;
+
 /// `y = x @ weightᵀ + bias` with `weight (out, in)`, `bias (out)`, `x (batch, in)`.
 #[derive(Debug, Clone)]
 pub struct Linear {
@@ -102,12 +104,10 @@ impl CustomOp3 for LinearOp {
         }
         // y = x @ wᵀ: wᵀ is the weight read with swapped strides, no copy.
         let mut y = xs.matmul(ws, (1, batch, fan_out, fan_in), xl, &wl.transpose(0, 1)?)?;
-        let (b0, b1) = bl
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("linear: bias not contiguous".into()))?;
+        let bias = contiguous_range(bl, "linear: bias")?;
         match (&mut y, bs) {
-            (CpuStorage::F32(y), CpuStorage::F32(b)) => bias_relu(y, &b[b0..b1], self.relu),
-            (CpuStorage::F64(y), CpuStorage::F64(b)) => bias_relu(y, &b[b0..b1], self.relu),
+            (CpuStorage::F32(y), CpuStorage::F32(b)) => bias_relu(y, &b[bias], self.relu),
+            (CpuStorage::F64(y), CpuStorage::F64(b)) => bias_relu(y, &b[bias], self.relu),
             _ => candle_core::bail!("linear: supports f32/f64"),
         }
         Ok((y, Shape::from((batch, fan_out))))

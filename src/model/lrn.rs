@@ -14,8 +14,9 @@
 //! Why the custom op on CPU: at conv1's size (batch 128, 96x55x55, f32) the composite
 //! makes ~12 full-size temporaries and a generic `powf`, and candle differentiates each
 //! of them; the custom op reads the input once per pass and uses
-//! `s^-0.75 = 1/(sqrt(s)*sqrt(sqrt(s)))` for the paper's beta. Measured by `lrn_speed`
-//! (an `#[ignore]` test below) on the 2-core dev box, best of 3, f32:
+//! `s^-0.75 = 1/(sqrt(s)*sqrt(sqrt(s)))` for the paper's beta. Measured by `cargo bench
+//! --bench ops` (backward: its forward+backward less the forward) on the 2-core dev
+//! box, best of 3, f32:
 //!
 //! | implementation                           | forward | backward |
 //! |------------------------------------------|---------|----------|
@@ -35,6 +36,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape
 use rayon::prelude::*;
 
 use super::config::LrnConfig;
+use super::cpu_slice::contiguous_slice;
 
 /// Applies LRN across dim 1 of a `(batch, channels, height, width)` tensor.
 /// Picks the custom op for f32/f64 on the CPU and f32/f64/bf16 on CUDA (`cuda` builds),
@@ -198,17 +200,6 @@ fn lrn_bwd<T: LrnFloat>(x: &[T], g: &[T], dims: (usize, usize, usize), cfg: &Lrn
             }
         });
     out
-}
-
-fn contiguous_slice<'a, T: candle_core::WithDType>(
-    s: &'a CpuStorage,
-    l: &Layout,
-    op: &'static str,
-) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
-        None => candle_core::bail!("{op}: expects a contiguous input"),
-    }
 }
 
 fn dims_of(l: &Layout, op: &'static str) -> Result<(usize, usize, usize)> {
@@ -384,9 +375,9 @@ mod gpu {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
+    use candle_core::Var;
 
-    use super::super::test_util::{max_abs_diff, scaled_tensor as rand_tensor};
+    use super::super::test_util::{check_gradient, max_abs_diff, scaled_tensor as rand_tensor};
 
     // A large alpha makes the normalisation (not just the identity-like a/k^beta) matter
     // in the gradient; the paper's config is tested too.
@@ -442,86 +433,21 @@ mod tests {
             let shape = [2usize, 6, 3, 3];
             let x0 = rand_tensor(&shape, 10 + ci as u64, 2.0, DType::F64);
             let w = rand_tensor(&shape, 20 + ci as u64, 1.0, DType::F64);
-            let x = Var::from_tensor(&x0)?;
-            let loss = (lrn(x.as_tensor(), cfg)? * &w)?.sum_all()?;
-            let grads = loss.backward()?;
-            let analytic = grads
-                .get(x.as_tensor())
-                .expect("grad")
-                .flatten_all()?
-                .to_vec1::<f64>()?;
-            let base = x0.flatten_all()?.to_vec1::<f64>()?;
-            let f = |v: &[f64]| -> f64 {
-                let t = Tensor::from_slice(v, &shape, &Device::Cpu).unwrap();
-                (lrn(&t, cfg).unwrap() * &w)
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .to_scalar::<f64>()
-                    .unwrap()
-            };
-            let h = 1e-6;
-            let mut worst = 0f64;
-            for i in 0..base.len() {
-                let mut p = base.clone();
-                p[i] += h;
-                let mut m = base.clone();
-                m[i] -= h;
-                let numeric = (f(&p) - f(&m)) / (2.0 * h);
-                let err =
-                    (numeric - analytic[i]).abs() / (1e-3 + numeric.abs().max(analytic[i].abs()));
-                worst = worst.max(err);
-            }
-            assert!(worst < 1e-6, "cfg {cfg:?}: worst relative error {worst:e}");
+            let check = check_gradient(|x| lrn(x, cfg), &x0, &w)?;
+            let worst = check.worst;
+            assert!(
+                worst < 1e-6,
+                "cfg {cfg:?}: worst relative error {worst:e} at element {}",
+                check.element
+            );
             println!("lrn {cfg:?}: worst relative error vs finite differences {worst:.1e}");
             // Same gradient as candle differentiating the composite.
             let xc = Var::from_tensor(&x0)?;
             let lc = (lrn_composite(xc.as_tensor(), cfg)? * &w)?.sum_all()?;
             let gc = lc.backward()?;
             let gcomp = gc.get(xc.as_tensor()).expect("grad");
-            assert!(max_abs_diff(gcomp, grads.get(x.as_tensor()).unwrap()) < 1e-12);
+            assert!(max_abs_diff(gcomp, &check.analytic) < 1e-12);
         }
-        Ok(())
-    }
-
-    /// Timing of the two implementations at conv1's size (report only, not a check).
-    /// `cargo test --release lrn_speed -- --ignored --nocapture`
-    #[test]
-    #[ignore]
-    fn lrn_speed() -> Result<()> {
-        let cfg = LrnConfig::default();
-        let shape = [128usize, 96, 55, 55];
-        let x0 = rand_tensor(&shape, 3, 2.0, DType::F32);
-        let g = rand_tensor(&shape, 4, 1.0, DType::F32);
-        let time = |f: &dyn Fn() -> Result<Tensor>| -> Result<f64> {
-            let mut best = f64::MAX;
-            for _ in 0..3 {
-                let t = std::time::Instant::now();
-                let _ = f()?;
-                best = best.min(t.elapsed().as_secs_f64());
-            }
-            Ok(best)
-        };
-        let fwd = time(&|| x0.apply_op1_no_bwd(&Lrn(cfg)))?;
-        let bwd = time(&|| x0.apply_op2_no_bwd(&g, &LrnBackward(cfg)))?;
-        println!("lrn custom: forward {fwd:.3}s backward {bwd:.3}s");
-        let cfwd = time(&|| lrn_composite(&x0, cfg))?;
-        // Composite backward: candle's autograd through the chain, seeded with g.
-        let x = Var::from_tensor(&x0)?;
-        let cboth = time(&|| {
-            let y = lrn_composite(x.as_tensor(), cfg)?;
-            let grads = (y * &g)?.sum_all()?.backward()?;
-            Ok(grads.get(x.as_tensor()).unwrap().clone())
-        })?;
-        let seed_cost = time(&|| {
-            let y = (x.as_tensor() * 1.0)?;
-            let grads = (y * &g)?.sum_all()?.backward()?;
-            Ok(grads.get(x.as_tensor()).unwrap().clone())
-        })?;
-        println!(
-            "lrn composite: forward {cfwd:.3}s backward ~{:.3}s (forward+backward {cboth:.3}s minus seeding {seed_cost:.3}s)",
-            cboth - seed_cost - cfwd
-        );
         Ok(())
     }
 }

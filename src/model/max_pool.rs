@@ -29,6 +29,7 @@ use candle_core::{
 use rayon::prelude::*;
 
 use super::config::PoolConfig;
+use super::cpu_slice::contiguous_slice;
 
 /// Max-pools a `(batch, channels, height, width)` tensor with square `size` windows every
 /// `stride` pixels, no padding, floor mode: output side `(side - size) / stride + 1`.
@@ -263,13 +264,6 @@ fn pool_bwd<T: WithDType>(inp: &[T], l: &Layout, grad: &[T], cfg: &PoolConfig) -
     Ok(out)
 }
 
-fn contiguous<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
-        None => candle_core::bail!("{op}: expects a contiguous input"),
-    }
-}
-
 impl CustomOp1 for MaxPool {
     fn name(&self) -> &'static str {
         "max-pool2d"
@@ -280,19 +274,19 @@ impl CustomOp1 for MaxPool {
         let (op, cfg) = ("max-pool2d", &self.cfg);
         let (out, idx) = match s {
             CpuStorage::F32(_) => {
-                let (o, i) = pool_fwd(contiguous::<f32>(s, l, op)?, l, cfg)?;
+                let (o, i) = pool_fwd(contiguous_slice::<f32>(s, l, op)?, l, cfg)?;
                 (CpuStorage::F32(o), i)
             }
             CpuStorage::F64(_) => {
-                let (o, i) = pool_fwd(contiguous::<f64>(s, l, op)?, l, cfg)?;
+                let (o, i) = pool_fwd(contiguous_slice::<f64>(s, l, op)?, l, cfg)?;
                 (CpuStorage::F64(o), i)
             }
             CpuStorage::F16(_) => {
-                let (o, i) = pool_fwd(contiguous(s, l, op)?, l, cfg)?;
+                let (o, i) = pool_fwd(contiguous_slice(s, l, op)?, l, cfg)?;
                 (CpuStorage::F16(o), i)
             }
             CpuStorage::BF16(_) => {
-                let (o, i) = pool_fwd(contiguous(s, l, op)?, l, cfg)?;
+                let (o, i) = pool_fwd(contiguous_slice(s, l, op)?, l, cfg)?;
                 (CpuStorage::BF16(o), i)
             }
             _ => candle_core::bail!("{op}: unsupported dtype {:?}", s.dtype()),
@@ -355,17 +349,23 @@ impl CustomOp1 for MaxPoolScatter {
             Argmax::Cuda(_) => candle_core::bail!("{op}: the argmax record is on the GPU"),
         };
         let out = match s {
-            CpuStorage::F32(_) => {
-                CpuStorage::F32(scatter(contiguous::<f32>(s, l, op)?, idx, h * w, out_plane))
-            }
-            CpuStorage::F64(_) => {
-                CpuStorage::F64(scatter(contiguous::<f64>(s, l, op)?, idx, h * w, out_plane))
-            }
+            CpuStorage::F32(_) => CpuStorage::F32(scatter(
+                contiguous_slice::<f32>(s, l, op)?,
+                idx,
+                h * w,
+                out_plane,
+            )),
+            CpuStorage::F64(_) => CpuStorage::F64(scatter(
+                contiguous_slice::<f64>(s, l, op)?,
+                idx,
+                h * w,
+                out_plane,
+            )),
             CpuStorage::F16(_) => {
-                CpuStorage::F16(scatter(contiguous(s, l, op)?, idx, h * w, out_plane))
+                CpuStorage::F16(scatter(contiguous_slice(s, l, op)?, idx, h * w, out_plane))
             }
             CpuStorage::BF16(_) => {
-                CpuStorage::BF16(scatter(contiguous(s, l, op)?, idx, h * w, out_plane))
+                CpuStorage::BF16(scatter(contiguous_slice(s, l, op)?, idx, h * w, out_plane))
             }
             _ => candle_core::bail!("{op}: unsupported dtype {:?}", s.dtype()),
         };
@@ -495,27 +495,27 @@ impl CustomOp2 for MaxPoolBackward {
         let c = &self.0;
         let out = match (s1, s2) {
             (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(pool_bwd(
-                contiguous::<f32>(s1, l1, op)?,
+                contiguous_slice::<f32>(s1, l1, op)?,
                 l1,
-                contiguous(s2, l2, op)?,
+                contiguous_slice(s2, l2, op)?,
                 c,
             )?),
             (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(pool_bwd(
-                contiguous::<f64>(s1, l1, op)?,
+                contiguous_slice::<f64>(s1, l1, op)?,
                 l1,
-                contiguous(s2, l2, op)?,
+                contiguous_slice(s2, l2, op)?,
                 c,
             )?),
             (CpuStorage::F16(_), CpuStorage::F16(_)) => CpuStorage::F16(pool_bwd(
-                contiguous(s1, l1, op)?,
+                contiguous_slice(s1, l1, op)?,
                 l1,
-                contiguous(s2, l2, op)?,
+                contiguous_slice(s2, l2, op)?,
                 c,
             )?),
             (CpuStorage::BF16(_), CpuStorage::BF16(_)) => CpuStorage::BF16(pool_bwd(
-                contiguous(s1, l1, op)?,
+                contiguous_slice(s1, l1, op)?,
                 l1,
-                contiguous(s2, l2, op)?,
+                contiguous_slice(s2, l2, op)?,
                 c,
             )?),
             _ => candle_core::bail!("{op}: unsupported dtypes {:?}/{:?}", s1.dtype(), s2.dtype()),
@@ -528,6 +528,8 @@ impl CustomOp2 for MaxPoolBackward {
 mod tests {
     use super::*;
     use candle_core::{DType, Device, Var};
+
+    use super::super::test_util::check_gradient;
 
     fn rand_vec(n: usize, seed: u64) -> Vec<f64> {
         use rand::{RngExt, SeedableRng};
@@ -586,40 +588,14 @@ mod tests {
             let ow = (w - cfg.size) / cfg.stride + 1;
             let wts =
                 Tensor::from_vec(rand_vec(2 * 3 * oh * ow, 99), (2, 3, oh, ow), &Device::Cpu)?;
-            let x = Var::from_tensor(&Tensor::from_slice(&base, shape, &Device::Cpu)?)?;
-            let grads = (max_pool2d(x.as_tensor(), cfg)? * &wts)?
-                .sum_all()?
-                .backward()?;
-            let analytic = grads
-                .get(x.as_tensor())
-                .unwrap()
-                .flatten_all()?
-                .to_vec1::<f64>()?;
-            let f = |v: &[f64]| -> f64 {
-                let t = Tensor::from_slice(v, shape, &Device::Cpu).unwrap();
-                (max_pool2d(&t, cfg).unwrap() * &wts)
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .to_scalar::<f64>()
-                    .unwrap()
-            };
-            let hstep = 1e-6;
-            let mut worst = 0f64;
-            for i in 0..n {
-                let (mut p, mut m) = (base.clone(), base.clone());
-                p[i] += hstep;
-                m[i] -= hstep;
-                let numeric = (f(&p) - f(&m)) / (2.0 * hstep);
-                let err =
-                    (numeric - analytic[i]).abs() / (1e-3 + numeric.abs().max(analytic[i].abs()));
-                worst = worst.max(err);
-                assert!(
-                    err < 1e-6,
-                    "{cfg:?} {h}x{w} element {i}: fd {numeric} vs {}",
-                    analytic[i]
-                );
-            }
+            let x0 = Tensor::from_slice(&base, shape, &Device::Cpu)?;
+            let check = check_gradient(|x| max_pool2d(x, cfg), &x0, &wts)?;
+            let worst = check.worst;
+            assert!(
+                worst < 1e-6,
+                "{cfg:?} {h}x{w}: worst relative error {worst:e} at element {}",
+                check.element
+            );
             println!("max-pool {cfg:?} {h}x{w}: worst relative error {worst:.1e}");
         }
         Ok(())
@@ -735,50 +711,6 @@ mod tests {
             .sum_all()?
             .to_scalar::<f64>()?;
         assert_eq!(total, 9.0);
-        Ok(())
-    }
-
-    /// Timing at conv1's size (batch 128, 96x55x55, f32): ours vs candle's forward.
-    /// Report only: `cargo test --release pool_speed -- --ignored --nocapture`.
-    #[test]
-    #[ignore]
-    fn pool_speed() -> Result<()> {
-        let shape = (128usize, 96usize, 55usize, 55usize);
-        let n = shape.0 * shape.1 * shape.2 * shape.3;
-        let x = Tensor::from_vec(rand_vec(n, 1), shape, &Device::Cpu)?.to_dtype(DType::F32)?;
-        let g = Tensor::from_vec(
-            rand_vec(128 * 96 * 27 * 27, 2),
-            (128, 96, 27, 27),
-            &Device::Cpu,
-        )?
-        .to_dtype(DType::F32)?;
-        let best = |f: &dyn Fn() -> Result<Tensor>| -> Result<f64> {
-            let mut b = f64::MAX;
-            for _ in 0..3 {
-                let t = std::time::Instant::now();
-                f()?;
-                b = b.min(t.elapsed().as_secs_f64());
-            }
-            Ok(b)
-        };
-        let ours = best(&|| x.apply_op1_no_bwd(&MaxPool::new(paper())))?;
-        let theirs = best(&|| x.max_pool2d_with_stride(3, 2))?;
-        let recompute = best(&|| x.apply_op2_no_bwd(&g, &MaxPoolBackward(paper())))?;
-        let op = MaxPool::new(paper());
-        x.apply_op1_no_bwd(&op)?;
-        let argmax = op.argmax.lock().unwrap().clone().unwrap();
-        let in_dims = x.dims4()?;
-        let scatter = best(&|| {
-            g.apply_op1_no_bwd(&MaxPoolScatter {
-                argmax: argmax.clone(),
-                in_dims,
-                cfg: paper(),
-            })
-        })?;
-        println!(
-            "max-pool 3/2: forward ours {ours:.3}s candle {theirs:.3}s; backward: scatter {scatter:.3}s, \
-             recompute {recompute:.3}s"
-        );
         Ok(())
     }
 }

@@ -11,6 +11,7 @@
 mod alexnet;
 mod config;
 pub mod conv;
+pub mod cpu_slice;
 #[cfg(feature = "cuda")]
 mod cuda;
 #[cfg(feature = "cudnn")]
@@ -25,7 +26,7 @@ pub mod parity;
 mod test_util;
 
 pub use alexnet::{
-    AlexNet, FeatureLayer, ParamInit, ParamSpec, alexnet, param_specs, parameter_count,
+    AlexNet, FeatureLayer, LayerParams, ParamInit, ParamSpec, alexnet, param_specs, parameter_count,
 };
 pub use config::{Kernels, LrnConfig, ModelConfig, PoolConfig};
 pub use dropout::{DropoutRng, DropoutState};

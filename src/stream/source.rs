@@ -52,6 +52,7 @@ use parquet::file::statistics::Statistics;
 use super::plan::RowGroupRef;
 use super::{LabelError, StreamError};
 use crate::dataset::reader::check_schema;
+use crate::dataset::schema::{Column, PixelLayout};
 use crate::dataset::{Manifest, Split, checksum, shard_file_name};
 use crate::store::{Location, StoreError};
 
@@ -59,10 +60,11 @@ use crate::store::{Location, StoreError};
 /// request (the sample's footers are a few KiB; a larger one costs a second).
 const FOOTER_GUESS: u64 = 64 * 1024;
 
-/// Shard columns, in file order (checked by [`ShardIndex::open`]).
-const KEY: usize = 0;
-const LABEL: usize = 1;
-const PIXELS: usize = 2;
+/// Shard columns by position, as the one schema orders them (and [`ShardIndex::open`]
+/// checks each file against).
+const KEY: usize = Column::Key.index();
+const LABEL: usize = Column::Label.index();
+const PIXELS: usize = Column::Pixels.index();
 
 /// One shard: its file (kept open, local datasets) and its footer, parsed once.
 pub struct Shard {
@@ -600,7 +602,7 @@ impl ShardIndex {
             None
         };
         let rows = group.rows;
-        let pixel_bytes = self.image_size * self.image_size * 3;
+        let pixel_bytes = PixelLayout::new(self.image_size).bytes();
         if labels.len() != rows
             || pixels.len() != rows
             || pixels.iter().any(|p| p.len() != pixel_bytes)

@@ -10,6 +10,7 @@ use candle_core::{Device, Tensor};
 use indicatif::ProgressBar;
 use serde::Serialize;
 
+use super::confusion::ConfusionMatrix;
 use super::schedule::ValCounts;
 use super::{TrainError, error::candle};
 use crate::dataset::{MANIFEST_FILE, Manifest, Split};
@@ -28,6 +29,19 @@ pub fn evaluate(
     device: &Device,
     bar: &ProgressBar,
     interrupt: Option<&AtomicBool>,
+) -> Result<Option<ValCounts>, TrainError> {
+    evaluate_counting(model, source, views, device, bar, interrupt, None)
+}
+
+/// [`evaluate`], also adding every prediction to `confusion`.
+pub fn evaluate_counting(
+    model: &AlexNet,
+    source: &DataSource,
+    views: EpochOptions,
+    device: &Device,
+    bar: &ProgressBar,
+    interrupt: Option<&AtomicBool>,
+    mut confusion: Option<&mut ConfusionMatrix>,
 ) -> Result<Option<ValCounts>, TrainError> {
     let mut stream = source.epoch(views)?;
     let mut counts = ValCounts::default();
@@ -52,6 +66,9 @@ pub fn evaluate(
             .to_vec2::<f32>()
             .map_err(candle("validation scores"))?; // sync point
         let (top1, top5) = count_errors(&scores, &batch.labels);
+        if let Some(confusion) = confusion.as_deref_mut() {
+            confusion.add(&scores, &batch.labels);
+        }
         counts.top1_errors += top1;
         counts.top5_errors += top5;
         counts.images += batch.len();
@@ -112,6 +129,9 @@ pub struct EvalReport {
     pub top1_err: f64,
     pub top5_err: f64,
     pub seconds: f64,
+    /// The confusion matrix of these predictions (JSON) and its heat map (PNG), in the run.
+    pub confusion_json: PathBuf,
+    pub confusion_png: PathBuf,
 }
 
 impl EvalReport {
@@ -144,6 +164,11 @@ impl EvalReport {
                 "time         {:.1} s ({:.0} images/s)",
                 self.seconds,
                 self.images as f64 / self.seconds.max(1e-9)
+            ),
+            format!(
+                "confusion    {} and {}",
+                self.confusion_json.display(),
+                self.confusion_png.display()
             ),
         ]
     }
@@ -196,32 +221,56 @@ pub fn run_eval(options: &EvalOptions) -> Result<EvalReport, TrainError> {
         "eval centre"
     });
     let started = Instant::now();
-    let counts = evaluate(
+    let mut confusion = ConfusionMatrix::new(source.manifest.classes.clone());
+    let counts = evaluate_counting(
         run.model(),
         &source,
         EpochOptions::new(mode, run.input_size(), batch_size),
         &device,
         &bar,
         None,
+        Some(&mut confusion),
     )?
     .expect("no interrupt flag");
     bar.finish_and_clear();
     let trained = run.card().trained;
+    let seconds = started.elapsed().as_secs_f64();
+    let views = if options.ten_crop {
+        "ten-crop"
+    } else {
+        "centre"
+    };
+    let which = match options.checkpoint {
+        WhichCheckpoint::Best => "best",
+        WhichCheckpoint::Last => "last",
+    };
+    let stem = dir.path.join(format!("confusion-{which}-{views}"));
+    let (confusion_json, confusion_png) = (stem.with_extension("json"), stem.with_extension("png"));
+    confusion.write_json(&confusion_json, run.checkpoint(), views)?;
+    confusion.write_png(
+        &confusion_png,
+        &format!(
+            "{} ({which}, {views}): top-1 error {:.2} %; rows true class, columns predicted",
+            dir.path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("run"),
+            100.0 * counts.top1_err()
+        ),
+    )?;
     Ok(EvalReport {
         run: dir.path.clone(),
         checkpoint: run.checkpoint().to_path_buf(),
         epoch: trained.epochs,
         step: trained.steps,
         dataset,
-        views: if options.ten_crop {
-            "ten-crop"
-        } else {
-            "centre"
-        },
+        views,
         images: counts.images,
         top1_err: counts.top1_err(),
         top5_err: counts.top5_err(),
-        seconds: started.elapsed().as_secs_f64(),
+        seconds,
+        confusion_json,
+        confusion_png,
     })
 }
 

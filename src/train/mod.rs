@@ -9,6 +9,7 @@
 //! - [`trainer`]: the loop, top to bottom; [`eval`]: centre and ten-crop top-1/top-5.
 //! - [`state`]: what a checkpoint saves for `--resume`; [`metrics`]: `metrics.jsonl`.
 
+pub mod confusion;
 mod error;
 pub mod eval;
 pub mod golden;

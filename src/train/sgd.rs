@@ -25,6 +25,8 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
+use crate::model::cpu_slice::{contiguous_range, contiguous_slice};
+
 /// What can go wrong stepping or restoring the optimiser; names the parameter.
 #[derive(Debug, thiserror::Error)]
 pub enum SgdError {
@@ -219,20 +221,6 @@ struct AddAssign;
 /// a conv kernel across both cores.
 const CHUNK: usize = 1 << 16;
 
-fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [T]> {
-    let (a, b) = l
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg(format!("sgd: {what} not contiguous")))?;
-    Ok(&s.as_slice::<T>()?[a..b])
-}
-
-fn range_mut(l: &Layout) -> Result<std::ops::Range<usize>> {
-    let (a, b) = l
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("sgd: destination not contiguous".into()))?;
-    Ok(a..b)
-}
-
 fn velocity_update<T: WithDType>(v: &mut [T], w: &[T], g: &[T], u: &VelocityUpdate) -> Result<()> {
     if v.len() != w.len() || v.len() != g.len() {
         candle_core::bail!(
@@ -285,18 +273,18 @@ impl InplaceOp3 for VelocityUpdate {
         g: &CpuStorage,
         gl: &Layout,
     ) -> Result<()> {
-        let r = range_mut(vl)?;
+        let r = contiguous_range(vl, "sgd: destination")?;
         match v {
             CpuStorage::F32(v) => velocity_update::<f32>(
                 &mut v[r],
-                slice(w, wl, "weight")?,
-                slice(g, gl, "grad")?,
+                contiguous_slice(w, wl, "sgd: weight")?,
+                contiguous_slice(g, gl, "sgd: grad")?,
                 self,
             ),
             CpuStorage::F64(v) => velocity_update::<f64>(
                 &mut v[r],
-                slice(w, wl, "weight")?,
-                slice(g, gl, "grad")?,
+                contiguous_slice(w, wl, "sgd: weight")?,
+                contiguous_slice(g, gl, "sgd: grad")?,
                 self,
             ),
             _ => candle_core::bail!("sgd: fused update supports f32/f64"),
@@ -310,10 +298,14 @@ impl InplaceOp2 for AddAssign {
     }
 
     fn cpu_fwd(&self, w: &mut CpuStorage, wl: &Layout, v: &CpuStorage, vl: &Layout) -> Result<()> {
-        let r = range_mut(wl)?;
+        let r = contiguous_range(wl, "sgd: destination")?;
         match w {
-            CpuStorage::F32(w) => add_assign::<f32>(&mut w[r], slice(v, vl, "velocity")?),
-            CpuStorage::F64(w) => add_assign::<f64>(&mut w[r], slice(v, vl, "velocity")?),
+            CpuStorage::F32(w) => {
+                add_assign::<f32>(&mut w[r], contiguous_slice(v, vl, "sgd: velocity")?)
+            }
+            CpuStorage::F64(w) => {
+                add_assign::<f64>(&mut w[r], contiguous_slice(v, vl, "sgd: velocity")?)
+            }
             _ => candle_core::bail!("sgd: fused update supports f32/f64"),
         }
     }

@@ -29,6 +29,46 @@ pub const NUMPY: Package = Package {
     module: "numpy",
 };
 
+pub const SAFETENSORS: Package = Package {
+    pip: "safetensors",
+    module: "safetensors",
+};
+pub const PILLOW: Package = Package {
+    pip: "pillow",
+    module: "PIL",
+};
+/// PyPI's torch for Linux brings its CUDA libraries (about 5 GB installed), so no test
+/// installs it: `.ci/run` does, and a developer who wants the check installs it once.
+pub const TORCH: Package = Package {
+    pip: "torch",
+    module: "torch",
+};
+
+/// Like [`python_with`], but never installs anything: for packages too big to fetch
+/// behind a developer's back (see [`TORCH`]). Looks in the `python3` on PATH and in
+/// the test venv (`target/test-python`).
+pub fn python_with_installed(test: &str, packages: &[Package]) -> Option<PathBuf> {
+    let found = [PathBuf::from("python3"), venv_root().join("bin/python3")]
+        .into_iter()
+        .find(|python| imports(python, packages));
+    if found.is_none() {
+        let names: Vec<&str> = packages.iter().map(|p| p.pip).collect();
+        let needs = format!(
+            "needs Python with {} installed (neither python3 nor {} imports them)",
+            names.join(", "),
+            venv_root().display()
+        );
+        if std::env::var_os(REQUIRE_ENV).is_some_and(|v| v != "0") {
+            panic!("{test}: {needs}, and {REQUIRE_ENV} is set: this check must run here");
+        }
+        eprintln!(
+            "{test}: skipped: {needs}; `python3 -m pip install {}` lets it run",
+            names.join(" ")
+        );
+    }
+    found
+}
+
 /// A `python3` that imports every module of `packages`, or `None` after printing why the
 /// caller should skip (a panic instead when CI requires Python).
 pub fn python_with(test: &str, packages: &[Package]) -> Option<PathBuf> {

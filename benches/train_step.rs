@@ -1,0 +1,36 @@
+//! Training-step throughput (forward + backward + SGD, f32, CPU), for
+//! `benches/train_step_peer.py`, which runs it next to PyTorch and prints the ratio.
+//!
+//! `cargo bench --bench train_step`. Cases:
+//! `TRAIN_STEP_CASES="width:input:batch:classes:steps,..."` (default: the two sizes of the
+//! peer bench, 0.25:64:128:10:5 and 1:224:32:1000:3).
+
+use candle_core::{DType, Device};
+use pipeline::model::Kernels;
+use pipeline::train::step_timing::{StepCase, time_steps};
+
+fn main() -> anyhow::Result<()> {
+    let cases = std::env::var("TRAIN_STEP_CASES")
+        .unwrap_or_else(|_| "0.25:64:128:10:5,1:224:32:1000:3".into());
+    for case in cases.split(',') {
+        let f: Vec<f64> = case
+            .split(':')
+            .map(|v| v.parse())
+            .collect::<Result<_, _>>()
+            .map_err(|e| anyhow::anyhow!("TRAIN_STEP_CASES {case:?}: {e}"))?;
+        let &[width, input, batch, classes, steps] = f.as_slice() else {
+            anyhow::bail!("TRAIN_STEP_CASES {case:?}: expected width:input:batch:classes:steps");
+        };
+        let case = StepCase {
+            width,
+            input: input as usize,
+            batch: batch as usize,
+            classes: classes as usize,
+            steps: steps as usize,
+            dtype: DType::F32,
+            kernels: Kernels::Custom,
+        };
+        println!("{}", time_steps(&Device::Cpu, &case)?.line(&case));
+    }
+    Ok(())
+}
