@@ -777,3 +777,55 @@ fn ingest_in_parts_refuses_an_object_store() {
         );
     }
 }
+
+#[test]
+fn features_and_a_contact_sheet_from_s3_equal_the_local_ones() {
+    let test = "features_and_a_contact_sheet_from_s3_equal_the_local_ones";
+    let Some(moto) = moto_with_dataset(test, "sheet") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let recipe = tiny_recipe_with(tmp.path(), 1, &[("shuffle_buffer", "64")]);
+    let run = tmp.path().join("run");
+    train_one_epoch(&recipe, path_str(dataset()), &run, &[]);
+    // Features of the val split, and a sheet of a query's neighbours whose pictures
+    // are looked up by key in the shards: from the folder, then from S3 (the
+    // features files differ only in the dataset they name).
+    let sheets: Vec<Vec<u8>> = [(path_str(dataset()), "local"), ("s3://sheet/ds", "s3")]
+        .into_iter()
+        .map(|(data, name)| {
+            let features = tmp.path().join(format!("{name}.parquet"));
+            let sheet = tmp.path().join(format!("{name}.png"));
+            let export = [
+                "export-features",
+                "--run",
+                path_str(&run),
+                "--dataset",
+                data,
+                "--out",
+                path_str(&features),
+            ];
+            succeeded(&export, &pipeline_with_env(&export, &moto.env()));
+            let neighbours = [
+                "neighbors",
+                "--features",
+                path_str(&features),
+                "--key",
+                "val/n04370456/ILSVRC2012_val_00000006.JPEG",
+                "-k",
+                "4",
+                "--sheet",
+                path_str(&sheet),
+                "--dataset",
+                data,
+            ];
+            succeeded(&neighbours, &pipeline_with_env(&neighbours, &moto.env()));
+            std::fs::read(&sheet).unwrap()
+        })
+        .collect();
+    assert!(sheets[0].len() > 1000, "a real PNG");
+    assert!(
+        sheets[0] == sheets[1],
+        "the sheet from S3 differs from the local one"
+    );
+}

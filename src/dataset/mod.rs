@@ -15,6 +15,7 @@ pub mod manifest;
 pub mod npy;
 pub mod reader;
 pub mod schema;
+pub mod shard_bytes;
 pub mod writer;
 
 pub use manifest::{ClassInfo, Manifest, PcaStats, SkippedImage, SplitInfo, Stats};

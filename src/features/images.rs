@@ -3,21 +3,26 @@
 //!
 //! Reading a whole split to find a few images would cost its full size (≈ 240 GB for
 //! ImageNet's training set), so each shard is first read for its `key` column only, and
-//! pixels are then read from just the row groups that hold a wanted key.
+//! pixels are then read from just the row groups that hold a wanted key. A dataset in
+//! an object store is read the same way, by byte ranges.
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use arrow::array::{Array, FixedSizeBinaryArray, Int32Array, StringArray};
+use futures::StreamExt;
 use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
 
 use super::FeaturesError;
 use crate::augment::{Geometry, centre_view};
-use crate::dataset::reader::{check_schema, shard_paths};
-use crate::dataset::schema::PixelLayout;
+use crate::dataset::manifest::ManifestError;
+use crate::dataset::reader::{ReadError, check_schema};
+use crate::dataset::schema::{Column, PixelLayout};
+use crate::dataset::shard_bytes::{FooterError, ShardBytes, read_footer};
 use crate::dataset::writer::ShardRow;
-use crate::dataset::{Manifest, Split};
+use crate::dataset::{Manifest, Split, shard_file_name};
+use crate::store::Location;
 
 /// The stored rows (S×S×3 pixels, label) of `keys`, in the order asked (a key asked
 /// twice comes back twice). Fails naming the dataset and the first key not found.
@@ -53,17 +58,33 @@ pub fn for_each_row_by_key(
     } else {
         [Split::Train, Split::Val]
     };
-    for split in splits {
-        let Some(info) = manifest.split(split) else {
-            continue;
-        };
-        for path in shard_paths(dataset, split, info.shards) {
-            if wanted.is_empty() {
-                break;
+    let location = Location::parse(dataset).map_err(ManifestError::from)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| FeaturesError::io(dataset, e))?;
+    runtime.block_on(async {
+        for split in splits {
+            let Some(info) = manifest.split(split) else {
+                continue;
+            };
+            for i in 0..info.shards {
+                if wanted.is_empty() {
+                    break;
+                }
+                let name = format!("{}/{}", split.name(), shard_file_name(i));
+                read_matching(
+                    &location,
+                    &name,
+                    manifest.image_size,
+                    &mut wanted,
+                    &mut visit,
+                )
+                .await?;
             }
-            read_matching(&path, manifest.image_size, &mut wanted, &mut visit)?;
         }
-    }
+        Ok::<_, FeaturesError>(())
+    })?;
     if let Some(position) = wanted.values().flatten().min() {
         return Err(FeaturesError::KeyNotFound {
             dataset: dataset.display().to_string(),
@@ -79,37 +100,53 @@ pub fn for_each_row_by_key(
     Ok(())
 }
 
-/// Finds the wanted keys of one shard; removes them from `wanted` as they are found.
-fn read_matching(
-    path: &Path,
+/// Finds the wanted keys of one shard (`name` in `location`, local or in an object
+/// store); removes them from `wanted` as they are found.
+async fn read_matching(
+    location: &Location,
+    name: &str,
     image_size: usize,
     wanted: &mut HashMap<&str, Vec<usize>>,
     visit: &mut impl FnMut(usize, &ShardRow),
 ) -> Result<(), FeaturesError> {
-    let open = || -> Result<ParquetRecordBatchReaderBuilder<std::fs::File>, FeaturesError> {
-        let file = std::fs::File::open(path).map_err(|e| FeaturesError::io(path, e))?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-            .map_err(|e| FeaturesError::parquet(path, e))?;
-        check_schema(path, builder.schema(), image_size)?;
-        Ok(builder)
+    let shown = location.display(name);
+    let path = Path::new(&shown);
+    let size = location
+        .size(name)
+        .await
+        .map_err(|e| FeaturesError::Manifest(e.into()))?;
+    let metadata = read_footer(location, name, size)
+        .await
+        .map_err(|e| match e {
+            FooterError::Store(e) => FeaturesError::Manifest(e.into()),
+            FooterError::Unreadable(message) => FeaturesError::from(ReadError::Footer {
+                path: shown.clone(),
+                message,
+            }),
+        })?;
+    check_schema(path, metadata.schema(), image_size)?;
+    let bytes = ShardBytes {
+        location: location.clone(),
+        name: name.to_string(),
     };
+    let builder =
+        || ParquetRecordBatchStreamBuilder::new_with_metadata(bytes.clone(), metadata.clone());
     // Pass 1: keys only.
-    let builder = open()?;
-    let group_rows: Vec<usize> = builder
+    let group_rows: Vec<usize> = metadata
         .metadata()
         .row_groups()
         .iter()
         .map(|g| g.num_rows() as usize)
         .collect();
-    let mask = ProjectionMask::roots(builder.parquet_schema(), [0]);
-    let mut hits: Vec<usize> = Vec::new();
-    let mut row = 0;
-    for batch in builder
+    let mask = ProjectionMask::roots(metadata.parquet_schema(), [Column::Key.index()]);
+    let mut batches = builder()
         .with_projection(mask)
         .build()
-        .map_err(|e| FeaturesError::parquet(path, e))?
-    {
-        let batch = batch.map_err(|e| FeaturesError::arrow(path, e))?;
+        .map_err(|e| FeaturesError::parquet(path, e))?;
+    let mut hits: Vec<usize> = Vec::new();
+    let mut row = 0;
+    while let Some(batch) = batches.next().await {
+        let batch = batch.map_err(|e| FeaturesError::parquet(path, e))?;
         let keys = batch
             .column(0)
             .as_any()
@@ -135,25 +172,20 @@ fn read_matching(
     let group_of = |r: usize| starts.partition_point(|&s| s <= r) - 1;
     let mut groups: Vec<usize> = hits.iter().map(|&r| group_of(r)).collect();
     groups.dedup();
-    let reader = open()?
+    let mut batches = builder()
         .with_row_groups(groups)
         .build()
         .map_err(|e| FeaturesError::parquet(path, e))?;
-    for batch in reader {
-        let batch = batch.map_err(|e| FeaturesError::arrow(path, e))?;
-        let keys = batch
-            .column(0)
-            .as_any()
+    while let Some(batch) = batches.next().await {
+        let batch = batch.map_err(|e| FeaturesError::parquet(path, e))?;
+        let column = |c: Column| batch.column(c.index()).as_any();
+        let keys = column(Column::Key)
             .downcast_ref::<StringArray>()
             .expect("schema checked");
-        let labels = batch
-            .column(1)
-            .as_any()
+        let labels = column(Column::Label)
             .downcast_ref::<Int32Array>()
             .expect("schema checked");
-        let pixels = batch
-            .column(2)
-            .as_any()
+        let pixels = column(Column::Pixels)
             .downcast_ref::<FixedSizeBinaryArray>()
             .expect("schema checked");
         for i in 0..keys.len() {

@@ -44,7 +44,7 @@ use parquet::data_type::{
     ByteArrayType, DataType, FixedLenByteArray, FixedLenByteArrayType, Int32Type,
 };
 use parquet::errors::ParquetError;
-use parquet::file::metadata::{ParquetMetaDataReader, RowGroupMetaData};
+use parquet::file::metadata::RowGroupMetaData;
 use parquet::file::reader::{ChunkReader, Length};
 use parquet::file::serialized_reader::SerializedPageReader;
 use parquet::file::statistics::Statistics;
@@ -53,12 +53,9 @@ use super::plan::RowGroupRef;
 use super::{LabelError, StreamError};
 use crate::dataset::reader::check_schema;
 use crate::dataset::schema::{Column, PixelLayout};
+use crate::dataset::shard_bytes::{FooterError, read_footer};
 use crate::dataset::{Manifest, Split, checksum, shard_file_name};
 use crate::store::{Location, StoreError};
-
-/// Bytes fetched from the end of a remote shard to find its footer in one
-/// request (the sample's footers are a few KiB; a larger one costs a second).
-const FOOTER_GUESS: u64 = 64 * 1024;
 
 /// Shard columns by position, as the one schema orders them (and [`ShardIndex::open`]
 /// checks each file against).
@@ -286,41 +283,6 @@ fn store_error(path: &str, context: &str, e: &StoreError) -> StreamError {
     shard_error(path, format!("{context}{reason}"))
 }
 
-/// Reads a remote shard's footer: a guessed suffix, then exactly the rest if the
-/// footer is larger.
-async fn remote_footer(
-    location: &Location,
-    name: &str,
-    path: &str,
-    size: u64,
-) -> Result<ArrowReaderMetadata, StreamError> {
-    let unreadable = |e: &dyn std::fmt::Display| {
-        shard_error(
-            path,
-            format!("not a readable Parquet file (truncated?): {e}"),
-        )
-    };
-    let mut want = FOOTER_GUESS.min(size);
-    loop {
-        let tail = location
-            .read_tail(name, size, want)
-            .await
-            .map_err(|e| store_error(path, "", &e))?;
-        let mut reader = ParquetMetaDataReader::new();
-        match reader.try_parse_sized(&tail, size) {
-            Ok(()) => {
-                let metadata = reader.finish().map_err(|e| unreadable(&e))?;
-                return ArrowReaderMetadata::try_new(Arc::new(metadata), ArrowReaderOptions::new())
-                    .map_err(|e| unreadable(&e));
-            }
-            Err(ParquetError::NeedMoreData(needed)) if needed as u64 > want => {
-                want = (needed as u64).min(size);
-            }
-            Err(e) => return Err(unreadable(&e)),
-        }
-    }
-}
-
 impl ShardIndex {
     /// Opens every shard's footer and checks its schema; errors name the file.
     pub async fn open(
@@ -362,7 +324,13 @@ impl ShardIndex {
                         .size(&name)
                         .await
                         .map_err(|e| store_error(&path, "", &e))?;
-                    let metadata = remote_footer(&location, &name, &path, size).await?;
+                    let metadata =
+                        read_footer(&location, &name, size)
+                            .await
+                            .map_err(|e| match e {
+                                FooterError::Store(e) => store_error(&path, "", &e),
+                                e => shard_error(&path, e.to_string()),
+                            })?;
                     (None, size, metadata)
                 }
             };

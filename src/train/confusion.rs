@@ -138,12 +138,21 @@ impl ConfusionMatrix {
         let layout = Layout::for_classes(self.classes.len());
         let (width, height) = layout.size();
         let mut pixels = vec![0u8; width as usize * height as usize * 3];
-        self.draw(&layout, title, &mut pixels)
-            .map_err(|message| run_error(path.display().to_string(), format!("cannot draw the confusion matrix: {message}")))?;
+        self.draw(&layout, title, &mut pixels).map_err(|message| {
+            run_error(
+                path.display().to_string(),
+                format!("cannot draw the confusion matrix: {message}"),
+            )
+        })?;
         let mut png = Vec::new();
         image::codecs::png::PngEncoder::new(&mut png)
             .write_image(&pixels, width, height, image::ExtendedColorType::Rgb8)
-            .map_err(|e| run_error(path.display().to_string(), format!("cannot encode the confusion matrix: {e}")))?;
+            .map_err(|e| {
+                run_error(
+                    path.display().to_string(),
+                    format!("cannot encode the confusion matrix: {e}"),
+                )
+            })?;
         atomic::write_file(path, &png).map_err(|e| io_error(path, e))
     }
 
