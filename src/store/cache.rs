@@ -158,14 +158,7 @@ impl Index {
         found.sort();
         let mut entries = Entries::default();
         for (_, relative, size) in found {
-            entries.clock += 1;
-            entries.total += size;
-            let entry = Entry {
-                size,
-                last_used: entries.clock,
-                loading: false,
-            };
-            entries.files.insert(relative, entry);
+            entries.add(&relative, size, false);
         }
         let index = Index {
             root: root.to_path_buf(),
@@ -198,14 +191,7 @@ impl Index {
         if !entries.make_room(&self.root, self.limit, size) {
             return false;
         }
-        entries.clock += 1;
-        let entry = Entry {
-            size,
-            last_used: entries.clock,
-            loading: true,
-        };
-        entries.files.insert(relative.to_path_buf(), entry);
-        entries.total += size;
+        entries.add(relative, size, true);
         true
     }
 
@@ -217,14 +203,7 @@ impl Index {
             entries.total -= reserved.size;
         }
         if let Some(size) = size {
-            entries.clock += 1;
-            let entry = Entry {
-                size,
-                last_used: entries.clock,
-                loading: false,
-            };
-            entries.files.insert(relative.to_path_buf(), entry);
-            entries.total += size;
+            entries.add(relative, size, false);
         }
     }
 
@@ -235,6 +214,18 @@ impl Index {
 }
 
 impl Entries {
+    /// Adds `relative` as the most recently used file.
+    fn add(&mut self, relative: &Path, size: u64, loading: bool) {
+        self.clock += 1;
+        let entry = Entry {
+            size,
+            last_used: self.clock,
+            loading,
+        };
+        self.files.insert(relative.to_path_buf(), entry);
+        self.total += size;
+    }
+
     /// Evicts least recently used files until `incoming` more bytes fit within
     /// `limit`; `false` if only downloads in progress are left to evict.
     fn make_room(&mut self, root: &Path, limit: u64, incoming: u64) -> bool {
