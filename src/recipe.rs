@@ -248,6 +248,11 @@ mod tests {
             },
             sample
         );
+        let tanh0 = load("tanh-bias0.toml").model;
+        assert_eq!(
+            (tanh0.activation, tanh0.init_bias_one),
+            (tanh.model.activation, false)
+        );
         assert!(!load("no-lrn.toml").model.lrn.enabled);
         assert_eq!(load("no-dropout.toml").model.dropout, 0.0);
         assert_eq!(load("no-pca.toml").stream.lighting_std, 0.0);

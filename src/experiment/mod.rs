@@ -18,9 +18,11 @@ use crate::dataset::atomic;
 use crate::recipe::RecipeError;
 use crate::train::{self, Finish, Start, TrainError, TrainOptions, metrics, run_dir::RunDir};
 
-/// The default training-error threshold of "epochs to threshold" (see README: the
-/// paper's 25 % on CIFAR-10 is not reached by every sample-scale ablation in a short run).
-pub const DEFAULT_THRESHOLD: f64 = 0.35;
+/// The default training-error threshold of "epochs to threshold". The paper's 25 % (a
+/// CIFAR-10 net trained for many epochs) is out of reach of the sample's short protocol:
+/// there the baseline reaches 70 % about half way (epoch 3-4 of 8), so a recipe up to
+/// about twice as slow still reaches it and gets a measured ratio.
+pub const DEFAULT_THRESHOLD: f64 = 0.70;
 
 /// The comparison's data file and its table.
 pub const SUMMARY_JSON: &str = "summary.json";

@@ -28,10 +28,10 @@ pub enum RunState {
     Finished,
 }
 
-/// Every recipe × seed, in the order given (recipe-major, so each recipe's seeds run
-/// together). Seed `s` adds `s` to both `train.seed` (weights, dropout) and
-/// `stream.seed` (row order, shuffle, augmentation draws): seed 0 is the recipe as
-/// written.
+/// Every recipe × seed: seed 0 of every recipe (in the order given), then seed 1 of
+/// every recipe, …, so an experiment cut short still compares every recipe. Seed `s`
+/// adds `s` to both `train.seed` (weights, dropout) and `stream.seed` (row order,
+/// shuffle, augmentation draws): seed 0 is the recipe as written.
 pub fn plan(
     recipes: &[PathBuf],
     protocol: Option<&Path>,
@@ -45,7 +45,7 @@ pub fn plan(
     }
     let overlays: Vec<&Path> = protocol.into_iter().collect();
     let mut names: Vec<String> = Vec::new();
-    let mut runs = Vec::new();
+    let mut bases = Vec::new();
     for path in recipes {
         let name = path
             .file_stem()
@@ -65,8 +65,11 @@ pub fn plan(
             )));
         }
         names.push(name.clone());
-        let base = Recipe::load_with_overlays(path, &overlays)?;
-        for seed in 0..seeds {
+        bases.push((name, Recipe::load_with_overlays(path, &overlays)?));
+    }
+    let mut runs = Vec::new();
+    for seed in 0..seeds {
+        for (name, base) in &bases {
             let mut recipe = base.clone();
             recipe.train.seed = base.train.seed.wrapping_add(seed);
             recipe.stream.seed = base.stream.seed.wrapping_add(seed);

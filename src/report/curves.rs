@@ -116,20 +116,34 @@ fn draw_panel(
         .map_err(|e| e.to_string())?;
     chart
         .configure_mesh()
+        // No minor grid: it carries no reading and triples the PNG size.
+        .light_line_style(WHITE)
         .x_desc(x_desc)
         .label_style((FAMILY, 14))
         .axis_desc_style((FAMILY, 15))
         .draw()
         .map_err(|e| e.to_string())?;
-    for (i, (run, points)) in runs.iter().zip(series).enumerate() {
-        let colour = COLOURS[i % COLOURS.len()];
-        chart
+    // One colour and one legend entry per recipe: an experiment's seeds of a recipe
+    // share them, so sixteen runs read as eight curves with their spread.
+    let mut recipes: Vec<&str> = Vec::new();
+    for (run, points) in runs.iter().zip(series) {
+        let first = !recipes.contains(&run.recipe_name.as_str());
+        if first {
+            recipes.push(&run.recipe_name);
+        }
+        let index = recipes
+            .iter()
+            .position(|r| *r == run.recipe_name)
+            .unwrap_or(0);
+        let colour = COLOURS[index % COLOURS.len()];
+        let drawn = chart
             .draw_series(LineSeries::new(points, colour.stroke_width(2)))
-            .map_err(|e| e.to_string())?
-            .label(run.label.clone())
-            .legend(move |(x, y)| {
+            .map_err(|e| e.to_string())?;
+        if first {
+            drawn.label(run.recipe_name.clone()).legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2))
             });
+        }
     }
     chart
         .configure_series_labels()
@@ -214,6 +228,8 @@ pub fn figure1(fig: &Figure1<'_>, figure: &str) -> Result<Canvas, ReportError> {
             .map_err(|e| fail(e.to_string()))?;
         chart
             .configure_mesh()
+            // No minor grid: it carries no reading and triples the PNG size.
+            .light_line_style(WHITE)
             .x_desc("epoch")
             .y_desc("training top-1 error %")
             .label_style((FAMILY, 15))

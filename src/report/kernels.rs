@@ -135,6 +135,11 @@ mod tests {
         // Kernel 0's first pixel is its minimum in red (0), kernel 3 (second group,
         // second column) has its maximum in the blue channel of its last pixel.
         assert_eq!(at(MARGIN, MARGIN)[0], 0);
+        // Kernel 1 (values 10..21) is stretched on its own: its minimum is 0 too, and its
+        // maximum 255 (a scale shared by all kernels would give 62 and 131).
+        let x1 = MARGIN + patch + GAP;
+        assert_eq!(at(x1, MARGIN)[0], 0);
+        assert_eq!(at(x1 + patch - 1, MARGIN + patch - 1)[2], 255);
         let (x3, y3) = (MARGIN + patch + GAP, MARGIN + patch + GROUP_GAP);
         assert_eq!(at(x3 + patch - 1, y3 + patch - 1)[2], 255);
     }
