@@ -156,20 +156,31 @@ fn draw_panel(
     Ok(())
 }
 
-/// The two sides of Figure 1: runs whose net uses ReLUs and runs whose net uses tanh,
-/// with the epochs (mean over their runs) at which training error reaches the threshold.
+/// One recipe's runs in Figure 1, with the epochs (mean over its runs, None unless
+/// every run got there) at which training error reaches the threshold.
+pub struct Side<'a> {
+    pub recipe: String,
+    pub runs: Vec<&'a RunData>,
+    pub epochs: Option<f64>,
+}
+
+impl Side<'_> {
+    fn last_epoch(&self) -> usize {
+        self.runs.iter().map(|r| r.metrics.len()).max().unwrap_or(0)
+    }
+}
+
+/// Figure 1: the ReLU baseline against every tanh recipe.
 pub struct Figure1<'a> {
-    pub relu: Vec<&'a RunData>,
-    pub tanh: Vec<&'a RunData>,
+    pub relu: Side<'a>,
+    pub tanh: Vec<Side<'a>>,
     pub threshold: f64,
-    pub relu_epochs: Option<f64>,
-    pub tanh_epochs: Option<f64>,
 }
 
 impl Figure1<'_> {
-    /// tanh's epochs ÷ ReLU's: the paper measured six on CIFAR-10.
-    pub fn speed_up(&self) -> Option<f64> {
-        match (self.relu_epochs, self.tanh_epochs) {
+    /// A tanh recipe's epochs ÷ ReLU's: the paper measured six on CIFAR-10.
+    pub fn speed_up(&self, tanh: &Side<'_>) -> Option<f64> {
+        match (self.relu.epochs, tanh.epochs) {
             (Some(r), Some(t)) if r > 0.0 => Some(t / r),
             _ => None,
         }
@@ -177,30 +188,29 @@ impl Figure1<'_> {
 
     /// One line saying what was measured, also the figure's caption.
     pub fn verdict(&self) -> String {
-        let pct = 100.0 * self.threshold;
-        let last = |runs: &[&RunData]| runs.iter().map(|r| r.metrics.len()).max().unwrap_or(0);
-        match (self.relu_epochs, self.tanh_epochs, self.speed_up()) {
-            (Some(r), Some(t), Some(x)) => format!(
-                "ReLU reaches {pct:.0} % training error in {r:.2} epochs, tanh in {t:.2}: {x:.2}× faster"
-            ),
-            (Some(r), None, _) => format!(
-                "ReLU reaches {pct:.0} % training error in {r:.2} epochs; tanh not within {} epochs",
-                last(&self.tanh)
-            ),
-            (None, Some(t), _) => format!(
-                "tanh reaches {pct:.0} % training error in {t:.2} epochs; ReLU not within {} epochs",
-                last(&self.relu)
-            ),
-            _ => format!(
-                "neither reaches {pct:.0} % training error within {} epochs",
-                last(&self.relu).max(last(&self.tanh))
-            ),
+        let reached = |side: &Side<'_>| match side.epochs {
+            Some(e) => format!("{e:.2} epochs"),
+            None => format!("not within {}", side.last_epoch()),
+        };
+        let mut line = format!(
+            "{:.0} % training error: ReLU ({}) {}",
+            100.0 * self.threshold,
+            self.relu.recipe,
+            reached(&self.relu)
+        );
+        for tanh in &self.tanh {
+            line.push_str(&format!("; {} {}", tanh.recipe, reached(tanh)));
+            if let Some(x) = self.speed_up(tanh) {
+                line.push_str(&format!(" (ReLU {x:.2}× faster)"));
+            }
         }
+        line
     }
 }
 
-/// Training error against epochs: ReLU runs solid blue, tanh runs orange, the threshold
-/// as a horizontal black line; the caption gives the measured factor.
+/// Training error against epochs: the ReLU runs blue, each tanh recipe's runs in a
+/// colour of their own, the threshold as a horizontal black line; the caption gives the
+/// measured factors.
 pub fn figure1(fig: &Figure1<'_>, figure: &str) -> Result<Canvas, ReportError> {
     let (w, h) = FIGURE1_SIZE;
     let mut canvas = Canvas::new(w, h);
@@ -208,7 +218,8 @@ pub fn figure1(fig: &Figure1<'_>, figure: &str) -> Result<Canvas, ReportError> {
     {
         let root = BitMapBackend::with_buffer(&mut canvas.rgb, (w, h)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| fail(e.to_string()))?;
-        let all = fig.relu.iter().chain(&fig.tanh);
+        let sides: Vec<&Side<'_>> = std::iter::once(&fig.relu).chain(&fig.tanh).collect();
+        let all = sides.iter().flat_map(|side| side.runs.iter());
         let x_max = all
             .clone()
             .map(|r| r.metrics.len())
@@ -220,7 +231,7 @@ pub fn figure1(fig: &Figure1<'_>, figure: &str) -> Result<Canvas, ReportError> {
             .fold(100.0 * fig.threshold, f64::max)
             * 1.05;
         let mut chart = ChartBuilder::on(&root)
-            .caption(fig.verdict(), (FAMILY, 20))
+            .caption(fig.verdict(), (FAMILY, 16))
             .margin(14)
             .x_label_area_size(44)
             .y_label_area_size(56)
@@ -236,12 +247,9 @@ pub fn figure1(fig: &Figure1<'_>, figure: &str) -> Result<Canvas, ReportError> {
             .axis_desc_style((FAMILY, 16))
             .draw()
             .map_err(|e| fail(e.to_string()))?;
-        let sides = [
-            ("ReLU", &fig.relu, COLOURS[0]),
-            ("tanh", &fig.tanh, COLOURS[1]),
-        ];
-        for (name, runs, colour) in sides {
-            for (i, run) in runs.iter().enumerate() {
+        for (index, side) in sides.iter().enumerate() {
+            let colour = COLOURS[index % COLOURS.len()];
+            for (i, run) in side.runs.iter().enumerate() {
                 let points = run
                     .metrics
                     .iter()
@@ -250,8 +258,12 @@ pub fn figure1(fig: &Figure1<'_>, figure: &str) -> Result<Canvas, ReportError> {
                     .draw_series(LineSeries::new(points, colour.stroke_width(2)))
                     .map_err(|e| fail(e.to_string()))?;
                 if i == 0 {
+                    let unit = match run.recipe.model.activation {
+                        crate::model::Activation::Relu => "ReLU",
+                        crate::model::Activation::Tanh => "tanh",
+                    };
                     drawn
-                        .label(format!("{name} ({})", run.recipe_name))
+                        .label(format!("{unit} ({})", side.recipe))
                         .legend(move |(x, y)| {
                             PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2))
                         });

@@ -263,40 +263,44 @@ fn gather(
     Ok((runs, summary))
 }
 
-/// ReLU runs against tanh runs: of each activation, the runs of the first recipe that
-/// has it (an experiment's baseline and its tanh ablation), None without both.
+/// The ReLU runs of the first ReLU recipe (an experiment's baseline) against the runs of
+/// every tanh recipe; None without both.
 fn figure1_sides(runs: &[RunData], threshold: f64) -> Option<curves::Figure1<'_>> {
-    let side = |activation: Activation| -> Vec<&RunData> {
-        let Some(first) = runs
-            .iter()
-            .find(|r| r.recipe.model.activation == activation)
-        else {
-            return Vec::new();
-        };
-        runs.iter()
-            .filter(|r| {
-                r.recipe_name == first.recipe_name && r.recipe.model.activation == activation
-            })
-            .collect()
+    let side = |recipe: &str| -> curves::Side<'_> {
+        let of: Vec<&RunData> = runs.iter().filter(|r| r.recipe_name == recipe).collect();
+        // The mean over the recipe's runs, counted only if every run reached it.
+        let mut sum = 0.0;
+        let mut all = true;
+        for r in &of {
+            match experiment::summary::crossing(&r.metrics, threshold, chance_error(r)) {
+                Some((epochs, _)) => sum += epochs,
+                None => all = false,
+            }
+        }
+        curves::Side {
+            recipe: recipe.to_string(),
+            epochs: (all && !of.is_empty()).then(|| sum / of.len() as f64),
+            runs: of,
+        }
     };
-    let (relu, tanh) = (side(Activation::Relu), side(Activation::Tanh));
-    if relu.is_empty() || tanh.is_empty() {
+    let relu = runs
+        .iter()
+        .find(|r| r.recipe.model.activation == Activation::Relu)?;
+    let mut tanh_recipes: Vec<&str> = Vec::new();
+    for r in runs
+        .iter()
+        .filter(|r| r.recipe.model.activation == Activation::Tanh)
+    {
+        if !tanh_recipes.contains(&r.recipe_name.as_str()) {
+            tanh_recipes.push(&r.recipe_name);
+        }
+    }
+    if tanh_recipes.is_empty() {
         return None;
     }
-    // The mean over a side's runs, counted only if every run reached the threshold.
-    let epochs = |runs: &[&RunData]| -> Option<f64> {
-        let mut sum = 0.0;
-        for r in runs {
-            let chance = chance_error(r);
-            sum += experiment::summary::crossing(&r.metrics, threshold, chance)?.0;
-        }
-        Some(sum / runs.len() as f64)
-    };
     Some(curves::Figure1 {
-        relu_epochs: epochs(&relu),
-        tanh_epochs: epochs(&tanh),
-        relu,
-        tanh,
+        relu: side(&relu.recipe_name),
+        tanh: tanh_recipes.into_iter().map(side).collect(),
         threshold,
     })
 }
