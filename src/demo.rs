@@ -30,6 +30,7 @@ pub fn steps(dir: &Path, query_key: &str) -> Vec<Vec<String>> {
     let val_features = in_run("val-fc7.parquet");
     let codes = in_run("codes");
     let sheet = in_run("neighbours.png");
+    let report = at("report");
     let retrieval: Vec<Vec<&str>> = vec![
         vec![
             "export-features",
@@ -79,6 +80,9 @@ pub fn steps(dir: &Path, query_key: &str) -> Vec<Vec<String>> {
             &val_features,
             "--codes",
             &codes,
+        ],
+        vec![
+            "report", "--runs", &run, "--sheet", &sheet, "--out", &report,
         ],
     ];
     steps

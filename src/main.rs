@@ -307,6 +307,51 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Train every recipe × seed (skipping finished runs, resuming unfinished ones) and
+    /// compare them: final val errors with their spread, epochs to a training-error threshold.
+    Experiment {
+        /// Recipes to compare; the first is the baseline (e.g. pipeline/sample.toml
+        /// pipeline/ablations/*.toml). Each file name names its runs.
+        #[arg(long, required = true, num_args = 1..)]
+        recipes: Vec<PathBuf>,
+        /// A recipe fragment laid over every recipe (e.g. pipeline/protocols/sample-short.toml).
+        #[arg(long)]
+        protocol: Option<PathBuf>,
+        /// Dataset directory.
+        #[arg(long, default_value = train::DEFAULT_DATASET)]
+        dataset: PathBuf,
+        /// Experiment directory: EXP/RECIPE-sSEED/ runs, EXP/summary.json, EXP/summary.md.
+        #[arg(long)]
+        out: PathBuf,
+        /// Seeds 0..N-1 per recipe (seed s adds s to train.seed and stream.seed).
+        #[arg(long, default_value_t = 1)]
+        seeds: u64,
+        /// Training top-1 error (a fraction) of "epochs to threshold" (Figure 1's measure).
+        #[arg(long, default_value_t = pipeline::experiment::DEFAULT_THRESHOLD)]
+        threshold: f64,
+        /// cpu, cuda or cuda:N (overrides every recipe's train.device).
+        #[arg(long)]
+        device: Option<String>,
+        /// No progress bars.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Figures of runs (curves, Figure 1 ReLU vs tanh, Figure 3 conv1 kernels, Figure 4
+    /// sheet) as PNGs, with an index.html that opens from disk.
+    Report {
+        /// Run directories to draw (after the experiment's runs).
+        #[arg(long, num_args = 1..)]
+        runs: Vec<PathBuf>,
+        /// An experiment directory (`pipeline experiment --out`): its runs and its table.
+        #[arg(long)]
+        experiment: Option<PathBuf>,
+        /// A `pipeline neighbors --sheet` PNG to include as Figure 4.
+        #[arg(long)]
+        sheet: Option<PathBuf>,
+        /// Report directory (PNGs + index.html).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Checks of a build on a device (what `benches/gpu/check.sh` runs on a GPU).
     Check {
         #[command(subcommand)]
@@ -513,7 +558,10 @@ fn quit_quietly_on_a_closed_stdout() {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Train { .. }) {
+    if !matches!(
+        cli.command,
+        Command::Train { .. } | Command::Experiment { .. }
+    ) {
         quit_quietly_on_a_closed_stdout();
     }
     if let Some(dir) = cli.cache {
@@ -757,6 +805,75 @@ fn main() -> Result<()> {
                 let signal = summary.signal.unwrap_or(train::interrupt::SIGINT);
                 std::process::exit(train::interrupt::exit_status(signal));
             }
+        }
+        Command::Experiment {
+            recipes,
+            protocol,
+            dataset,
+            out,
+            seeds,
+            threshold,
+            device,
+            quiet,
+        } => {
+            let options = pipeline::experiment::ExperimentOptions {
+                recipes,
+                protocol,
+                dataset,
+                out,
+                seeds,
+                threshold,
+                device,
+                progress: !quiet,
+            };
+            // As `train`: a closed stdout must not cost a checkpoint, so writes ignore it.
+            let mut say = |line: &str| {
+                use std::io::Write;
+                let _ = writeln!(std::io::stdout(), "{line}");
+            };
+            let outcome = pipeline::experiment::run(&options, &mut say)?;
+            println!(
+                "experiment   {} trained, {} resumed, {} skipped (finished)",
+                outcome.trained, outcome.resumed, outcome.skipped
+            );
+            if let Some(signal) = outcome.interrupted_by {
+                println!("interrupted: run the same command again to continue");
+                std::process::exit(train::interrupt::exit_status(signal));
+            }
+            if let Some(summary) = outcome.summary {
+                print!("\n{}", summary.table());
+                println!(
+                    "\nwritten      {}, {}",
+                    options
+                        .out
+                        .join(pipeline::experiment::SUMMARY_JSON)
+                        .display(),
+                    options
+                        .out
+                        .join(pipeline::experiment::SUMMARY_TABLE)
+                        .display()
+                );
+            }
+        }
+        Command::Report {
+            runs,
+            experiment,
+            sheet,
+            out,
+        } => {
+            let report = pipeline::report::write(&pipeline::report::ReportOptions {
+                runs,
+                experiment,
+                sheet,
+                out,
+            })?;
+            for f in &report.figures {
+                println!("figure       {} ({}×{})", f.file, f.width, f.height);
+            }
+            for note in &report.notes {
+                println!("not drawn    {note}");
+            }
+            println!("report       {}", report.index.display());
         }
         Command::Check { what } => check(what)?,
         Command::Eval {

@@ -4,9 +4,26 @@
 use rand::Rng;
 
 use super::{
-    AugmentError, Geometry, MeanSubtraction, Pca, View, draw_alphas, lighting_offset, random_view,
-    write_chw_visiting,
+    AugmentError, Geometry, MeanSubtraction, Pca, View, centre_view, draw_alphas, lighting_offset,
+    random_view, write_chw_visiting,
 };
+
+/// Which parts of the paper's random view a training sample gets (`[stream] random_crop`
+/// and `flip`); both on is the paper.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrainViews {
+    pub random_crop: bool,
+    pub flip: bool,
+}
+
+impl Default for TrainViews {
+    fn default() -> Self {
+        Self {
+            random_crop: true,
+            flip: true,
+        }
+    }
+}
 
 /// The paper's augmentation, configured once per run.
 #[derive(Clone, Debug, PartialEq)]
@@ -17,6 +34,7 @@ pub struct Augmenter {
     pca: Option<Pca>,
     /// Standard deviation of the αᵢ (0.1 in the paper).
     lighting_std: f32,
+    views: TrainViews,
 }
 
 impl Augmenter {
@@ -37,7 +55,13 @@ impl Augmenter {
             mean,
             pca,
             lighting_std,
+            views: TrainViews::default(),
         })
+    }
+
+    /// The same augmenter with random crops and/or mirroring switched off in training.
+    pub fn with_train_views(self, views: TrainViews) -> Self {
+        Self { views, ..self }
     }
 
     pub fn geometry(&self) -> Geometry {
@@ -67,7 +91,23 @@ impl Augmenter {
         out: &mut [f32],
         visit: Option<impl FnMut(&[u8])>,
     ) -> View {
-        let view = random_view(self.geometry, rng);
+        // The random view is always drawn, so switching crops or flips off leaves every
+        // later draw (the αᵢ) where the paper's augmentation has it.
+        let drawn = random_view(self.geometry, rng);
+        let centre = centre_view(self.geometry);
+        let view = View {
+            x: if self.views.random_crop {
+                drawn.x
+            } else {
+                centre.x
+            },
+            y: if self.views.random_crop {
+                drawn.y
+            } else {
+                centre.y
+            },
+            flip: self.views.flip && drawn.flip,
+        };
         let offset = match &self.pca {
             Some(pca) => lighting_offset(pca, draw_alphas(self.lighting_std, rng)),
             None => [0.0; 3],
@@ -133,6 +173,31 @@ mod tests {
         assert_eq!(view, expected_view);
         assert_ne!(offset, [0.0; 3]);
         assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn train_views_off_give_the_centre_unmirrored_and_keep_the_alphas() {
+        let g = Geometry::new(12, 8).unwrap();
+        let mean = MeanSubtraction::PerChannel([100.0, 110.0, 120.0]);
+        let off = TrainViews {
+            random_crop: false,
+            flip: false,
+        };
+        let aug = Augmenter::new(g, mean.clone(), Some(pca()), 0.1)
+            .unwrap()
+            .with_train_views(off);
+        let src: Vec<u8> = (0..g.source_len()).map(|i| (i * 7 % 251) as u8).collect();
+        let mut out = vec![0.0; aug.output_len()];
+        for seed in 0..16 {
+            let view = aug.train_image(&src, &mut ChaCha8Rng::seed_from_u64(seed), &mut out);
+            assert_eq!(view, centre_view(g));
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            random_view(g, &mut rng);
+            let offset = lighting_offset(&pca(), draw_alphas(0.1, &mut rng));
+            let mut expected = vec![0.0; g.output_len()];
+            write_chw(&src, g, centre_view(g), &mean, offset, &mut expected);
+            assert_eq!(out, expected);
+        }
     }
 
     #[test]

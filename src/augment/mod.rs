@@ -17,7 +17,7 @@ mod mean;
 mod ten_crop;
 mod view;
 
-pub use augmenter::Augmenter;
+pub use augmenter::{Augmenter, TrainViews};
 pub use chw::{write_chw, write_chw_visiting};
 pub use crop::{centre_view, random_view};
 pub use error::AugmentError;

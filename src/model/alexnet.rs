@@ -8,7 +8,7 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::ModelError;
-use super::config::{Kernels, LrnConfig, ModelConfig, PoolConfig};
+use super::config::{Activation, Kernels, LrnConfig, ModelConfig, PoolConfig};
 use super::conv::{Conv2d, ConvParams};
 use super::dropout::{DropoutRng, dropout};
 use super::linear::Linear;
@@ -130,9 +130,9 @@ pub fn param_specs(
     let normal = ParamInit::Normal { std: cfg.init_std };
     let mut specs = Vec::with_capacity(16);
     let mut c_in = 3;
-    for l in &CONVS {
+    for (l, scale) in CONVS.iter().zip(cfg.conv_scale) {
         let groups = if l.grouped { cfg.groups } else { 1 };
-        let c_out = conv_channels(l.base_out, cfg.width, cfg.groups);
+        let c_out = conv_channels(l.base_out, cfg.width * scale, cfg.groups);
         specs.push(ParamSpec {
             name: format!("{}.weight", l.name),
             shape: vec![c_out, c_in / groups, l.kernel, l.kernel],
@@ -215,6 +215,7 @@ pub struct AlexNet {
     pool: PoolConfig,
     dropout: f32,
     kernels: Kernels,
+    activation: Activation,
     input_size: usize,
 }
 
@@ -278,6 +279,7 @@ pub fn alexnet(
         pool: cfg.pool,
         dropout: cfg.dropout,
         kernels: cfg.kernels,
+        activation: cfg.activation,
         input_size,
     })
 }
@@ -376,25 +378,42 @@ impl AlexNet {
         let x = self.conv_relu(&self.conv4, &x)?; //              (b, 384, 13, 13)
         let x = self.conv_relu(&self.conv5, &x)?; //              (b, 256, 13, 13)
         let x = self.pool(&x)?.flatten_from(1)?; //               (b, 9216)
-        let x = self.fc6.forward_relu(&x)?; //                    (b, 4096)
+        let x = self.fc_act(&self.fc6, &x)?; //                   (b, 4096)
         if upto == FeatureLayer::Fc6 {
             return Ok(x);
         }
-        let x = self.fc7.forward_relu(&drop(x)?)?; //             (b, 4096)
+        let x = self.fc_act(&self.fc7, &drop(x)?)?; //            (b, 4096)
         if upto == FeatureLayer::Fc7 {
             return Ok(x);
         }
         self.fc8.forward(&drop(x)?) //                            (b, num_classes)
     }
 
+    /// conv + bias + the activation. Only ReLU is fused into our conv ops; tanh is
+    /// candle's op on the conv's output (CPU and CUDA alike), which is all the ablation
+    /// needs.
     fn conv_relu(&self, conv: &Conv2d, x: &Tensor) -> Result<Tensor> {
-        match self.kernels {
-            Kernels::Custom => conv.forward_relu(x),
-            Kernels::Reference => conv.forward_relu_reference(x),
+        match (self.activation, self.kernels) {
+            (Activation::Relu, Kernels::Custom) => conv.forward_relu(x),
+            (Activation::Relu, Kernels::Reference) => conv.forward_relu_reference(x),
+            (Activation::Tanh, Kernels::Custom) => conv.forward(x)?.tanh(),
+            (Activation::Tanh, Kernels::Reference) => conv.forward_reference(x)?.tanh(),
         }
     }
 
+    /// fc6/fc7 with their activation (ReLU fused into our fc op; tanh a candle op).
+    fn fc_act(&self, fc: &Linear, x: &Tensor) -> Result<Tensor> {
+        match self.activation {
+            Activation::Relu => fc.forward_relu(x),
+            Activation::Tanh => fc.forward(x)?.tanh(),
+        }
+    }
+
+    /// LRN, or the identity when the recipe switches it off.
     fn lrn(&self, x: &Tensor) -> Result<Tensor> {
+        if !self.lrn.enabled {
+            return Ok(x.clone());
+        }
         match self.kernels {
             Kernels::Custom => lrn(x, self.lrn),
             Kernels::Reference => lrn_composite(x, self.lrn),
@@ -550,6 +569,70 @@ mod tests {
             &Device::Cpu,
         )?;
         Ok((cfg, model, x))
+    }
+
+    /// The ablation knobs: the one-GPU net's kernel counts, tanh units, no LRN.
+    #[test]
+    fn ablation_knobs_change_the_network() -> Result<()> {
+        let one = ModelConfig {
+            groups: 1,
+            conv_scale: [0.5, 0.5, 0.5, 0.5, 1.0],
+            ..Default::default()
+        };
+        let specs = param_specs(&one, 224, 1000)?;
+        let shape = |n: &str| specs.iter().find(|s| s.name == n).unwrap().shape.clone();
+        assert_eq!(shape("conv1.weight"), [48, 3, 11, 11]);
+        assert_eq!(shape("conv2.weight"), [128, 48, 5, 5]);
+        assert_eq!(shape("conv4.weight"), [192, 192, 3, 3]);
+        assert_eq!(shape("conv5.weight"), [256, 192, 3, 3]);
+        assert_eq!(shape("fc6.weight"), [4096, 9216]);
+
+        let (cfg, relu, x) = small()?;
+        let build = |cfg: ModelConfig| -> Result<AlexNet> {
+            let varmap = super::super::init_paper(&cfg, 95, 10, 3, DType::F32, &Device::Cpu)?;
+            alexnet(
+                &cfg,
+                95,
+                10,
+                VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+            )
+        };
+        // Zero biases, so tanh's outputs take both signs.
+        let tanh = build(ModelConfig {
+            activation: Activation::Tanh,
+            init_bias_one: false,
+            ..cfg
+        })?;
+        let fc7 = tanh
+            .forward_features(&x, FeatureLayer::Fc7)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        assert!(fc7.iter().all(|v| v.abs() <= 1.0), "tanh is bounded");
+        assert!(fc7.iter().any(|&v| v < 0.0) && fc7.iter().any(|&v| v > 0.0));
+        let fc7 = relu
+            .forward_features(&x, FeatureLayer::Fc7)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        assert!(fc7.iter().all(|&v| v >= 0.0));
+        // Without LRN the same weights give other logits; the reference ops agree.
+        let mut no_lrn = cfg;
+        no_lrn.lrn.enabled = false;
+        let plain = build(no_lrn)?.forward(&x, None)?;
+        let with = relu.forward(&x, None)?;
+        assert!((&plain - &with)?.abs()?.max_all()?.to_scalar::<f32>()? > 1e-6);
+        let reference = build(ModelConfig {
+            kernels: Kernels::Reference,
+            ..no_lrn
+        })?
+        .forward(&x, None)?;
+        assert!(
+            (&plain - &reference)?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f32>()?
+                < 1e-4
+        );
+        Ok(())
     }
 
     #[test]

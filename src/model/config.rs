@@ -39,6 +39,25 @@ pub struct ModelConfig {
     /// candle ops, differentiated by candle, on any device: slower, and the oracle the
     /// custom ops are tested against). Both compute the same network.
     pub kernels: Kernels,
+    /// The non-linearity after every conv layer and fc6/fc7: "relu" (paper §3.1) or
+    /// "tanh", the saturating unit Figure 1 compares it against.
+    pub activation: Activation,
+    /// Multipliers of conv1..conv5's kernel counts on top of `width` (paper: all 1).
+    /// The paper's one-GPU net (§3.5, footnote) is `groups = 1` with
+    /// `[0.5, 0.5, 0.5, 0.5, 1.0]`: half the kernels in conv1-conv4, while conv5 and the
+    /// fc layers keep their size so both nets have about the same parameter count.
+    pub conv_scale: [f64; 5],
+}
+
+/// The non-linearity of the hidden layers (`[model] activation`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    /// max(0, x): the paper's non-saturating unit.
+    #[default]
+    Relu,
+    /// tanh(x): the saturating unit of Figure 1 (a candle op on every device).
+    Tanh,
 }
 
 /// The implementation of the model's ops (`[model] kernels`).
@@ -64,6 +83,8 @@ impl Default for ModelConfig {
             init_std: 0.01,
             init_bias_one: true,
             kernels: Kernels::Custom,
+            activation: Activation::Relu,
+            conv_scale: [1.0; 5],
         }
     }
 }
@@ -73,6 +94,8 @@ impl Default for ModelConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LrnConfig {
+    /// false removes both LRN layers (the ablation of §3.3); the other keys are then unused.
+    pub enabled: bool,
     /// Additive constant in the denominator (paper: 2).
     pub k: f64,
     /// Number of adjacent channels summed over, centred on the channel itself
@@ -89,6 +112,7 @@ pub struct LrnConfig {
 impl Default for LrnConfig {
     fn default() -> Self {
         Self {
+            enabled: true,
             k: 2.0,
             n: 5,
             alpha: 1e-4,
@@ -157,6 +181,16 @@ impl ModelConfig {
             return bad(
                 "model.pool",
                 format!("size and stride must be >= 1, got {:?}", self.pool),
+            );
+        }
+        if let Some(scale) = self
+            .conv_scale
+            .iter()
+            .find(|s| !(s.is_finite() && **s > 0.0))
+        {
+            return bad(
+                "model.conv_scale",
+                format!("every multiplier must be a positive number, got {scale}"),
             );
         }
         if !(self.init_std.is_finite() && self.init_std >= 0.0) {

@@ -102,6 +102,11 @@ impl Conv2d {
         self.reference(x)?.relu()
     }
 
+    /// `conv(x) + bias` from candle ops only (any device and dtype).
+    pub fn forward_reference(&self, x: &Tensor) -> Result<Tensor> {
+        self.reference(x)
+    }
+
     /// The custom op where the device has one, else the reference composite.
     fn apply(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
         let p = self.params;

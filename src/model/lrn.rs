@@ -385,12 +385,14 @@ mod tests {
         [
             LrnConfig::default(),
             LrnConfig {
+                enabled: true,
                 k: 1.0,
                 n: 3,
                 alpha: 0.5,
                 beta: 0.75,
             },
             LrnConfig {
+                enabled: true,
                 k: 0.7,
                 n: 5,
                 alpha: 0.3,

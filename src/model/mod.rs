@@ -28,7 +28,7 @@ mod test_util;
 pub use alexnet::{
     AlexNet, FeatureLayer, LayerParams, ParamInit, ParamSpec, alexnet, param_specs, parameter_count,
 };
-pub use config::{Kernels, LrnConfig, ModelConfig, PoolConfig};
+pub use config::{Activation, Kernels, LrnConfig, ModelConfig, PoolConfig};
 pub use dropout::{DropoutRng, DropoutState};
 pub use init::init_paper;
 

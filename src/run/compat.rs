@@ -109,10 +109,10 @@ pub fn check(source: &DataSource, against: Against) -> Result<(), Box<Incompatib
     if !card.model.same_network(&recipe.model) || card.input_size != recipe.data.crop_size {
         return refuse(Mismatch::Network {
             checkpoint: checkpoint.display().to_string(),
-            card: card.model,
+            card: Box::new(card.model),
             card_crop: card.input_size,
             recipe: dir.recipe().display().to_string(),
-            recipe_model: recipe.model,
+            recipe_model: Box::new(recipe.model),
             recipe_crop: recipe.data.crop_size,
         });
     }

@@ -93,10 +93,11 @@ pub enum Mismatch {
     )]
     Network {
         checkpoint: String,
-        card: ModelConfig,
+        // Boxed: a model config is large, and every error carries the enum.
+        card: Box<ModelConfig>,
         card_crop: usize,
         recipe: String,
-        recipe_model: ModelConfig,
+        recipe_model: Box<ModelConfig>,
         recipe_crop: usize,
     },
 }

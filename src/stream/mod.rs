@@ -47,7 +47,9 @@ use source::ShardIndex;
 use stages::{AugmentContext, AugmentTask, ShuffleTask, SourceTask};
 use timing::{StageTimes, TimingReport};
 
-use crate::augment::{AugmentError, Augmenter, Geometry, MeanImage, MeanSubtraction, Pca};
+use crate::augment::{
+    AugmentError, Augmenter, Geometry, MeanImage, MeanSubtraction, Pca, TrainViews,
+};
 use crate::dataset::manifest::ManifestError;
 use crate::dataset::{MEAN_FILE, Manifest, Split, npy};
 use crate::store::{Location, StoreError};
@@ -82,6 +84,12 @@ pub struct StreamConfig {
     pub mean: MeanMode,
     /// Seed of the row-group order, the shuffle and every augmentation draw.
     pub seed: u64,
+    /// true (paper §4.1): each training image is a random crop; false: the centre crop
+    /// (the no-crops ablation). The draw is made either way, so the other draws stay put.
+    pub random_crop: bool,
+    /// true (paper §4.1): each training image is mirrored with probability 0.5; false:
+    /// never mirrored.
+    pub flip: bool,
 }
 
 impl Default for StreamConfig {
@@ -94,6 +102,8 @@ impl Default for StreamConfig {
             lighting_std: 0.1,
             mean: MeanMode::Pixel,
             seed: 0,
+            random_crop: true,
+            flip: true,
         }
     }
 }
@@ -392,7 +402,11 @@ impl DataSource {
             self.mean.clone(),
             lighting,
             self.config.lighting_std,
-        )?;
+        )?
+        .with_train_views(TrainViews {
+            random_crop: self.config.random_crop,
+            flip: self.config.flip,
+        });
         let plan = self.plan(&options);
         let times = Arc::new(StageTimes::default());
         let prefetch = self.config.prefetch.max(1);
