@@ -4,9 +4,9 @@
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use super::font::FAMILY;
 use super::png::Canvas;
 use super::{ReportError, RunData};
+use crate::fonts::FAMILY;
 use crate::train::metrics::EpochMetrics;
 
 /// Three panels side by side: loss, train top-1 error, val top-1 error.

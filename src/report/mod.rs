@@ -9,7 +9,6 @@
 //! - `figure4-neighbours.png`: a `neighbors --sheet`, copied in when given.
 
 pub mod curves;
-pub mod font;
 pub mod html;
 pub mod kernels;
 pub mod png;
@@ -134,7 +133,10 @@ pub struct Report {
 
 /// Writes every figure that the runs allow, then `index.html`.
 pub fn write(options: &ReportOptions) -> Result<Report, ReportError> {
-    font::register()?;
+    crate::fonts::register().map_err(|message| ReportError::Draw {
+        figure: "(every figure)".into(),
+        message,
+    })?;
     let (runs, summary) = gather(options)?;
     if runs.is_empty() {
         return Err(ReportError::Invalid(

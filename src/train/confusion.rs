@@ -10,17 +10,13 @@ use std::path::Path;
 
 use image::ImageEncoder;
 use plotters::prelude::*;
-use plotters::style::FontStyle;
 use serde::Serialize;
 
 use super::TrainError;
 use crate::dataset::atomic;
 use crate::dataset::manifest::ClassInfo;
 
-/// The embedded font the labels are drawn with: nothing is read from system font
-/// folders, which a server or CI machine may not have.
-const FONT: &[u8] = include_bytes!("../fonts/DejaVuSans-Latin1.ttf");
-const FONT_FAMILY: &str = "sans-serif";
+use crate::fonts::FAMILY as FONT_FAMILY;
 
 /// Heat map layout, in pixels: each class a `CELL`-sided square (shrunk for many
 /// classes to keep the grid within [`MAX_GRID`]), its top-left corner at
@@ -169,7 +165,7 @@ impl ConfusionMatrix {
     }
 
     fn draw(&self, layout: &Layout, title: &str, pixels: &mut [u8]) -> Result<(), String> {
-        register_font()?;
+        crate::fonts::register()?;
         let failed = |e: DrawingAreaErrorKind<_>| e.to_string();
         let root = BitMapBackend::with_buffer(pixels, layout.size()).into_drawing_area();
         root.fill(&WHITE).map_err(failed)?;
@@ -314,17 +310,6 @@ fn top1(row: &[f32]) -> Option<usize> {
         }
     }
     (!row.is_empty()).then_some(best)
-}
-
-fn register_font() -> Result<(), String> {
-    use std::sync::OnceLock;
-    static REGISTERED: OnceLock<Result<(), String>> = OnceLock::new();
-    REGISTERED
-        .get_or_init(|| {
-            plotters::style::register_font(FONT_FAMILY, FontStyle::Normal, FONT)
-                .map_err(|_| "the embedded font does not parse".to_string())
-        })
-        .clone()
 }
 
 fn io_error(path: &Path, e: std::io::Error) -> TrainError {
