@@ -13,6 +13,7 @@ pub mod device;
 pub mod experiment;
 pub mod export;
 pub mod features;
+pub mod fnv;
 pub mod fonts;
 pub mod ingest;
 pub mod model;

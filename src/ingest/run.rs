@@ -27,6 +27,7 @@ use crate::dataset::writer::{ShardWriter, WriteError};
 use crate::dataset::{
     MEAN_FILE, Manifest, PcaStats, SkippedImage, Split, SplitInfo, Stats, npy, shard_file_name,
 };
+use crate::fnv::Fnv1a;
 
 /// What to ingest, where, and how.
 #[derive(Clone, Debug)]
@@ -131,30 +132,19 @@ pub enum IngestError {
     Threads { workers: usize, message: String },
 }
 
-/// FNV-1a: a stable 64-bit hash (std's hasher may change between releases).
-fn fnv1a(hash: &mut u64, bytes: &[u8]) {
-    for &b in bytes {
-        *hash ^= u64::from(b);
-        *hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-}
-
 /// Everything that determines the output bytes.
 fn fingerprint(tree: &SourceTree, image_size: usize, config: &IngestConfig) -> String {
-    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    let mut hash = Fnv1a::default();
     let settings = serde_json::to_string(config).expect("config serialises");
-    fnv1a(
-        &mut hash,
-        format!("v{FORMAT_VERSION} s{image_size} {settings}").as_bytes(),
-    );
+    hash.update(format!("v{FORMAT_VERSION} s{image_size} {settings}").as_bytes());
     for (split, images) in [("train", &tree.train), ("val", &tree.val)] {
-        fnv1a(&mut hash, split.as_bytes());
+        hash.update(split.as_bytes());
         for image in images {
-            fnv1a(&mut hash, image.key.as_bytes());
-            fnv1a(&mut hash, &image.label.to_le_bytes());
+            hash.update(image.key.as_bytes());
+            hash.update(&image.label.to_le_bytes());
         }
     }
-    format!("{hash:016x}")
+    hash.hex()
 }
 
 /// The order training rows are written in: a seeded permutation of the sorted
@@ -556,18 +546,23 @@ pub fn ingest(opts: &IngestOptions) -> Result<IngestSummary, IngestError> {
     let started = Instant::now();
     let plan = Plan::new(opts)?;
     let out = &opts.out;
-    let print = |_: &Path| opts.out_name();
     let state_dir = IngestState::dir(out);
     let complete = out.join(crate::dataset::MANIFEST_FILE).exists();
     let mut state = match IngestState::load(&state_dir)? {
         Some(state) if state.fingerprint == plan.fingerprint => state,
         Some(_) if complete => {
-            return Err(IngestError::CompleteDatasetMismatch { out: print(out) });
+            return Err(IngestError::CompleteDatasetMismatch {
+                out: opts.out_name(),
+            });
         }
-        Some(_) => return Err(IngestError::FingerprintMismatch { out: print(out) }),
+        Some(_) => {
+            return Err(IngestError::FingerprintMismatch {
+                out: opts.out_name(),
+            });
+        }
         None if complete => {
             return Err(IngestError::ForeignDataset {
-                out: print(out),
+                out: opts.out_name(),
                 state: super::state::STATE_DIR,
             });
         }

@@ -23,6 +23,7 @@ use futures::StreamExt;
 use object_store::{GetOptions, ObjectStore};
 
 use super::{Remote, StoreError};
+use crate::fnv::Fnv1a;
 
 /// `--cache DIR --cache-size BYTES`, set once by the command line.
 #[derive(Clone, Debug)]
@@ -120,13 +121,10 @@ fn component(text: &str) -> String {
 /// `s3://bucket/prefix` → `s3_bucket_prefix-<hash>` (readable, and unique even
 /// where two URLs map to the same readable name).
 fn dataset_folder(url: &str) -> PathBuf {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in url.bytes() {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
+    let mut hash = Fnv1a::default();
+    hash.update(url.as_bytes());
     let readable: String = component(url).chars().take(80).collect();
-    PathBuf::from(format!("{readable}-{hash:016x}"))
+    PathBuf::from(format!("{readable}-{}", hash.hex()))
 }
 
 impl Index {
