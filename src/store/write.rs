@@ -40,16 +40,20 @@ impl Remote {
             .await
             .map_err(|e| self.error(name, e))?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
-        let mut chunk = vec![0; PART_BYTES];
         loop {
-            let read = read_full(&mut file, &mut chunk).map_err(io)?;
-            if read == 0 {
+            // Each part read into its own buffer, handed over without a copy.
+            let mut part = Vec::with_capacity(PART_BYTES);
+            (&mut file)
+                .take(PART_BYTES as u64)
+                .read_to_end(&mut part)
+                .map_err(io)?;
+            if part.is_empty() {
                 break;
             }
             if let Err(e) = writer.wait_for_capacity(PARTS_IN_FLIGHT).await {
                 return Err(self.error(name, e));
             }
-            writer.write(&chunk[..read]);
+            writer.put(Bytes::from(part));
         }
         // On failure `finish` aborts the upload, so no parts are left behind.
         writer
@@ -95,16 +99,4 @@ impl Remote {
             Err(e) => Err(self.error(name, e)),
         }
     }
-}
-
-/// Reads until `buffer` is full or the file ends; the count read.
-fn read_full(file: &mut std::fs::File, buffer: &mut [u8]) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buffer.len() {
-        match file.read(&mut buffer[filled..])? {
-            0 => break,
-            n => filled += n,
-        }
-    }
-    Ok(filled)
 }
