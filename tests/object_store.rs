@@ -625,13 +625,13 @@ fn a_corrupt_row_in_s3_is_named_by_its_url_row_and_key() {
     assert!(err.contains(&named), "{err}");
 }
 
-/// The train split's shard files of the fixture, and their total size.
-fn train_shard_bytes() -> u64 {
+/// The sizes of the fixture's train shard files.
+fn train_shard_sizes() -> Vec<u64> {
     tree_bytes(dataset())
         .iter()
         .filter(|(name, _)| name.starts_with("train/"))
         .map(|(_, bytes)| bytes.len() as u64)
-        .sum()
+        .collect()
 }
 
 /// `pipeline stream` of `s3://BUCKET/ds` for two epochs with `extra` flags; its
@@ -672,7 +672,7 @@ fn a_cache_serves_later_epochs_from_disk_with_the_same_batches() {
     let tmp = tempfile::tempdir().unwrap();
     let recipe = recipe(tmp.path());
     let cache = tmp.path().join("cache");
-    let shards = train_shard_bytes();
+    let shards: u64 = train_shard_sizes().iter().sum();
 
     // Without a cache every epoch streams the row groups again.
     let uncached = two_epochs_traffic(&moto, "cached", &recipe, &[]);
@@ -729,12 +729,7 @@ fn a_cache_smaller_than_the_dataset_stays_within_its_bound() {
     };
     let tmp = tempfile::tempdir().unwrap();
     let recipe = recipe(tmp.path());
-    let largest = tree_bytes(dataset())
-        .iter()
-        .filter(|(name, _)| name.starts_with("train/"))
-        .map(|(_, bytes)| bytes.len() as u64)
-        .max()
-        .unwrap();
+    let largest = *train_shard_sizes().iter().max().unwrap();
     // Room for two of the four shards (three 32-row ones, one of 4 rows).
     let limit = 2 * largest + 1000;
     let cache = tmp.path().join("cache");
