@@ -10,6 +10,7 @@ use pipeline::model::Kernels;
 use pipeline::train::step_timing::{StepCase, time_steps};
 
 fn main() -> anyhow::Result<()> {
+    println!("matmul: {}", matmul_kernels());
     let cases = std::env::var("TRAIN_STEP_CASES")
         .unwrap_or_else(|_| "0.25:64:128:10:5,1:224:32:1000:3".into());
     for case in cases.split(',') {
@@ -33,4 +34,19 @@ fn main() -> anyhow::Result<()> {
         println!("{}", time_steps(&Device::Cpu, &case)?.line(&case));
     }
     Ok(())
+}
+
+/// Which of gemm's kernels candle's CPU matmul runs here: gemm picks them at run time,
+/// AVX-512 ones only where the CPU has avx512f (Cargo.toml enables them).
+fn matmul_kernels() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return "gemm 0.19 (candle's CPU backend), AVX-512 kernels";
+        }
+        if std::arch::is_x86_feature_detected!("fma") {
+            return "gemm 0.19 (candle's CPU backend), AVX2+FMA kernels";
+        }
+    }
+    "gemm 0.19 (candle's CPU backend), portable kernels"
 }
