@@ -11,17 +11,21 @@
 //!   back to full size with zeros and adds them.
 //!
 //! [`Conv2dOp`] is a `CustomOp3 (input, kernel, bias)` for f32/f64 on the CPU, with an
-//! optional fused ReLU ([`Conv2d::forward_relu`]), that lowers each group to one large
-//! GEMM over the whole batch (im2col with columns `batch*out_h*out_w`, candle's own gemm
-//! through `BackendStorage::matmul` / `Tensor::matmul`):
-//! - forward: `out_g (c_out_g, B*P) = W_g (c_out_g, K) @ cols_g (K, B*P)`, then bias
-//!   (and ReLU) while copying into `(B, c_out, P)`;
-//! - backward: one pass reorders `dOut` to `(c_out, B*P)` and applies the ReLU mask;
-//!   `db = row sums`, `dW_g = dOut_g @ cols_gᵀ`, and only if the input needs a gradient
-//!   (`Tensor::track_op`), `dcols_g = W_gᵀ @ dOut_g` followed by col2im.
+//! optional fused ReLU ([`Conv2d::forward_relu`]), that lowers each group to GEMMs over
+//! chunks of images (im2col with columns `images*out_h*out_w`, at most [`CHUNK_ELEMS`]
+//! elements per chunk), through `gemm` directly ([`super::matmul`]):
+//! - forward: `out_g (c_out_g, n) = W_g (c_out_g, K) @ cols_g (K, n)`, then bias (and
+//!   ReLU) while copying into `(B, c_out, P)`;
+//! - backward: per chunk, one pass reorders `dOut` to `(c_out, n)` and applies the ReLU
+//!   mask; `db += row sums`, `dW_g += dOut_g @ cols_gᵀ` (one op, [`ConvGradWeight`]), and
+//!   only if the input needs a gradient (`Tensor::track_op`), `dcols_g = W_gᵀ @ dOut_g`
+//!   followed by col2im ([`ConvGradInput`]).
 //!
-//! The im2col matrix is `K x B*P` floats per group (conv1 at batch 128: 363 x 387,200,
-//! 560 MB in f32), allocated per call and freed at once.
+//! The im2col matrix, the GEMM result and the reordered gradient are temporaries from
+//! [`super::workspace`], reused from call to call: allocating them per call (conv1 at
+//! batch 128 would need 560 MB) cost more in page faults and zeroing than the GEMMs.
+//! im2col copies each stride-1 row as one slice and skips the padding by range, not by
+//! a test per element.
 //!
 //! On CUDA in `cudnn` builds the same layer is [`super::cudnn::CudnnConv2d`]: cuDNN's
 //! forward, backward-data and backward-filter with the groups passed to cuDNN, bias and
@@ -33,13 +37,12 @@
 //! differentiated by candle: the oracle the custom ops are tested against.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Module, Result, Shape, Tensor,
-    WithDType,
-};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-use super::cpu_slice::{contiguous_range, contiguous_slice};
+use super::cpu_slice::contiguous_slice;
+use super::matmul::{Mat, matmul};
+use super::workspace::{ScratchElem, scratch};
 
 /// Stride, zero padding (same on all four sides) and groups of a convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -225,191 +228,398 @@ impl Geom {
     }
 }
 
-/// im2col of group `g`: `cols[(c, ky, kx)][b * P + oy * ow + ox] = x[b, g*cin_g + c, iy, ix]`
-/// (zero outside the image). Reads `x` through its strides.
-fn im2col<T: WithDType>(x: &[T], l: &Layout, gm: &Geom, g: usize) -> Vec<T> {
+/// The im2col matrix of one chunk of images holds at most this many elements (16 MB in
+/// f32; at least one image): the workspace stays small whatever the batch, and the
+/// columns a GEMM reads were written moments before.
+#[cfg(not(test))]
+const CHUNK_ELEMS: usize = 1 << 22;
+/// In unit tests a chunk is (about) one image, so the tests' small batches run through
+/// several chunks: the accumulation of dW and db across chunks and col2im's offsets.
+#[cfg(test)]
+const CHUNK_ELEMS: usize = 64;
+
+impl Geom {
+    /// Images per chunk (see [`CHUNK_ELEMS`]).
+    fn images_per_chunk(&self) -> usize {
+        (CHUNK_ELEMS / (self.k() * self.pix()).max(1)).clamp(1, self.b.max(1))
+    }
+
+    /// `(first image, images)` of each chunk, in order.
+    fn chunks(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        let per = self.images_per_chunk();
+        (0..self.b)
+            .step_by(per)
+            .map(move |b0| (b0, per.min(self.b - b0)))
+    }
+}
+
+/// The outputs `o` in `0..out` whose input position `o * stride + tap - pad` lies in
+/// `0..side`: a range, since the position grows with `o`.
+fn valid_outputs(out: usize, side: usize, tap: usize, stride: usize, pad: usize) -> (usize, usize) {
+    let lo = pad.saturating_sub(tap).div_ceil(stride).min(out);
+    let hi = (side + pad).saturating_sub(tap).div_ceil(stride).min(out);
+    (lo, hi.max(lo))
+}
+
+/// im2col of group `g` for images `b0..b0 + nb` into `cols` (`K x nb*P`, every element
+/// written): `cols[(c, ky, kx)][(b - b0) * P + oy * ow + ox] = x[b, g*cin_g + c, iy, ix]`,
+/// zero outside the image. Reads `x` through its strides; a stride-1 row is one copy.
+#[allow(clippy::too_many_arguments)]
+fn im2col_into<T: WithDType>(
+    x: &[T],
+    l: &Layout,
+    gm: &Geom,
+    g: usize,
+    b0: usize,
+    nb: usize,
+    cols: &mut [T],
+) {
     let st = l.stride();
     let (s0, s1, s2, s3) = (st[0], st[1], st[2], st[3]);
     let x = &x[l.start_offset()..];
-    let (pix, bp) = (gm.pix(), gm.b * gm.pix());
-    let (pad, stride) = (gm.p.padding as isize, gm.p.stride as isize);
-    let mut cols = vec![T::zero(); gm.k() * bp];
-    cols.par_chunks_mut(bp).enumerate().for_each(|(row, dst)| {
+    let (pix, ow, n) = (gm.pix(), gm.ow, nb * gm.pix());
+    let (pad, stride) = (gm.p.padding, gm.p.stride);
+    cols.par_chunks_mut(n).enumerate().for_each(|(row, dst)| {
         let (c, ky, kx) = (row / (gm.kh * gm.kw), (row / gm.kw) % gm.kh, row % gm.kw);
         let c = g * gm.cin_g() + c;
-        for b in 0..gm.b {
-            let base = b * s0 + c * s1;
-            for oy in 0..gm.oh {
-                let iy = oy as isize * stride + ky as isize - pad;
-                let d = &mut dst[b * pix + oy * gm.ow..b * pix + (oy + 1) * gm.ow];
-                if iy < 0 || iy >= gm.h as isize {
-                    continue; // already zero
+        let (ylo, yhi) = valid_outputs(gm.oh, gm.h, ky, stride, pad);
+        let (xlo, xhi) = valid_outputs(ow, gm.w, kx, stride, pad);
+        let step = stride * s3;
+        for bi in 0..nb {
+            let img = &mut dst[bi * pix..][..pix];
+            img[..ylo * ow].fill(T::zero());
+            img[yhi * ow..].fill(T::zero());
+            let base = (b0 + bi) * s0 + c * s1;
+            for oy in ylo..yhi {
+                let d = &mut img[oy * ow..][..ow];
+                d[..xlo].fill(T::zero());
+                d[xhi..].fill(T::zero());
+                if xhi == xlo {
+                    continue;
                 }
-                let rowbase = base + iy as usize * s2;
-                for (ox, v) in d.iter_mut().enumerate() {
-                    let ix = ox as isize * stride + kx as isize - pad;
-                    if ix >= 0 && ix < gm.w as isize {
-                        *v = x[rowbase + ix as usize * s3];
+                let iy = oy * stride + ky - pad;
+                let start = base + iy * s2 + (xlo * stride + kx - pad) * s3;
+                let d = &mut d[xlo..xhi];
+                if step == 1 {
+                    d.copy_from_slice(&x[start..start + d.len()]);
+                } else {
+                    for (j, v) in d.iter_mut().enumerate() {
+                        *v = x[start + j * step];
                     }
                 }
             }
         }
     });
-    cols
 }
 
-/// col2im of one group: the adjoint of [`im2col`], summing overlapping contributions.
-/// `cols` is `(K, B*P)` contiguous; returns `(b, cin_g, h, w)` contiguous.
-fn col2im<T: WithDType>(cols: &[T], gm: &Geom) -> Vec<T> {
-    let (pix, bp, cin_g) = (gm.pix(), gm.b * gm.pix(), gm.cin_g());
-    let (pad, stride) = (gm.p.padding as isize, gm.p.stride as isize);
-    let mut out = vec![T::zero(); gm.b * cin_g * gm.h * gm.w];
-    out.par_chunks_mut(gm.h * gm.w)
+/// col2im of group `g` for images `b0..b0 + nb`: the adjoint of [`im2col_into`], adding
+/// `dcols` (`K x nb*P`) into the group's channels of `dx` (`(b, c_in, h, w)`, whole batch).
+fn col2im_into<T: WithDType>(dcols: &[T], gm: &Geom, g: usize, b0: usize, nb: usize, dx: &mut [T]) {
+    let (pix, ow, n, cin_g) = (gm.pix(), gm.ow, nb * gm.pix(), gm.cin_g());
+    let (pad, stride, plane) = (gm.p.padding, gm.p.stride, gm.h * gm.w);
+    let images = &mut dx[b0 * gm.c_in * plane..(b0 + nb) * gm.c_in * plane];
+    images
+        .par_chunks_mut(plane)
         .enumerate()
-        .for_each(|(plane, dst)| {
-            let (b, c) = (plane / cin_g, plane % cin_g);
+        .filter(|(i, _)| (i % gm.c_in) / cin_g == g)
+        .for_each(|(i, dst)| {
+            let (bi, c) = (i / gm.c_in, i % gm.c_in % cin_g);
             for ky in 0..gm.kh {
+                let (ylo, yhi) = valid_outputs(gm.oh, gm.h, ky, stride, pad);
                 for kx in 0..gm.kw {
-                    let row = &cols[((c * gm.kh + ky) * gm.kw + kx) * bp + b * pix..][..pix];
-                    for oy in 0..gm.oh {
-                        let iy = oy as isize * stride + ky as isize - pad;
-                        if iy < 0 || iy >= gm.h as isize {
-                            continue;
-                        }
-                        let d = &mut dst[iy as usize * gm.w..(iy as usize + 1) * gm.w];
-                        for (ox, &v) in row[oy * gm.ow..(oy + 1) * gm.ow].iter().enumerate() {
-                            let ix = ox as isize * stride + kx as isize - pad;
-                            if ix >= 0 && ix < gm.w as isize {
-                                d[ix as usize] += v;
+                    let (xlo, xhi) = valid_outputs(ow, gm.w, kx, stride, pad);
+                    if xhi == xlo {
+                        continue;
+                    }
+                    let row = &dcols[((c * gm.kh + ky) * gm.kw + kx) * n + bi * pix..][..pix];
+                    for oy in ylo..yhi {
+                        let iy = oy * stride + ky - pad;
+                        let src = &row[oy * ow + xlo..oy * ow + xhi];
+                        let d = &mut dst[iy * gm.w + xlo * stride + kx - pad..];
+                        if stride == 1 {
+                            for (d, &s) in d.iter_mut().zip(src) {
+                                *d += s;
+                            }
+                        } else {
+                            for (j, &s) in src.iter().enumerate() {
+                                d[j * stride] += s;
                             }
                         }
                     }
                 }
             }
         });
-    out
 }
 
-fn fwd<T: WithDType>(
+fn fwd<T: ScratchElem>(
     x: &[T],
     xl: &Layout,
-    ks: &CpuStorage,
-    kl: &Layout,
+    w: &[T],
     bias: &[T],
     relu: bool,
     gm: &Geom,
 ) -> Result<Vec<T>> {
-    let (k, bp, pix, cout_g) = (gm.k(), gm.b * gm.pix(), gm.pix(), gm.cout_g());
-    if !kl.is_contiguous() {
-        candle_core::bail!("conv2d: kernel must be contiguous")
-    }
-    let mut out = vec![T::zero(); gm.b * gm.c_out * pix];
-    for g in 0..gm.p.groups {
-        let cols = T::to_cpu_storage_owned(im2col(x, xl, gm, g));
-        // W_g viewed as (cout_g, K): rows are output channels, K runs over (c, ky, kx).
-        let wl = Layout::new(
-            (cout_g, k).into(),
-            vec![k, 1],
-            kl.start_offset() + g * cout_g * k,
-        );
-        let res = ks.matmul(&cols, (1, cout_g, bp, k), &wl, &Layout::contiguous((k, bp)))?;
-        drop(cols);
-        let res = res.as_slice::<T>()?;
-        // (cout_g, B*P) -> out (B, c_out, P) at channel offset g*cout_g, adding the bias
-        // (and applying the ReLU) on the way.
-        out.par_chunks_mut(gm.c_out * pix)
-            .enumerate()
-            .for_each(|(b, ob)| {
-                for co in 0..cout_g {
-                    let c = g * cout_g + co;
-                    let src = &res[co * bp + b * pix..][..pix];
-                    let dst = &mut ob[c * pix..][..pix];
-                    let bc = bias[c];
-                    if relu {
-                        for (d, &s) in dst.iter_mut().zip(src) {
-                            let v = s + bc;
-                            *d = if v > T::zero() { v } else { T::zero() };
-                        }
-                    } else {
-                        for (d, &s) in dst.iter_mut().zip(src) {
-                            *d = s + bc;
+    let (k, pix, cout_g, c_out) = (gm.k(), gm.pix(), gm.cout_g(), gm.c_out);
+    let per = gm.images_per_chunk();
+    let mut out = vec![T::zero(); gm.b * c_out * pix];
+    let mut cols = scratch::<T>(k * per * pix);
+    let mut res = scratch::<T>(cout_g * per * pix);
+    for (b0, nb) in gm.chunks() {
+        let n = nb * pix;
+        for g in 0..gm.p.groups {
+            im2col_into(x, xl, gm, g, b0, nb, &mut cols[..k * n]);
+            // W_g viewed as (cout_g, K): rows are output channels, K runs over (c, ky, kx).
+            let w_g = Mat::rows(&w[g * cout_g * k..(g + 1) * cout_g * k], cout_g, k);
+            matmul(
+                &mut res[..cout_g * n],
+                n,
+                w_g,
+                Mat::rows(&cols[..k * n], k, n),
+                false,
+            )?;
+            let res = &res[..cout_g * n];
+            // (cout_g, nb*P) -> out (b, c_out, P) at channel offset g*cout_g, adding the
+            // bias (and applying the ReLU) on the way.
+            out[b0 * c_out * pix..(b0 + nb) * c_out * pix]
+                .par_chunks_mut(c_out * pix)
+                .enumerate()
+                .for_each(|(bi, ob)| {
+                    for co in 0..cout_g {
+                        let c = g * cout_g + co;
+                        let src = &res[co * n + bi * pix..][..pix];
+                        let dst = &mut ob[c * pix..][..pix];
+                        let bc = bias[c];
+                        if relu {
+                            for (d, &s) in dst.iter_mut().zip(src) {
+                                let v = s + bc;
+                                *d = if v > T::zero() { v } else { T::zero() };
+                            }
+                        } else {
+                            for (d, &s) in dst.iter_mut().zip(src) {
+                                *d = s + bc;
+                            }
                         }
                     }
-                }
-            });
+                });
+        }
     }
     Ok(out)
 }
 
-/// `(b, c, h, w)` output gradient -> `(c, b*h*w)`, zeroed where the ReLU output was 0.
-fn grad_to_rows<T: WithDType>(
+/// Images `b0..b0 + nb` of the `(b, c, P)` output gradient as `rows` (`c x nb*P`),
+/// zeroed where the ReLU output (`mask`) was 0.
+#[allow(clippy::too_many_arguments)]
+fn grad_rows_into<T: WithDType>(
     g: &[T],
-    res: Option<&[T]>,
-    b: usize,
+    mask: Option<&[T]>,
+    b0: usize,
+    nb: usize,
     c: usize,
     pix: usize,
-) -> Vec<T> {
-    let bp = b * pix;
-    let mut out = vec![T::zero(); c * bp];
-    out.par_chunks_mut(bp).enumerate().for_each(|(ch, row)| {
-        for bi in 0..b {
-            let src = &g[(bi * c + ch) * pix..][..pix];
-            let dst = &mut row[bi * pix..][..pix];
-            match res {
-                Some(r) => {
-                    let r = &r[(bi * c + ch) * pix..][..pix];
-                    for ((d, &s), &rv) in dst.iter_mut().zip(src).zip(r) {
-                        *d = if rv > T::zero() { s } else { T::zero() };
+    rows: &mut [T],
+) {
+    rows.par_chunks_mut(nb * pix)
+        .enumerate()
+        .for_each(|(ch, row)| {
+            for bi in 0..nb {
+                let at = ((b0 + bi) * c + ch) * pix;
+                let (src, dst) = (&g[at..][..pix], &mut row[bi * pix..][..pix]);
+                match mask {
+                    Some(r) => {
+                        for ((d, &s), &rv) in dst.iter_mut().zip(src).zip(&r[at..][..pix]) {
+                            *d = if rv > T::zero() { s } else { T::zero() };
+                        }
                     }
+                    None => dst.copy_from_slice(src),
                 }
-                None => dst.copy_from_slice(src),
             }
-        }
-    });
-    out
+        });
 }
 
-/// The reordering (and ReLU mask) of the output gradient as a (no-backward) op:
-/// `(grad (b, c, h, w), relu output or grad itself) -> (c, b*h*w)`.
-struct GradRows {
+/// Sum of a slice in eight interleaved partial sums (vectorisable, and the same order
+/// on every run).
+fn lane_sum<T: WithDType>(v: &[T]) -> T {
+    let mut acc = [T::zero(); 8];
+    let chunks = v.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a += x;
+        }
+    }
+    let mut s = T::zero();
+    for a in acc.into_iter().chain(tail.iter().copied()) {
+        s += a;
+    }
+    s
+}
+
+/// `[dW (c_out x K) | db (c_out)]` from the input and the output gradient.
+fn grad_weight_bias<T: ScratchElem>(
+    x: &[T],
+    xl: &Layout,
+    grad: &[T],
+    mask: Option<&[T]>,
+    gm: &Geom,
+) -> Result<Vec<T>> {
+    let (k, pix, cout_g, c_out) = (gm.k(), gm.pix(), gm.cout_g(), gm.c_out);
+    let per = gm.images_per_chunk();
+    let mut out = vec![T::zero(); c_out * k + c_out];
+    let (dw, db) = out.split_at_mut(c_out * k);
+    let mut cols = scratch::<T>(k * per * pix);
+    let mut rows = scratch::<T>(c_out * per * pix);
+    for (b0, nb) in gm.chunks() {
+        let n = nb * pix;
+        let rows = &mut rows[..c_out * n];
+        grad_rows_into(grad, mask, b0, nb, c_out, pix, rows);
+        db.par_iter_mut()
+            .zip(rows.par_chunks(n))
+            .for_each(|(d, r)| *d += lane_sum(r));
+        for g in 0..gm.p.groups {
+            im2col_into(x, xl, gm, g, b0, nb, &mut cols[..k * n]);
+            // dW_g (cout_g, K) += dOut_g (cout_g, n) @ cols_gᵀ (n, K)
+            matmul(
+                &mut dw[g * cout_g * k..(g + 1) * cout_g * k],
+                k,
+                Mat::rows(&rows[g * cout_g * n..(g + 1) * cout_g * n], cout_g, n),
+                Mat::rows(&cols[..k * n], k, n).t(),
+                b0 > 0,
+            )?;
+        }
+    }
+    Ok(out)
+}
+
+/// `dx (b, c_in, h, w)` from the kernel and the output gradient.
+fn grad_input<T: ScratchElem>(
+    w: &[T],
+    grad: &[T],
+    mask: Option<&[T]>,
+    gm: &Geom,
+) -> Result<Vec<T>> {
+    let (k, pix, cout_g, c_out) = (gm.k(), gm.pix(), gm.cout_g(), gm.c_out);
+    let per = gm.images_per_chunk();
+    let mut dx = vec![T::zero(); gm.b * gm.c_in * gm.h * gm.w];
+    let mut dcols = scratch::<T>(k * per * pix);
+    let mut rows = scratch::<T>(c_out * per * pix);
+    for (b0, nb) in gm.chunks() {
+        let n = nb * pix;
+        let rows = &mut rows[..c_out * n];
+        grad_rows_into(grad, mask, b0, nb, c_out, pix, rows);
+        for g in 0..gm.p.groups {
+            // dcols_g (K, n) = W_gᵀ (K, cout_g) @ dOut_g (cout_g, n)
+            let w_g = Mat::rows(&w[g * cout_g * k..(g + 1) * cout_g * k], cout_g, k);
+            matmul(
+                &mut dcols[..k * n],
+                n,
+                w_g.t(),
+                Mat::rows(&rows[g * cout_g * n..(g + 1) * cout_g * n], cout_g, n),
+                false,
+            )?;
+            col2im_into(&dcols[..k * n], gm, g, b0, nb, &mut dx);
+        }
+    }
+    Ok(dx)
+}
+
+/// Checks the output gradient (and the ReLU output) against the geometry and returns
+/// them as slices.
+fn grad_and_mask<'a, T: WithDType>(
+    gs: &'a CpuStorage,
+    gl: &Layout,
+    ms: &'a CpuStorage,
+    ml: &Layout,
+    relu: bool,
+    gm: &Geom,
+    op: &str,
+) -> Result<(&'a [T], Option<&'a [T]>)> {
+    let want = [gm.b, gm.c_out, gm.oh, gm.ow];
+    if gl.dims() != want || (relu && ml.dims() != want) {
+        candle_core::bail!(
+            "{op}: gradient {:?} / output {:?}, expected {want:?}",
+            gl.dims(),
+            ml.dims()
+        )
+    }
+    let grad = contiguous_slice::<T>(gs, gl, op)?;
+    let mask = if relu {
+        Some(contiguous_slice::<T>(ms, ml, op)?)
+    } else {
+        None
+    };
+    Ok((grad, mask))
+}
+
+/// The kernel and bias gradients as one (no-backward) op:
+/// `(input, grad, relu output or grad) -> [dW | db]`, flat.
+struct ConvGradWeight {
+    gm: Geom,
     relu: bool,
 }
 
-impl CustomOp2 for GradRows {
+impl CustomOp3 for ConvGradWeight {
     fn name(&self) -> &'static str {
-        "conv-grad-rows"
+        "conv2d-grad-weight"
     }
 
     fn cpu_fwd(
         &self,
+        xs: &CpuStorage,
+        xl: &Layout,
         gs: &CpuStorage,
         gl: &Layout,
-        rs: &CpuStorage,
-        rl: &Layout,
+        ms: &CpuStorage,
+        ml: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let &[b, c, h, w] = gl.dims() else {
-            candle_core::bail!("conv-grad-rows: expects 4-D, got {:?}", gl.dims())
+        let (gm, op) = (&self.gm, self.name());
+        let out = match xs {
+            CpuStorage::F32(x) => {
+                let (g, m) = grad_and_mask(gs, gl, ms, ml, self.relu, gm, op)?;
+                CpuStorage::F32(grad_weight_bias(x, xl, g, m, gm)?)
+            }
+            CpuStorage::F64(x) => {
+                let (g, m) = grad_and_mask(gs, gl, ms, ml, self.relu, gm, op)?;
+                CpuStorage::F64(grad_weight_bias(x, xl, g, m, gm)?)
+            }
+            _ => candle_core::bail!("{op}: supports f32/f64, got {:?}", xs.dtype()),
         };
-        let g_range = contiguous_range(gl, "conv-grad-rows: grad")?;
-        let r_range = contiguous_range(rl, "conv-grad-rows: output")?;
-        let out = match (gs, rs) {
-            (CpuStorage::F32(g), CpuStorage::F32(r)) => CpuStorage::F32(grad_to_rows(
-                &g[g_range.clone()],
-                self.relu.then(|| &r[r_range.clone()]),
-                b,
-                c,
-                h * w,
-            )),
-            (CpuStorage::F64(g), CpuStorage::F64(r)) => CpuStorage::F64(grad_to_rows(
-                &g[g_range.clone()],
-                self.relu.then(|| &r[r_range.clone()]),
-                b,
-                c,
-                h * w,
-            )),
-            _ => candle_core::bail!("conv-grad-rows: supports f32/f64"),
+        Ok((out, Shape::from(gm.c_out * gm.k() + gm.c_out)))
+    }
+}
+
+/// The input gradient as a (no-backward) op: `(kernel, grad, relu output or grad) -> dx`.
+struct ConvGradInput {
+    gm: Geom,
+    relu: bool,
+}
+
+impl CustomOp3 for ConvGradInput {
+    fn name(&self) -> &'static str {
+        "conv2d-grad-input"
+    }
+
+    fn cpu_fwd(
+        &self,
+        ws: &CpuStorage,
+        wl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+        ms: &CpuStorage,
+        ml: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (gm, op) = (&self.gm, self.name());
+        let out = match ws {
+            CpuStorage::F32(_) => {
+                let (g, m) = grad_and_mask(gs, gl, ms, ml, self.relu, gm, op)?;
+                CpuStorage::F32(grad_input(contiguous_slice(ws, wl, op)?, g, m, gm)?)
+            }
+            CpuStorage::F64(_) => {
+                let (g, m) = grad_and_mask(gs, gl, ms, ml, self.relu, gm, op)?;
+                CpuStorage::F64(grad_input(contiguous_slice(ws, wl, op)?, g, m, gm)?)
+            }
+            _ => candle_core::bail!("{op}: supports f32/f64, got {:?}", ws.dtype()),
         };
-        Ok((out, Shape::from((c, b * h * w))))
+        Ok((out, Shape::from((gm.b, gm.c_in, gm.h, gm.w))))
     }
 }
 
@@ -435,21 +645,19 @@ impl CustomOp3 for Conv2dOp {
                 gm.c_out
             )
         }
-        let out = match (xs, ks) {
-            (CpuStorage::F32(x), CpuStorage::F32(_)) => CpuStorage::F32(fwd(
+        let out = match xs {
+            CpuStorage::F32(x) => CpuStorage::F32(fwd(
                 x,
                 xl,
-                ks,
-                kl,
+                contiguous_slice(ks, kl, "conv2d: kernel")?,
                 contiguous_slice(bs, bl, "conv2d: bias")?,
                 self.relu,
                 &gm,
             )?),
-            (CpuStorage::F64(x), CpuStorage::F64(_)) => CpuStorage::F64(fwd(
+            CpuStorage::F64(x) => CpuStorage::F64(fwd(
                 x,
                 xl,
-                ks,
-                kl,
+                contiguous_slice(ks, kl, "conv2d: kernel")?,
                 contiguous_slice(bs, bl, "conv2d: bias")?,
                 self.relu,
                 &gm,
@@ -472,97 +680,28 @@ impl CustomOp3 for Conv2dOp {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let gm = Geom::new(x.dims(), w.dims(), self.p)?;
-        let (k, cout_g, groups) = (gm.k(), gm.cout_g(), gm.p.groups);
-        // dOut as (c_out, B*P), ReLU mask applied: one pass, then each group is a
-        // contiguous row block.
+        let relu = self.relu;
         let grad = grad.contiguous()?;
-        let gperm = grad.apply_op2_no_bwd(
-            if self.relu { res } else { &grad },
-            &GradRows { relu: self.relu },
-        )?;
-        let db = gperm.sum(1)?; // (c_out)
-        let w2 = w.contiguous()?.reshape((gm.c_out, k))?;
-        let mut dws = Vec::with_capacity(groups);
-        let mut dxs = Vec::with_capacity(groups);
-        for g in 0..groups {
-            let dout_g = gperm.narrow(0, g * cout_g, cout_g)?; // (cout_g, B*P)
-            let cols = x.apply_op1_no_bwd(&Im2Col {
-                p: self.p,
-                kh: gm.kh,
-                kw: gm.kw,
-                group: g,
-            })?; // (K, B*P)
-            dws.push(dout_g.matmul(&cols.t()?)?); // (cout_g, K)
-            drop(cols);
-            // The input gradient only when something upstream wants it: for conv1 the
-            // input is the image batch and this would be the most expensive GEMM.
-            if x.track_op() {
-                let w_g = w2.narrow(0, g * cout_g, cout_g)?; // (cout_g, K)
-                let dcols = w_g.t()?.matmul(&dout_g)?; // (K, B*P)
-                dxs.push(dcols.apply_op1_no_bwd(&Col2Im { gm })?); // (B, cin_g, H, W)
-            }
-        }
-        let dw = Tensor::cat(&dws, 0)?.reshape(w.dims())?;
+        let mask = if relu {
+            res.contiguous()?
+        } else {
+            grad.clone()
+        };
+        let wb = x.apply_op3_no_bwd(&grad, &mask, &ConvGradWeight { gm, relu })?;
+        let n_w = gm.c_out * gm.k();
+        let dw = wb.narrow(0, 0, n_w)?.reshape(w.dims())?;
+        let db = wb.narrow(0, n_w, gm.c_out)?;
+        // The input gradient only when something upstream wants it: for conv1 the
+        // input is the image batch and this would be the most expensive GEMM.
         let dx = if x.track_op() {
-            Some(Tensor::cat(&dxs, 1)?)
+            Some(
+                w.contiguous()?
+                    .apply_op3_no_bwd(&grad, &mask, &ConvGradInput { gm, relu })?,
+            )
         } else {
             None
         };
         Ok((dx, Some(dw), Some(db)))
-    }
-}
-
-/// im2col of one group as a (no-backward) custom op: `(B, C, H, W) -> (K, B*P)`.
-struct Im2Col {
-    p: ConvParams,
-    kh: usize,
-    kw: usize,
-    group: usize,
-}
-
-impl CustomOp1 for Im2Col {
-    fn name(&self) -> &'static str {
-        "im2col"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let d = l.dims();
-        let c_out_dummy = self.p.groups; // only the kernel's spatial dims matter here
-        let gm = Geom::new(
-            d,
-            &[c_out_dummy, d[1] / self.p.groups, self.kh, self.kw],
-            self.p,
-        )?;
-        let shape = Shape::from((gm.k(), gm.b * gm.pix()));
-        let out = match s {
-            CpuStorage::F32(x) => CpuStorage::F32(im2col(x, l, &gm, self.group)),
-            CpuStorage::F64(x) => CpuStorage::F64(im2col(x, l, &gm, self.group)),
-            _ => candle_core::bail!("im2col: supports f32/f64, got {:?}", s.dtype()),
-        };
-        Ok((out, shape))
-    }
-}
-
-/// col2im of one group as a (no-backward) custom op: `(K, B*P) -> (B, cin_g, H, W)`.
-struct Col2Im {
-    gm: Geom,
-}
-
-impl CustomOp1 for Col2Im {
-    fn name(&self) -> &'static str {
-        "col2im"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let gm = &self.gm;
-        let range = contiguous_range(l, "col2im")?;
-        let shape = Shape::from((gm.b, gm.cin_g(), gm.h, gm.w));
-        let out = match s {
-            CpuStorage::F32(c) => CpuStorage::F32(col2im(&c[range], gm)),
-            CpuStorage::F64(c) => CpuStorage::F64(col2im(&c[range], gm)),
-            _ => candle_core::bail!("col2im: supports f32/f64, got {:?}", s.dtype()),
-        };
-        Ok((out, shape))
     }
 }
 

@@ -20,10 +20,12 @@ mod dropout;
 mod init;
 pub mod linear;
 pub mod lrn;
+mod matmul;
 pub mod max_pool;
 pub mod parity;
 #[cfg(test)]
 mod test_util;
+mod workspace;
 
 pub use alexnet::{
     AlexNet, FeatureLayer, LayerParams, ParamInit, ParamSpec, alexnet, param_specs, parameter_count,
