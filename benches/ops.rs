@@ -1,18 +1,23 @@
-//! Timing of the custom CPU ops against candle's own (or our reference composites) at
-//! AlexNet's full layer sizes, f32, best of three: LRN and 3/2 max-pool at conv1's
-//! output (batch 128, 96×55×55), every conv layer at batch 32. Report only.
+//! Per-layer timing of our CPU ops at AlexNet's full size (224 px, batch 32, f32): each
+//! layer as the network runs it (conv + bias + ReLU, LRN, 3/2 max-pool, fc + bias (+ ReLU)),
+//! forward, and the backward of `sum(layer(x) · g)`, best of three. Report only;
+//! `benches/train_step_peer.py` runs it next to the same layers in PyTorch.
 //!
-//! `cargo bench --bench ops` (`OPS=lrn,pool,conv` picks some).
+//! `cargo bench --bench ops` (`OPS=conv1,fc6` picks some). One line per layer:
+//! `layer NAME forward 0.0123s backward 0.0456s`.
 
 use std::time::Instant;
 
-use candle_core::{Device, Result, Tensor, Var};
-use pipeline::model::conv::{ConvParams, conv2d};
-use pipeline::model::lrn::{lrn, lrn_composite};
+use candle_core::{Device, Module, Result, Tensor, Var};
+use pipeline::model::conv::{Conv2d, ConvParams};
+use pipeline::model::linear::Linear;
+use pipeline::model::lrn::lrn;
 use pipeline::model::max_pool::max_pool2d;
 use pipeline::model::{LrnConfig, PoolConfig};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+
+const BATCH: usize = 32;
 
 fn random(shape: &[usize], seed: u64, scale: f32) -> Result<Tensor> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -23,102 +28,100 @@ fn random(shape: &[usize], seed: u64, scale: f32) -> Result<Tensor> {
     Tensor::from_vec(v, shape, &Device::Cpu)
 }
 
-/// Best wall time of three runs of `f`, in seconds.
-fn best(f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
-    let mut b = f64::MAX;
-    for _ in 0..3 {
-        let t = Instant::now();
-        f()?;
-        b = b.min(t.elapsed().as_secs_f64());
-    }
-    Ok(b)
-}
-
-/// Forward, and forward + backward of `sum(op(x) · g)` (so backward ≈ the difference).
-fn forward_backward(
-    op: &dyn Fn(&Tensor) -> Result<Tensor>,
-    x: &Var,
+/// Best forward time and best backward time of three runs.
+fn time_layer(
+    layer: &dyn Fn(&Tensor) -> Result<Tensor>,
+    x: &Tensor,
     g: &Tensor,
 ) -> Result<(f64, f64)> {
-    let forward = best(&mut || op(x.as_tensor()).map(|_| ()))?;
-    let both = best(&mut || (op(x.as_tensor())? * g)?.sum_all()?.backward().map(|_| ()))?;
-    Ok((forward, both))
+    let (mut fwd, mut bwd) = (f64::MAX, f64::MAX);
+    for _ in 0..3 {
+        let t0 = Instant::now();
+        let y = layer(x)?;
+        let t1 = Instant::now();
+        (y * g)?.sum_all()?.backward()?;
+        let t2 = Instant::now();
+        fwd = fwd.min((t1 - t0).as_secs_f64());
+        bwd = bwd.min((t2 - t1).as_secs_f64());
+    }
+    Ok((fwd, bwd))
 }
 
-fn lrn_bench() -> Result<()> {
-    let cfg = LrnConfig::default();
-    let shape = [128usize, 96, 55, 55];
-    let x = Var::from_tensor(&random(&shape, 3, 2.0)?)?;
-    let g = random(&shape, 4, 1.0)?;
-    let (f, fb) = forward_backward(&|x| lrn(x, cfg), &x, &g)?;
-    let (cf, cfb) = forward_backward(&|x| lrn_composite(x, cfg), &x, &g)?;
-    println!(
-        "lrn {shape:?}: forward custom {f:.3}s composite {cf:.3}s | forward+backward custom {fb:.3}s composite {cfb:.3}s"
-    );
-    Ok(())
+/// A layer's input: a `Var` (so its gradient is computed, as inside the net) unless
+/// `image` (conv1's input is the image batch, which needs no gradient).
+fn input(shape: &[usize], image: bool) -> Result<Tensor> {
+    let x = random(shape, 1, 1.0)?;
+    Ok(if image {
+        x
+    } else {
+        Var::from_tensor(&x)?.as_tensor().clone()
+    })
 }
 
-fn pool_bench() -> Result<()> {
-    let cfg = PoolConfig::default();
-    let shape = [128usize, 96, 55, 55];
-    let x = Var::from_tensor(&random(&shape, 1, 1.0)?)?;
-    let g = random(&[128, 96, 27, 27], 2, 1.0)?;
-    let (f, fb) = forward_backward(&|x| max_pool2d(x, cfg), &x, &g)?;
-    // candle 0.11's own pooling has no usable backward: its forward only.
-    let candle = best(&mut || x.as_tensor().max_pool2d_with_stride(3, 2).map(|_| ()))?;
-    println!(
-        "max-pool 3/2 {shape:?}: forward ours {f:.3}s candle {candle:.3}s | forward+backward ours {fb:.3}s"
-    );
-    Ok(())
-}
-
-fn conv_bench() -> Result<()> {
-    let p = |stride, padding, groups| ConvParams {
+fn conv(
+    name: &str,
+    xs: [usize; 4],
+    ks: [usize; 4],
+    stride: usize,
+    padding: usize,
+    groups: usize,
+) -> Result<(f64, f64)> {
+    let p = ConvParams {
         stride,
         padding,
         groups,
     };
-    let layers: [(&str, [usize; 4], [usize; 4], ConvParams); 5] = [
-        ("conv1", [32, 3, 224, 224], [96, 3, 11, 11], p(4, 2, 1)),
-        ("conv2", [32, 96, 27, 27], [256, 48, 5, 5], p(1, 2, 2)),
-        ("conv3", [32, 256, 13, 13], [384, 256, 3, 3], p(1, 1, 1)),
-        ("conv4", [32, 384, 13, 13], [384, 192, 3, 3], p(1, 1, 2)),
-        ("conv5", [32, 384, 13, 13], [256, 192, 3, 3], p(1, 1, 2)),
-    ];
-    for (name, xs, ks, p) in layers {
-        let x0 = random(&xs, 1, 1.0)?;
-        // conv1's input is the image batch: no gradient for it (as in training).
-        let x = if name == "conv1" {
-            x0.clone()
-        } else {
-            Var::from_tensor(&x0)?.as_tensor().clone()
-        };
-        let w = Var::from_tensor(&random(&ks, 2, 1.0)?)?;
-        let ours = |x: &Tensor| conv2d(x, w.as_tensor(), p);
-        let theirs = |x: &Tensor| x.conv2d(w.as_tensor(), p.padding, p.stride, 1, p.groups);
-        let run = |f: &dyn Fn(&Tensor) -> Result<Tensor>| -> Result<(f64, f64)> {
-            let forward = best(&mut || f(&x).map(|_| ()))?;
-            let both = best(&mut || f(&x)?.sum_all()?.backward().map(|_| ()))?;
-            Ok((forward, both))
-        };
-        let (of, ob) = run(&ours)?;
-        let (tf, tb) = run(&theirs)?;
-        println!(
-            "{name}: forward ours {of:.3}s candle {tf:.3}s | forward+backward ours {ob:.3}s candle {tb:.3}s"
-        );
+    let w = Var::from_tensor(&random(&ks, 2, 0.05)?)?;
+    let b = Var::from_tensor(&random(&[ks[0]], 3, 0.1)?)?;
+    let layer = Conv2d::new(w.as_tensor().clone(), b.as_tensor().clone(), p);
+    let x = input(&xs, name == "conv1")?;
+    let y = layer.forward_relu(&x)?;
+    let g = random(y.dims(), 4, 1.0)?;
+    time_layer(&|x| layer.forward_relu(x), &x, &g)
+}
+
+fn fc(fan_in: usize, fan_out: usize, relu: bool) -> Result<(f64, f64)> {
+    let w = Var::from_tensor(&random(&[fan_out, fan_in], 2, 0.01)?)?;
+    let b = Var::from_tensor(&random(&[fan_out], 3, 0.1)?)?;
+    let layer = Linear::new(w.as_tensor().clone(), b.as_tensor().clone());
+    let x = input(&[BATCH, fan_in], false)?;
+    let g = random(&[BATCH, fan_out], 4, 1.0)?;
+    if relu {
+        time_layer(&|x| layer.forward_relu(x), &x, &g)
+    } else {
+        time_layer(&|x| layer.forward(x), &x, &g)
     }
-    Ok(())
 }
 
 fn main() -> Result<()> {
-    let wanted = std::env::var("OPS").unwrap_or_else(|_| "lrn,pool,conv".into());
-    for op in wanted.split(',') {
-        match op.trim() {
-            "lrn" => lrn_bench()?,
-            "pool" => pool_bench()?,
-            "conv" => conv_bench()?,
-            other => candle_core::bail!("OPS: unknown op {other:?} (lrn, pool, conv)"),
-        }
+    let names = [
+        "conv1", "lrn1", "pool1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8",
+    ];
+    let wanted = std::env::var("OPS").unwrap_or_else(|_| names.join(","));
+    for name in wanted.split(',').map(str::trim) {
+        let plane1 = [BATCH, 96, 55, 55];
+        let (f, b) = match name {
+            "conv1" => conv(name, [BATCH, 3, 224, 224], [96, 3, 11, 11], 4, 2, 1)?,
+            "conv2" => conv(name, [BATCH, 96, 27, 27], [256, 48, 5, 5], 1, 2, 2)?,
+            "conv3" => conv(name, [BATCH, 256, 13, 13], [384, 256, 3, 3], 1, 1, 1)?,
+            "conv4" => conv(name, [BATCH, 384, 13, 13], [384, 192, 3, 3], 1, 1, 2)?,
+            "conv5" => conv(name, [BATCH, 384, 13, 13], [256, 192, 3, 3], 1, 1, 2)?,
+            "lrn1" => {
+                let x = input(&plane1, false)?;
+                let g = random(&plane1, 4, 1.0)?;
+                time_layer(&|x| lrn(x, LrnConfig::default()), &x, &g)?
+            }
+            "pool1" => {
+                let x = input(&plane1, false)?;
+                let g = random(&[BATCH, 96, 27, 27], 4, 1.0)?;
+                time_layer(&|x| max_pool2d(x, PoolConfig::default()), &x, &g)?
+            }
+            "fc6" => fc(9216, 4096, true)?,
+            "fc7" => fc(4096, 4096, true)?,
+            "fc8" => fc(4096, 1000, false)?,
+            other => candle_core::bail!("OPS: unknown layer {other:?} (one of {names:?})"),
+        };
+        println!("layer {name} forward {f:.4}s backward {b:.4}s");
     }
     Ok(())
 }
