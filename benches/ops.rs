@@ -93,6 +93,10 @@ fn fc(fan_in: usize, fan_out: usize, relu: bool) -> Result<(f64, f64)> {
     }
 }
 
+/// Huge pages for the large activation and gradient buffers (see `huge_pages`).
+#[global_allocator]
+static ALLOC: pipeline::huge_pages::HugePages = pipeline::huge_pages::HugePages;
+
 fn main() -> Result<()> {
     let names = [
         "conv1", "lrn1", "pool1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8",

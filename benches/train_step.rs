@@ -9,6 +9,10 @@ use candle_core::{DType, Device};
 use pipeline::model::Kernels;
 use pipeline::train::step_timing::{StepCase, time_steps};
 
+/// Huge pages for the large activation and gradient buffers (see `huge_pages`).
+#[global_allocator]
+static ALLOC: pipeline::huge_pages::HugePages = pipeline::huge_pages::HugePages;
+
 fn main() -> anyhow::Result<()> {
     println!("matmul: {}", matmul_kernels());
     let cases = std::env::var("TRAIN_STEP_CASES")

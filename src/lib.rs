@@ -15,6 +15,7 @@ pub mod export;
 pub mod features;
 pub mod fnv;
 pub mod fonts;
+pub mod huge_pages;
 pub mod ingest;
 pub mod model;
 pub mod progress;

@@ -556,6 +556,10 @@ fn quit_quietly_on_a_closed_stdout() {
     }
 }
 
+/// Huge pages for the large activation and gradient buffers (see `huge_pages`).
+#[global_allocator]
+static ALLOC: pipeline::huge_pages::HugePages = pipeline::huge_pages::HugePages;
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     if !matches!(
