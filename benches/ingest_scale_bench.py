@@ -49,11 +49,13 @@ def render_one(job):
     aspect = float(rng.uniform(4 / 3, 16 / 9))
     long = int(short * aspect)
     width, height = (long, short) if rng.random() < 0.6 else (short, long)
-    # A coarse random scene, upscaled smoothly, plus fine noise: photo-like spectra.
+    # A coarse random scene with noise at half resolution, upscaled smoothly: detail at
+    # every scale, as in photos, for a fraction of the cost of full-size noise.
     coarse = rng.integers(0, 256, (int(rng.integers(3, 9)), int(rng.integers(3, 9)), 3), dtype=np.uint8)
-    scene = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BICUBIC), dtype=np.int16)
-    scene += rng.normal(0, 12, (height, width, 1)).astype(np.int16)
-    image = Image.fromarray(np.clip(scene, 0, 255).astype(np.uint8))
+    half = (width // 2, height // 2)
+    scene = np.asarray(Image.fromarray(coarse).resize(half, Image.BILINEAR), dtype=np.int16)
+    scene += rng.integers(-16, 17, (half[1], half[0], 1), dtype=np.int16)
+    image = Image.fromarray(np.clip(scene, 0, 255).astype(np.uint8)).resize((width, height), Image.BICUBIC)
     if rng.random() < 0.05:
         image = image.convert("L")
     image.save(path, quality=int(rng.integers(75, 96)))

@@ -199,14 +199,15 @@ async fn read_matching(
         for (i, image) in images.into_iter().enumerate() {
             if let Some(positions) = wanted.remove(keys.value(i)) {
                 let key = keys.value(i).to_string();
-                let pixels = encoding
-                    .pixels(image, image_size, &mut decoded)
-                    .map_err(|source| ReadError::Pixels {
-                        path: shown.clone(),
-                        row: shard_rows.get(seen + i).copied().unwrap_or(seen + i),
-                        key: key.clone(),
-                        source,
-                    })?;
+                let pixels =
+                    encoding
+                        .pixels(image, image_size, &mut decoded)
+                        .map_err(|source| ReadError::Pixels {
+                            path: shown.clone(),
+                            row: shard_rows.get(seen + i).copied().unwrap_or(seen + i),
+                            key: key.clone(),
+                            source,
+                        })?;
                 let stored = ShardRow {
                     key,
                     label: labels.value(i),
