@@ -67,6 +67,17 @@ pub enum WriteError {
         pixel_bytes: usize,
         expected: usize,
     },
+    #[error(
+        "{path}: a row group of {keys} keys, {labels} labels and {images} encoded images \
+         for a {encoding} shard (a jpeg shard takes one image a row)"
+    )]
+    EncodedRowGroupShape {
+        path: String,
+        encoding: Encoding,
+        keys: usize,
+        labels: usize,
+        images: usize,
+    },
 }
 
 /// Writer settings: pixels are incompressible JPEG-born noise as far as
@@ -248,12 +259,12 @@ impl ShardWriter {
     ) -> Result<(), WriteError> {
         let rows = labels.len();
         if self.encoding != Encoding::Jpeg || keys.len() != rows || images.len() != rows {
-            return Err(WriteError::RowGroupShape {
+            return Err(WriteError::EncodedRowGroupShape {
                 path: self.path.display().to_string(),
+                encoding: self.encoding,
                 keys: keys.len(),
                 labels: rows,
-                pixel_bytes: images.len(),
-                expected: 1,
+                images: images.len(),
             });
         }
         let keys: Vec<ByteArray> = keys.iter().map(|k| ByteArray::from(k.as_ref())).collect();
