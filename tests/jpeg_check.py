@@ -49,15 +49,14 @@ def main():
             "image": type(ds.features["image"]).__name__,
             "label": type(ds.features["label"]).__name__,
         }
-        # ClassLabel is int64 in datasets and our label column int32, so datasets keeps
-        # the label a Value; the names are in the shard's metadata, one cast away.
-        names = features["label"]["names"]
-        ds = ds.cast_column("label", datasets.ClassLabel(names=names))
-        report["datasets_features"]["label_names"] = ds.features["label"].names
+        # The shard's label is nullable int64, the field ClassLabel implies, so datasets
+        # takes the ClassLabel (and its names) from the metadata: no cast.
+        label = ds.features["label"]
+        report["datasets_features"]["label_names"] = getattr(label, "names", None)
         first = ds[0]
         report["datasets_first"] = {
             "image_type": type(first["image"]).__module__ + "." + type(first["image"]).__name__,
-            "label_name": ds.features["label"].int2str(first["label"]),
+            "label_name": label.int2str(first["label"]) if hasattr(label, "int2str") else None,
             "key": first["key"],
         }
         with open(out + ".datasets", "wb") as f:

@@ -245,8 +245,8 @@ fn hugging_face_datasets_opens_a_jpeg_shard_as_images_and_named_labels() {
     let features = &report["datasets_features"];
     assert_eq!(features["image"], "Image");
     assert_eq!(
-        features["label"], "Value",
-        "datasets' ClassLabel is int64, our label int32"
+        features["label"], "ClassLabel",
+        "datasets takes the label's ClassLabel from the shard's metadata"
     );
     assert_eq!(features["label_names"], serde_json::json!(wnids));
     let first = &read_shard(&first_shard(jpeg), S).unwrap()[0];
@@ -448,7 +448,7 @@ fn stored_rows(shard: &Path) -> Vec<pipeline::dataset::reader::StoredRow> {
         .unwrap();
     let mut rows = Vec::new();
     for batch in reader {
-        pipeline::dataset::reader::append_rows(&batch.unwrap(), &mut rows);
+        pipeline::dataset::reader::append_rows(&batch.unwrap(), &mut rows).unwrap();
     }
     rows
 }

@@ -12,6 +12,7 @@ fn documented_field(f: &serde_json::Value, s: usize) -> Field {
     let data_type = match f["type"].as_str().unwrap() {
         "utf8" => DataType::Utf8,
         "int32" => DataType::Int32,
+        "int64" => DataType::Int64,
         "binary" => DataType::Binary,
         "fixed_size_binary" => {
             assert_eq!(f["byte_width"], "S*S*3");

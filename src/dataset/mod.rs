@@ -5,7 +5,7 @@
 //! ```text
 //! DIR/dataset.json            manifest, written last
 //! DIR/mean.npy                float32 [S,S,3] mean training crop, 0–255
-//! DIR/train/part-00000.parquet  key utf8 · label int32 · pixels fixed_size_binary(S·S·3)
+//! DIR/train/part-00000.parquet  key utf8 · label int64 · pixels fixed_size_binary(S·S·3)
 //!                               (jpeg: image struct<bytes binary, path utf8>)
 //! DIR/val/part-00000.parquet
 //! ```

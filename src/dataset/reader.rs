@@ -3,9 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use arrow::array::{
-    Array, BinaryArray, FixedSizeBinaryArray, Int32Array, StringArray, StructArray,
-};
+use arrow::array::{Array, BinaryArray, FixedSizeBinaryArray, StringArray, StructArray};
 use arrow::datatypes::Schema;
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -39,6 +37,12 @@ pub enum ReadError {
     },
     #[error("{path}: {message}")]
     Footer { path: String, message: String },
+    #[error("{path}: row group {row_group}: {source}")]
+    Label {
+        path: String,
+        row_group: usize,
+        source: schema::LabelError,
+    },
     #[error(transparent)]
     Corrupt(Box<checksum::CorruptRow>),
     #[error("{path}: row {row} (key {key}): the image {source}")]
@@ -73,9 +77,11 @@ pub fn check_schema(path: &Path, found: &Schema, image_size: usize) -> Result<En
     let same = |expected: &Schema| {
         found.fields().len() == expected.fields().len()
             && found.fields().iter().zip(expected.fields()).all(|(a, b)| {
-                a.name() == b.name()
-                    && a.data_type() == b.data_type()
-                    && a.is_nullable() == b.is_nullable()
+                // Shards written before the label became int64 hold int32 labels.
+                (b.name() == schema::LABEL && schema::is_label_field(a))
+                    || (a.name() == b.name()
+                        && a.data_type() == b.data_type()
+                        && a.is_nullable() == b.is_nullable())
             })
     };
     let encodings = [Encoding::Raw, Encoding::Jpeg];
@@ -153,7 +159,16 @@ pub fn read_shard(path: &Path, image_size: usize) -> Result<Vec<ShardRow>, ReadE
             path: shown(),
             source,
         })?;
-        append_rows(&batch, &mut rows);
+        let before = rows.len();
+        append_rows(&batch, &mut rows).map_err(|source| {
+            let groups = metadata.row_groups().iter().map(|g| g.num_rows() as usize);
+            let (row_group, start) = group_of_row(groups, before + source.row().unwrap_or(0));
+            ReadError::Label {
+                path: shown(),
+                row_group,
+                source: source.at(|r| before + r - start),
+            }
+        })?;
     }
     if let Some(crcs) = crcs {
         let groups = metadata.row_groups().iter().enumerate();
@@ -220,25 +235,41 @@ pub fn image_values(column: &dyn Array) -> Option<Vec<&[u8]>> {
     Some((0..bytes.len()).map(|i| bytes.value(i)).collect())
 }
 
+/// The row group holding shard row `row`, and that group's first shard row, given each
+/// group's row count.
+fn group_of_row(group_rows: impl IntoIterator<Item = usize>, row: usize) -> (usize, usize) {
+    let mut start = 0;
+    let mut last = (0, 0);
+    for (group, rows) in group_rows.into_iter().enumerate() {
+        last = (group, start);
+        if row < start + rows {
+            break;
+        }
+        start += rows;
+    }
+    last
+}
+
 /// Converts a full-schema batch (either encoding, checked by [`check_schema`]) to rows.
-pub fn append_rows(batch: &RecordBatch, rows: &mut Vec<StoredRow>) {
+/// Fails only for a label that does not fit i32 (its row counted in the batch).
+pub fn append_rows(
+    batch: &RecordBatch,
+    rows: &mut Vec<StoredRow>,
+) -> Result<(), schema::LabelError> {
     let keys = batch
         .column(schema::Column::Key.index())
         .as_any()
         .downcast_ref::<StringArray>()
         .expect("key is utf8");
-    let labels = batch
-        .column(schema::Column::Label.index())
-        .as_any()
-        .downcast_ref::<Int32Array>()
-        .expect("label is int32");
+    let labels = schema::labels_i32(batch.column(schema::Column::Label.index()).as_ref())?;
     let images = image_values(batch.column(schema::Column::Pixels.index()).as_ref())
         .expect("the image column is pixels or image");
     for (i, image) in images.into_iter().enumerate() {
         rows.push(StoredRow {
             key: keys.value(i).to_string(),
-            label: labels.value(i),
+            label: labels[i],
             stored: image.to_vec(),
         });
     }
+    Ok(())
 }

@@ -19,11 +19,11 @@ use bytes::Bytes;
 use parquet::arrow::{ArrowSchemaConverter, add_encoded_arrow_schema_to_metadata};
 use parquet::basic::Compression;
 use parquet::data_type::{
-    ByteArray, ByteArrayType, FixedLenByteArray, FixedLenByteArrayType, Int32Type,
+    ByteArray, ByteArrayType, FixedLenByteArray, FixedLenByteArrayType, Int64Type,
 };
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
-use parquet::file::writer::SerializedFileWriter;
+use parquet::file::writer::{SerializedColumnWriter, SerializedFileWriter};
 use parquet::schema::types::ColumnPath;
 
 use super::encoding::Encoding;
@@ -133,6 +133,19 @@ pub struct ShardWriter {
     pixel_crcs: Vec<u32>,
 }
 
+/// Writes the label column chunk: the in-memory i32 labels stored as the schema's
+/// nullable int64, every value present (definition level 1).
+fn write_labels(
+    column: &mut SerializedColumnWriter<'_>,
+    labels: &[i32],
+) -> parquet::errors::Result<usize> {
+    let wide: Vec<i64> = labels.iter().map(|&l| i64::from(l)).collect();
+    let present = vec![1i16; labels.len()];
+    column
+        .typed::<Int64Type>()
+        .write_batch(&wide, Some(&present), None)
+}
+
 impl ShardWriter {
     /// A raw shard without class names (tests and tools).
     pub fn create(path: &Path, image_size: usize) -> Result<Self, WriteError> {
@@ -227,10 +240,7 @@ impl ShardWriter {
                     .typed::<ByteArrayType>()
                     .write_batch(&keys, None, None)
                     .map(drop),
-                Some(schema::Column::Label) => column
-                    .typed::<Int32Type>()
-                    .write_batch(labels, None, None)
-                    .map(drop),
+                Some(schema::Column::Label) => write_labels(&mut column, labels).map(drop),
                 Some(schema::Column::Pixels) | None => {
                     let writer = column.typed::<FixedLenByteArrayType>();
                     // A value per call: with the page limit above, a page per value.
@@ -286,7 +296,7 @@ impl ShardWriter {
                 0 => column
                     .typed::<ByteArrayType>()
                     .write_batch(&keys, None, None),
-                1 => column.typed::<Int32Type>().write_batch(labels, None, None),
+                1 => write_labels(&mut column, labels),
                 2 => column
                     .typed::<ByteArrayType>()
                     .write_batch(&values, Some(&present), None),

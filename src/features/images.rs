@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use arrow::array::{Array, Int32Array, StringArray};
+use arrow::array::{Array, StringArray};
 use futures::StreamExt;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
@@ -18,7 +18,7 @@ use super::FeaturesError;
 use crate::augment::{Geometry, centre_view};
 use crate::dataset::manifest::ManifestError;
 use crate::dataset::reader::{ReadError, check_schema_of, image_values};
-use crate::dataset::schema::{Column, PixelLayout};
+use crate::dataset::schema::{Column, PixelLayout, labels_i32};
 use crate::dataset::shard_bytes::{FooterError, ShardBytes, read_footer};
 use crate::dataset::writer::ShardRow;
 use crate::dataset::{Encoding, Manifest, Split, shard_file_name};
@@ -190,9 +190,16 @@ async fn read_matching(
         let keys = column(Column::Key)
             .downcast_ref::<StringArray>()
             .expect("schema checked");
-        let labels = column(Column::Label)
-            .downcast_ref::<Int32Array>()
-            .expect("schema checked");
+        let labels =
+            labels_i32(batch.column(Column::Label.index()).as_ref()).map_err(|source| {
+                let row = shard_rows[seen + source.row().unwrap_or(0)];
+                let row_group = group_of(row);
+                ReadError::Label {
+                    path: shown.clone(),
+                    row_group,
+                    source: source.at(|_| row - starts[row_group]),
+                }
+            })?;
         let images =
             image_values(batch.column(Column::Pixels.index()).as_ref()).expect("schema checked");
         let mut decoded = Vec::new();
@@ -210,7 +217,7 @@ async fn read_matching(
                         })?;
                 let stored = ShardRow {
                     key,
-                    label: labels.value(i),
+                    label: labels[i],
                     pixels: pixels.to_vec(),
                 };
                 for p in positions {

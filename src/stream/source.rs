@@ -39,8 +39,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
+use parquet::basic::Type as PhysicalType;
 use parquet::column::reader::{get_column_reader, get_typed_column_reader};
-use parquet::data_type::{ByteArray, ByteArrayType, DataType, FixedLenByteArrayType, Int32Type};
+use parquet::data_type::{
+    ByteArray, ByteArrayType, DataType, FixedLenByteArrayType, Int32Type, Int64Type,
+};
 use parquet::errors::ParquetError;
 use parquet::file::metadata::RowGroupMetaData;
 use parquet::file::reader::{ChunkReader, Length};
@@ -51,7 +54,7 @@ use super::plan::RowGroupRef;
 use super::{LabelError, StreamError};
 use crate::dataset::Encoding;
 use crate::dataset::reader::check_schema_of;
-use crate::dataset::schema::{Column, PixelLayout};
+use crate::dataset::schema::{Column, PixelLayout, narrow_labels};
 use crate::dataset::shard_bytes::{FooterError, read_footer};
 use crate::dataset::{Manifest, Split, checksum, shard_file_name};
 use crate::store::{Location, StoreError};
@@ -441,8 +444,18 @@ impl ShardIndex {
     async fn check_label_ranges(&self) -> Result<(), StreamError> {
         for (shard, s) in self.shards.iter().enumerate() {
             for (row_group, rg) in s.metadata.metadata().row_groups().iter().enumerate() {
-                if let Some(Statistics::Int32(stats)) = rg.column(LABEL).statistics()
-                    && let (Some(&min), Some(&max)) = (stats.min_opt(), stats.max_opt())
+                // Int64 since the label became int64, Int32 in older shards.
+                let range = match rg.column(LABEL).statistics() {
+                    Some(Statistics::Int64(stats)) => {
+                        stats.min_opt().zip(stats.max_opt()).map(|(&a, &b)| (a, b))
+                    }
+                    Some(Statistics::Int32(stats)) => stats
+                        .min_opt()
+                        .zip(stats.max_opt())
+                        .map(|(&a, &b)| (i64::from(a), i64::from(b))),
+                    _ => None,
+                };
+                if let Some((min, max)) = range
                     && self.label_fits(min)
                     && self.label_fits(max)
                 {
@@ -457,14 +470,14 @@ impl ShardIndex {
                     Location::Local(_) => self.map_columns(group, &[LABEL])?,
                     Location::Remote(_) => self.fetch_columns(group, &[LABEL]).await?,
                 };
-                let labels = self.column::<Int32Type>(&fetched, LABEL)?;
+                let labels = self.labels(&fetched)?;
                 self.check_labels(group, &labels)?;
             }
         }
         Ok(())
     }
 
-    fn label_fits(&self, label: i32) -> bool {
+    fn label_fits(&self, label: i64) -> bool {
         usize::try_from(label).is_ok_and(|l| l < self.classes)
     }
 
@@ -474,7 +487,7 @@ impl ShardIndex {
         let Some((index, &label)) = labels
             .iter()
             .enumerate()
-            .find(|&(_, &l)| !self.label_fits(l))
+            .find(|&(_, &l)| !self.label_fits(i64::from(l)))
         else {
             return Ok(());
         };
@@ -588,7 +601,7 @@ impl ShardIndex {
     fn decode(&self, fetched: Fetched, with_keys: bool) -> Result<RowGroupData, StreamError> {
         let group = fetched.group;
         let shard = &self.shards[group.shard];
-        let labels = self.column::<Int32Type>(&fetched, LABEL)?;
+        let labels = self.labels(&fetched)?;
         // Leaf 2 is `pixels` (fixed-size) or `image.bytes` (variable) by encoding.
         let pixels: Vec<ByteArray> = match self.encoding {
             Encoding::Raw => self
@@ -742,6 +755,28 @@ impl ShardIndex {
     }
 
     /// Every value of one (fetched) column.
+    /// The labels of a fetched row group as the in-memory i32: stored int64, or int32
+    /// in shards written before the label became int64.
+    fn labels(&self, fetched: &Fetched) -> Result<Vec<i32>, StreamError> {
+        let group = fetched.group;
+        let chunk = self.shards[group.shard]
+            .metadata
+            .metadata()
+            .row_group(group.row_group)
+            .column(LABEL);
+        match chunk.column_type() {
+            PhysicalType::INT64 => {
+                let wide = self.column::<Int64Type>(fetched, LABEL)?;
+                narrow_labels(&wide).map_err(|e| self.group_error(group, &e))
+            }
+            PhysicalType::INT32 => self.column::<Int32Type>(fetched, LABEL),
+            other => Err(self.group_error(
+                group,
+                &format!("the label column is stored as {other}, expected INT64 (or INT32)"),
+            )),
+        }
+    }
+
     fn column<T: DataType>(
         &self,
         fetched: &Fetched,
@@ -763,7 +798,7 @@ struct Fetched {
     range: Arc<FileRange>,
 }
 
-/// Every value of one required, flat column chunk (`rows` of them).
+/// Every value of one flat column chunk without nulls (`rows` of them).
 fn read_column<T: DataType>(
     range: &Arc<FileRange>,
     row_group: &RowGroupMetaData,
@@ -775,8 +810,9 @@ fn read_column<T: DataType>(
     let mut reader =
         get_typed_column_reader::<T>(get_column_reader(chunk.column_descr_ptr(), Box::new(pages)));
     let mut values = Vec::with_capacity(rows);
-    // A jpeg shard's `image.bytes` is nullable (as Hugging Face's image is): its
-    // definition levels are read, and a row without bytes is refused below.
+    // `label` and a jpeg shard's `image.bytes` are nullable (as Hugging Face's
+    // `ClassLabel` and image are): their definition levels are read, and a null is
+    // refused below.
     let max_level = chunk.column_descr().max_def_level();
     let mut levels = (max_level > 0).then(|| Vec::with_capacity(rows));
     let mut records = 0;
@@ -792,7 +828,8 @@ fn read_column<T: DataType>(
         && let Some(row) = levels.iter().position(|&l| l != max_level)
     {
         return Err(ParquetError::General(format!(
-            "row {row} of the row group has no image bytes (a null)"
+            "row {row} of the row group has a null {}",
+            chunk.column_path()
         )));
     }
     Ok(values)
