@@ -11,7 +11,7 @@ folders-layout tree (SRC/train/<wnid>/*, SRC/val/<wnid>/*):
   decode (Pillow refuses truncated files by default) and note the reason; accumulate the
   exact mean image (uint64 sums) and the RGB covariance (float64 X^T X, exact for these
   sums) -> eigen-decomposition; write Parquet shards with the same schema and layout
-  (key utf8, label int32, pixels fixed_size_binary(S*S*3); rows per shard / row group
+  (key utf8, label int64, pixels fixed_size_binary(S*S*3); rows per shard / row group
   as given; uncompressed, no dictionary, temp file + rename), mean.npy, dataset.json.
 
 Modes:
@@ -109,7 +109,7 @@ class ShardWriter:
         self.schema = pa.schema(
             [
                 pa.field("key", pa.utf8(), nullable=False),
-                pa.field("label", pa.int32(), nullable=False),
+                pa.field("label", pa.int64(), nullable=True),
                 pa.field("pixels", pa.binary(self.row_bytes), nullable=False),
             ]
         )
@@ -118,7 +118,7 @@ class ShardWriter:
         pa = self.pa
         n = len(keys)
         pix = pa.FixedSizeBinaryArray.from_buffers(pa.binary(self.row_bytes), n, [None, pa.py_buffer(pixels[:n])])
-        table = pa.Table.from_arrays([pa.array(keys, pa.utf8()), pa.array(labels, pa.int32()), pix], schema=self.schema)
+        table = pa.Table.from_arrays([pa.array(keys, pa.utf8()), pa.array(labels, pa.int64()), pix], schema=self.schema)
         final = self.dir / f"part-{index:05d}.parquet"
         tmp = final.with_suffix(".parquet.tmp")
         self.pq.write_table(

@@ -10,6 +10,11 @@ into a reused [B,3,C,C] batch buffer; with --lighting also the PCA lighting of t
 + 255 * P (alpha * lambda), alpha_i ~ N(0, 0.1), eigen-pairs from dataset.json. Labels as
 int64. The last partial batch of an epoch is dropped (as `pipeline stream` does).
 
+A jpeg dataset (dataset.json "encoding": "jpeg") is read as its `image.bytes` column, and
+each image is decoded with Pillow (`Image.open(BytesIO(b)).convert("RGB")`, libjpeg-turbo)
+into an [S,S,3] array before the same crop, flip, mean and lighting: the same work the
+stream's augmentation workers do for a jpeg row.
+
 usage: stream_peer.py --dataset DIR [--crop 224] [--batch-size 128] [--epochs 1]
                       [--lighting | --no-lighting] [--seed 0] [--check-batch OUT.npz]
 
@@ -18,6 +23,7 @@ shards into Arrow memory, once), images_per_s, images_per_s_with_load, loop_cpu_
 (CPU time of the augmentation loop), peak_rss_mb.
 """
 import argparse
+import io
 import json
 import pathlib
 import resource
@@ -47,6 +53,16 @@ def load_views(dataset, size):
     return tables, views, np.concatenate(labels), np.concatenate(chunk_of), np.concatenate(row_of)
 
 
+def load_jpegs(dataset):
+    """Every training row's JPEG bytes (Python bytes) and labels, in file order."""
+    jpegs, labels = [], []
+    for path in sorted((dataset / "train").glob("part-*.parquet")):
+        table = pq.read_table(path, columns=["label", "image"])
+        jpegs.extend(table.column("image").combine_chunks().field("bytes").to_pylist())
+        labels.append(table.column("label").to_numpy().astype(np.int64))
+    return jpegs, np.concatenate(labels)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", type=pathlib.Path, required=True)
@@ -67,7 +83,13 @@ def main():
     eigenvectors = np.array(pca["eigenvectors"], np.float64)  # columns are the eigenvectors
     # The mean image once as CHW f32, so each crop of it is a strided view.
     mean_chw = np.ascontiguousarray(np.load(args.dataset / "mean.npy").astype(np.float32).transpose(2, 0, 1))
-    tables, views, labels, chunk_of, row_of = load_views(args.dataset, size)
+    jpeg = manifest.get("encoding", "raw") == "jpeg"
+    if jpeg:
+        from PIL import Image
+
+        jpegs, labels = load_jpegs(args.dataset)
+    else:
+        tables, views, labels, chunk_of, row_of = load_views(args.dataset, size)
     load_seconds = time.perf_counter() - t0
 
     rng = np.random.default_rng(args.seed)
@@ -90,7 +112,11 @@ def main():
                 offsets = (255.0 * (alphas * eigenvalues) @ eigenvectors.T).astype(np.float32)  # [B,3]
             for i in range(batch):
                 j = idx[i]
-                src = views[chunk_of[j]][row_of[j]]
+                if jpeg:
+                    with Image.open(io.BytesIO(jpegs[j])) as decoded:
+                        src = np.asarray(decoded.convert("RGB"))
+                else:
+                    src = views[chunk_of[j]][row_of[j]]
                 x, y = xs[i], ys[i]
                 img = src[y : y + crop, x : x + crop].transpose(2, 0, 1)  # CHW view of HWC u8
                 mean = mean_chw[:, y : y + crop, x : x + crop]
@@ -111,7 +137,7 @@ def main():
     print(
         json.dumps(
             {
-                "peer": "numpy",
+                "peer": "numpy+pillow" if jpeg else "numpy",
                 "lighting": args.lighting,
                 "images": images,
                 "seconds": round(seconds, 3),

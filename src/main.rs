@@ -201,6 +201,12 @@ enum Command {
         /// Rows per row group (overrides the recipe).
         #[arg(long)]
         rows_per_row_group: Option<usize>,
+        /// How each crop is stored: raw pixels or a JPEG (overrides the recipe).
+        #[arg(long, value_enum)]
+        encoding: Option<pipeline::dataset::Encoding>,
+        /// JPEG quality 1-100 for --encoding jpeg (overrides the recipe).
+        #[arg(long)]
+        quality: Option<u8>,
         /// Decode threads (0 = all cores).
         #[arg(long, default_value_t = 0)]
         workers: usize,
@@ -630,6 +636,8 @@ fn main() -> Result<()> {
             filter,
             rows_per_shard,
             rows_per_row_group,
+            encoding,
+            quality,
             workers,
             val_labels,
             quiet,
@@ -644,6 +652,8 @@ fn main() -> Result<()> {
             config.filter = filter.unwrap_or(config.filter);
             config.rows_per_shard = rows_per_shard.unwrap_or(config.rows_per_shard);
             config.rows_per_row_group = rows_per_row_group.unwrap_or(config.rows_per_row_group);
+            config.encoding = encoding.unwrap_or(config.encoding);
+            config.quality = quality.unwrap_or(config.quality);
             // Only what ingest uses is checked here: an --image-size override may
             // leave the recipe's crop for another size, which train checks.
             anyhow::ensure!(recipe.data.image_size > 0, "--image-size must be positive");

@@ -9,7 +9,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-use arrow::array::{FixedSizeBinaryArray, Int32Array, StringArray};
+use arrow::array::{ArrayRef, FixedSizeBinaryArray, Int32Array, Int64Array, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 use common::*;
 use parquet::arrow::ArrowWriter;
@@ -83,15 +84,40 @@ fn last_json(output: &std::process::Output) -> Value {
         .unwrap_or_else(|e| panic!("{e}: {out}"))
 }
 
-/// Rewrites a shard with arrow's own writer: the same schema and rows, but no pixel
-/// checksums in the footer (as every shard written before they existed), and label
-/// statistics only when `label_statistics`.
-fn rewrite_with_arrow_writer(path: &Path, rows: &[ShardRow], label_statistics: bool) {
+/// Rewrites a shard with arrow's own writer: the same rows, but no pixel checksums in
+/// the footer (as every shard written before they existed), label statistics only when
+/// `label_statistics`, and with `int32_labels` the non-null int32 label of shards
+/// written before the label became int64 (else the current schema).
+fn rewrite_with_arrow_writer(
+    path: &Path,
+    rows: &[ShardRow],
+    label_statistics: bool,
+    int32_labels: bool,
+) {
+    let (schema, labels): (_, ArrayRef) = if int32_labels {
+        let mut fields: Vec<Field> = shard_schema(S)
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields[1] = Field::new("label", DataType::Int32, false);
+        (
+            Arc::new(Schema::new(fields)),
+            Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.label))),
+        )
+    } else {
+        (
+            shard_schema(S),
+            Arc::new(Int64Array::from_iter_values(
+                rows.iter().map(|r| i64::from(r.label)),
+            )),
+        )
+    };
     let batch = RecordBatch::try_new(
-        shard_schema(S),
+        schema.clone(),
         vec![
             Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.key))),
-            Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.label))),
+            labels,
             Arc::new(FixedSizeBinaryArray::try_from_iter(rows.iter().map(|r| &r.pixels)).unwrap()),
         ],
     )
@@ -106,7 +132,7 @@ fn rewrite_with_arrow_writer(path: &Path, rows: &[ShardRow], label_statistics: b
         .set_max_row_group_row_count(Some(16))
         .build();
     let file = std::fs::File::create(path).unwrap();
-    let mut writer = ArrowWriter::try_new(file, shard_schema(S), Some(properties)).unwrap();
+    let mut writer = ArrowWriter::try_new(file, schema, Some(properties)).unwrap();
     writer.write(&batch).unwrap();
     writer.close().unwrap();
 }
@@ -177,7 +203,7 @@ fn shards_without_checksums_still_stream_and_say_so() {
     for i in 0..shards {
         let shard = dataset.join(format!("train/part-{i:05}.parquet"));
         let rows = read_shard(&shard, S).unwrap();
-        rewrite_with_arrow_writer(&shard, &rows, true);
+        rewrite_with_arrow_writer(&shard, &rows, true, true);
     }
     let expected = last_json(&run(&stream_args(&recipe, shared_dataset())))["images"].clone();
     let output = run(&stream_args(&recipe, &dataset));
@@ -213,11 +239,17 @@ fn a_label_outside_the_classes_is_named_before_training_creates_a_run() {
     );
     assert!(err.contains(&expected), "{err}");
     assert!(!run_dir.exists(), "a refused dataset leaves no run behind");
-    // ... and by a writer without label statistics (the labels themselves are read).
-    rewrite_with_arrow_writer(&shard, &rows, false);
-    let err = run_fails(&train_args(&recipe, &dataset, &run_dir));
-    assert!(err.contains(&expected), "{err}");
-    assert!(!run_dir.exists());
+    // ... and by a writer without label statistics (the labels themselves are read),
+    // int64 labels as now and int32 as in shards written before.
+    for int32_labels in [false, true] {
+        rewrite_with_arrow_writer(&shard, &rows, false, int32_labels);
+        let err = run_fails(&train_args(&recipe, &dataset, &run_dir));
+        assert!(
+            err.contains(&expected),
+            "int32 labels {int32_labels}: {err}"
+        );
+        assert!(!run_dir.exists());
+    }
 
     // A dataset.json whose class list is shorter than the shards' labels.
     let dataset = copy_dataset(&tmp.path().join("b"));

@@ -19,6 +19,12 @@ pub struct Manifest {
     pub format_version: u32,
     /// S: every stored image is S×S×3.
     pub image_size: usize,
+    /// How the images are stored (absent in manifests from before jpeg shards: raw).
+    #[serde(default)]
+    pub encoding: super::Encoding,
+    /// The JPEG quality the images were encoded at (jpeg datasets only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jpeg_quality: Option<u8>,
     /// Classes in label order (label = position of the wnid in sorted order).
     pub classes: Vec<ClassInfo>,
     pub splits: BTreeMap<Split, SplitInfo>,

@@ -5,12 +5,14 @@
 //! ```text
 //! DIR/dataset.json            manifest, written last
 //! DIR/mean.npy                float32 [S,S,3] mean training crop, 0–255
-//! DIR/train/part-00000.parquet  key utf8 · label int32 · pixels fixed_size_binary(S·S·3)
+//! DIR/train/part-00000.parquet  key utf8 · label int64 · pixels fixed_size_binary(S·S·3)
+//!                               (jpeg: image struct<bytes binary, path utf8>)
 //! DIR/val/part-00000.parquet
 //! ```
 
 pub mod atomic;
 pub mod checksum;
+pub mod encoding;
 pub mod manifest;
 pub mod npy;
 pub mod reader;
@@ -18,6 +20,7 @@ pub mod schema;
 pub mod shard_bytes;
 pub mod writer;
 
+pub use encoding::Encoding;
 pub use manifest::{ClassInfo, Manifest, PcaStats, SkippedImage, SplitInfo, Stats};
 pub use schema::shard_schema;
 

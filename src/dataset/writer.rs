@@ -19,12 +19,14 @@ use bytes::Bytes;
 use parquet::arrow::{ArrowSchemaConverter, add_encoded_arrow_schema_to_metadata};
 use parquet::basic::Compression;
 use parquet::data_type::{
-    ByteArray, ByteArrayType, FixedLenByteArray, FixedLenByteArrayType, Int32Type,
+    ByteArray, ByteArrayType, FixedLenByteArray, FixedLenByteArrayType, Int64Type,
 };
+use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
-use parquet::file::writer::SerializedFileWriter;
+use parquet::file::writer::{SerializedColumnWriter, SerializedFileWriter};
 use parquet::schema::types::ColumnPath;
 
+use super::encoding::Encoding;
 use super::{atomic, checksum, schema};
 
 /// One stored image.
@@ -32,7 +34,7 @@ use super::{atomic, checksum, schema};
 pub struct ShardRow {
     pub key: String,
     pub label: i32,
-    /// S·S·3 bytes, row-major HWC RGB.
+    /// S·S·3 bytes, row-major HWC RGB (decoded, for a jpeg shard).
     pub pixels: Vec<u8>,
 }
 
@@ -65,22 +67,57 @@ pub enum WriteError {
         pixel_bytes: usize,
         expected: usize,
     },
+    #[error(
+        "{path}: a row group of {keys} keys, {labels} labels and {images} encoded images \
+         for a {encoding} shard (a jpeg shard takes one image a row)"
+    )]
+    EncodedRowGroupShape {
+        path: String,
+        encoding: Encoding,
+        keys: usize,
+        labels: usize,
+        images: usize,
+    },
 }
 
 /// Writer settings: pixels are incompressible JPEG-born noise as far as
-/// general-purpose codecs go, so they are stored plain (fast to stream).
-fn properties(image_size: usize) -> WriterProperties {
-    let pixels = ColumnPath::from(schema::PIXELS);
-    let mut properties = WriterProperties::builder()
+/// general-purpose codecs go (and JPEG bytes are compressed already), so they are
+/// stored plain (fast to stream).
+fn properties(image_size: usize, encoding: Encoding, class_names: &[String]) -> WriterProperties {
+    let builder = WriterProperties::builder()
         .set_compression(Compression::UNCOMPRESSED)
-        .set_dictionary_enabled(false)
-        // Min/max of 196 KB blobs is meaningless and costly.
-        .set_column_statistics_enabled(pixels.clone(), EnabledStatistics::None)
-        // One page per image: a page sized for many 196 KB values would grow
-        // (and re-copy) its buffer several times before it is written.
-        .set_column_data_page_size_limit(pixels, 1)
+        .set_dictionary_enabled(false);
+    let builder = match encoding {
+        Encoding::Raw => {
+            let pixels = ColumnPath::from(schema::PIXELS);
+            builder
+                // Min/max of 196 KB blobs is meaningless and costly.
+                .set_column_statistics_enabled(pixels.clone(), EnabledStatistics::None)
+                // One page per image: a page sized for many 196 KB values would grow
+                // (and re-copy) its buffer several times before it is written.
+                .set_column_data_page_size_limit(pixels, 1)
+        }
+        Encoding::Jpeg => {
+            let bytes = ColumnPath::new(vec![schema::IMAGE.into(), schema::IMAGE_BYTES.into()]);
+            builder.set_column_statistics_enabled(bytes, EnabledStatistics::None)
+        }
+    };
+    let features = schema::huggingface_features(encoding, class_names);
+    let mut properties = builder
+        .set_key_value_metadata(Some(vec![KeyValue::new(
+            schema::HUGGINGFACE_KEY.to_string(),
+            features.clone(),
+        )]))
         .build();
-    add_encoded_arrow_schema_to_metadata(&schema::shard_schema(image_size), &mut properties);
+    let arrow = schema::shard_schema_for(image_size, encoding);
+    let arrow = arrow
+        .as_ref()
+        .clone()
+        .with_metadata(std::collections::HashMap::from([(
+            schema::HUGGINGFACE_KEY.to_string(),
+            features,
+        )]));
+    add_encoded_arrow_schema_to_metadata(&arrow, &mut properties);
     properties
 }
 
@@ -89,14 +126,39 @@ fn properties(image_size: usize) -> WriterProperties {
 /// leaves only its temporary file (which a rerun overwrites).
 pub struct ShardWriter {
     path: PathBuf,
+    encoding: Encoding,
     row_bytes: usize,
     writer: SerializedFileWriter<BufWriter<File>>,
     /// CRC-32 of each row's pixels, written into the footer by `finish`.
     pixel_crcs: Vec<u32>,
 }
 
+/// Writes the label column chunk: the in-memory i32 labels stored as the schema's
+/// nullable int64, every value present (definition level 1).
+fn write_labels(
+    column: &mut SerializedColumnWriter<'_>,
+    labels: &[i32],
+) -> parquet::errors::Result<usize> {
+    let wide: Vec<i64> = labels.iter().map(|&l| i64::from(l)).collect();
+    let present = vec![1i16; labels.len()];
+    column
+        .typed::<Int64Type>()
+        .write_batch(&wide, Some(&present), None)
+}
+
 impl ShardWriter {
+    /// A raw shard without class names (tests and tools).
     pub fn create(path: &Path, image_size: usize) -> Result<Self, WriteError> {
+        Self::create_for(path, image_size, Encoding::Raw, &[])
+    }
+
+    /// A shard of `encoding` whose `huggingface` metadata names the classes.
+    pub fn create_for(
+        path: &Path,
+        image_size: usize,
+        encoding: Encoding,
+        class_names: &[String],
+    ) -> Result<Self, WriteError> {
         let shown = path.display().to_string();
         let temp = atomic::temp_path(path);
         let file = File::create(&temp).map_err(|source| WriteError::Io {
@@ -104,7 +166,7 @@ impl ShardWriter {
             source,
         })?;
         let parquet_schema = ArrowSchemaConverter::new()
-            .convert(&schema::shard_schema(image_size))
+            .convert(&schema::shard_schema_for(image_size, encoding))
             .map_err(|source| WriteError::Parquet {
                 path: shown.clone(),
                 source,
@@ -114,7 +176,7 @@ impl ShardWriter {
         let writer = SerializedFileWriter::new(
             sink,
             parquet_schema.root_schema_ptr(),
-            Arc::new(properties(image_size)),
+            Arc::new(properties(image_size, encoding, class_names)),
         )
         .map_err(|source| WriteError::Parquet {
             path: shown,
@@ -122,6 +184,7 @@ impl ShardWriter {
         })?;
         Ok(Self {
             path: path.to_path_buf(),
+            encoding,
             row_bytes: schema::PixelLayout::new(image_size).bytes(),
             writer,
             pixel_crcs: Vec::new(),
@@ -137,7 +200,10 @@ impl ShardWriter {
         pixels: Bytes,
     ) -> Result<(), WriteError> {
         let rows = labels.len();
-        if keys.len() != rows || pixels.len() != rows * self.row_bytes {
+        if self.encoding != Encoding::Raw
+            || keys.len() != rows
+            || pixels.len() != rows * self.row_bytes
+        {
             return Err(WriteError::RowGroupShape {
                 path: self.path.display().to_string(),
                 keys: keys.len(),
@@ -174,10 +240,7 @@ impl ShardWriter {
                     .typed::<ByteArrayType>()
                     .write_batch(&keys, None, None)
                     .map(drop),
-                Some(schema::Column::Label) => column
-                    .typed::<Int32Type>()
-                    .write_batch(labels, None, None)
-                    .map(drop),
+                Some(schema::Column::Label) => write_labels(&mut column, labels).map(drop),
                 Some(schema::Column::Pixels) | None => {
                     let writer = column.typed::<FixedLenByteArrayType>();
                     // A value per call: with the page limit above, a page per value.
@@ -192,6 +255,61 @@ impl ShardWriter {
         }
         group.close().map_err(parquet_error)?;
         self.pixel_crcs.extend(pixel_crcs);
+        Ok(())
+    }
+
+    /// Appends one row group of a jpeg shard: row i is `keys[i]`, `labels[i]` and the
+    /// JPEG `images[i]` (its `image.path` is the key, as Hugging Face's image struct
+    /// names where the bytes came from).
+    pub fn write_encoded_row_group<K: AsRef<str>>(
+        &mut self,
+        keys: &[K],
+        labels: &[i32],
+        images: &[Bytes],
+    ) -> Result<(), WriteError> {
+        let rows = labels.len();
+        if self.encoding != Encoding::Jpeg || keys.len() != rows || images.len() != rows {
+            return Err(WriteError::EncodedRowGroupShape {
+                path: self.path.display().to_string(),
+                encoding: self.encoding,
+                keys: keys.len(),
+                labels: rows,
+                images: images.len(),
+            });
+        }
+        let keys: Vec<ByteArray> = keys.iter().map(|k| ByteArray::from(k.as_ref())).collect();
+        let values: Vec<ByteArray> = images.iter().cloned().map(ByteArray::from).collect();
+        let crcs: Vec<u32> = images.iter().map(|i| checksum::pixels_crc32(i)).collect();
+        let path = &self.path;
+        let parquet_error = |source| WriteError::Parquet {
+            path: path.display().to_string(),
+            source,
+        };
+        // `image` and its fields are nullable (see the schema): every value present is
+        // definition level 2.
+        let present = vec![2i16; rows];
+        let mut group = self.writer.next_row_group().map_err(parquet_error)?;
+        let mut written = 0;
+        while let Some(mut column) = group.next_column().map_err(parquet_error)? {
+            // Leaves in schema order: key, label, image.bytes, image.path.
+            let result = match written {
+                0 => column
+                    .typed::<ByteArrayType>()
+                    .write_batch(&keys, None, None),
+                1 => write_labels(&mut column, labels),
+                2 => column
+                    .typed::<ByteArrayType>()
+                    .write_batch(&values, Some(&present), None),
+                _ => column
+                    .typed::<ByteArrayType>()
+                    .write_batch(&keys, Some(&present), None),
+            };
+            result.map_err(parquet_error)?;
+            column.close().map_err(parquet_error)?;
+            written += 1;
+        }
+        group.close().map_err(parquet_error)?;
+        self.pixel_crcs.extend(crcs);
         Ok(())
     }
 

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use arrow::array::{Array, FixedSizeBinaryArray, Int32Array, StringArray};
+use arrow::array::{Array, StringArray};
 use futures::StreamExt;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
@@ -17,11 +17,11 @@ use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
 use super::FeaturesError;
 use crate::augment::{Geometry, centre_view};
 use crate::dataset::manifest::ManifestError;
-use crate::dataset::reader::{ReadError, check_schema};
-use crate::dataset::schema::{Column, PixelLayout};
+use crate::dataset::reader::{ReadError, check_schema_of, image_values};
+use crate::dataset::schema::{Column, PixelLayout, labels_i32};
 use crate::dataset::shard_bytes::{FooterError, ShardBytes, read_footer};
 use crate::dataset::writer::ShardRow;
-use crate::dataset::{Manifest, Split, shard_file_name};
+use crate::dataset::{Encoding, Manifest, Split, shard_file_name};
 use crate::store::Location;
 
 /// The stored rows (S×S×3 pixels, label) of `keys`, in the order asked (a key asked
@@ -77,6 +77,7 @@ pub fn for_each_row_by_key(
                     &location,
                     &name,
                     manifest.image_size,
+                    manifest.encoding,
                     &mut wanted,
                     &mut visit,
                 )
@@ -106,6 +107,7 @@ async fn read_matching(
     location: &Location,
     name: &str,
     image_size: usize,
+    encoding: Encoding,
     wanted: &mut HashMap<&str, Vec<usize>>,
     visit: &mut impl FnMut(usize, &ShardRow),
 ) -> Result<(), FeaturesError> {
@@ -124,7 +126,7 @@ async fn read_matching(
                 message,
             }),
         })?;
-    check_schema(path, metadata.schema(), image_size)?;
+    check_schema_of(path, metadata.schema(), image_size, encoding)?;
     let bytes = ShardBytes {
         location: location.clone(),
         name: name.to_string(),
@@ -172,6 +174,12 @@ async fn read_matching(
     let group_of = |r: usize| starts.partition_point(|&s| s <= r) - 1;
     let mut groups: Vec<usize> = hits.iter().map(|&r| group_of(r)).collect();
     groups.dedup();
+    // The shard row of each row read, in order, to name a row that does not decode.
+    let shard_rows: Vec<usize> = groups
+        .iter()
+        .flat_map(|&g| starts[g]..starts[g] + group_rows[g])
+        .collect();
+    let mut seen = 0;
     let mut batches = builder()
         .with_row_groups(groups)
         .build()
@@ -182,24 +190,42 @@ async fn read_matching(
         let keys = column(Column::Key)
             .downcast_ref::<StringArray>()
             .expect("schema checked");
-        let labels = column(Column::Label)
-            .downcast_ref::<Int32Array>()
-            .expect("schema checked");
-        let pixels = column(Column::Pixels)
-            .downcast_ref::<FixedSizeBinaryArray>()
-            .expect("schema checked");
-        for i in 0..keys.len() {
+        let labels =
+            labels_i32(batch.column(Column::Label.index()).as_ref()).map_err(|source| {
+                let row = shard_rows[seen + source.row().unwrap_or(0)];
+                let row_group = group_of(row);
+                ReadError::Label {
+                    path: shown.clone(),
+                    row_group,
+                    source: source.at(|_| row - starts[row_group]),
+                }
+            })?;
+        let images =
+            image_values(batch.column(Column::Pixels.index()).as_ref()).expect("schema checked");
+        let mut decoded = Vec::new();
+        for (i, image) in images.into_iter().enumerate() {
             if let Some(positions) = wanted.remove(keys.value(i)) {
+                let key = keys.value(i).to_string();
+                let pixels =
+                    encoding
+                        .pixels(image, image_size, &mut decoded)
+                        .map_err(|source| ReadError::Pixels {
+                            path: shown.clone(),
+                            row: shard_rows.get(seen + i).copied().unwrap_or(seen + i),
+                            key: key.clone(),
+                            source,
+                        })?;
                 let stored = ShardRow {
-                    key: keys.value(i).to_string(),
-                    label: labels.value(i),
-                    pixels: pixels.value(i).to_vec(),
+                    key,
+                    label: labels[i],
+                    pixels: pixels.to_vec(),
                 };
                 for p in positions {
                     visit(p, &stored);
                 }
             }
         }
+        seen += keys.len();
     }
     Ok(())
 }

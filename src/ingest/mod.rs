@@ -19,6 +19,7 @@ pub mod stats;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::dataset::Encoding;
 pub use resize::ResizeFilter;
 pub use run::{IngestError, IngestOptions, IngestSummary, ingest};
 
@@ -38,6 +39,11 @@ pub struct IngestConfig {
     /// Images with more pixels than this are refused as decompression bombs
     /// (Pillow's default limit).
     pub max_pixels: u64,
+    /// How each S×S crop is stored: "raw" (S·S·3 bytes, no decode when streamed) or
+    /// "jpeg" (encoded once here; decoded by the stream's augmentation workers).
+    pub encoding: Encoding,
+    /// JPEG quality, 1–100 (jpeg only; 4:2:0 chroma below 90, 4:4:4 from 90 on).
+    pub quality: u8,
 }
 
 impl Default for IngestConfig {
@@ -48,12 +54,29 @@ impl Default for IngestConfig {
             filter: ResizeFilter::Bilinear,
             seed: 0,
             max_pixels: 89_478_485,
+            encoding: Encoding::Raw,
+            quality: DEFAULT_JPEG_QUALITY,
         }
     }
 }
 
+/// The default `[ingest] quality` (see the recipes and README for the measured
+/// size/accuracy trade-off behind it).
+pub const DEFAULT_JPEG_QUALITY: u8 = 90;
+
 impl IngestConfig {
+    /// The quality the manifest records: only a jpeg dataset has one.
+    pub fn jpeg_quality(&self) -> Option<u8> {
+        (self.encoding == Encoding::Jpeg).then_some(self.quality)
+    }
+
     pub fn validate(&self) -> Result<(), String> {
+        if !(1..=100).contains(&self.quality) {
+            return Err(format!(
+                "ingest.quality = {} is outside 1-100",
+                self.quality
+            ));
+        }
         if self.rows_per_shard == 0 || self.rows_per_row_group == 0 {
             return Err(
                 "ingest.rows_per_shard and ingest.rows_per_row_group must be positive".into(),

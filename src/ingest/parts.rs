@@ -140,9 +140,13 @@ pub enum PartsError {
     },
     #[error(
         "part {part} ({dir}) was made with other settings or another source listing than \
-         this merge; merge with the settings and source the parts were run with"
+         this merge{detail}; merge with the settings and source the parts were run with"
     )]
-    Mismatch { part: Part, dir: String },
+    Mismatch {
+        part: Part,
+        dir: String,
+        detail: String,
+    },
     #[error(
         "{out} holds an unfinished ingest in parts ({folder}); finish it with \
          `--part K/N` and `--merge`, or choose another --out"
@@ -204,8 +208,14 @@ fn check_out(opts: &IngestOptions, plan: &Plan) -> Result<bool, IngestError> {
     let complete = out.join(MANIFEST_FILE).exists();
     match IngestState::load(&IngestState::dir(out))? {
         Some(state) if state.fingerprint == plan.fingerprint => Ok(complete),
-        Some(_) if complete => Err(IngestError::CompleteDatasetMismatch { out: shown }),
-        Some(_) => Err(IngestError::FingerprintMismatch { out: shown }),
+        Some(state) if complete => Err(IngestError::CompleteDatasetMismatch {
+            out: shown,
+            detail: state.encoding_differs(&run::encoding_label(&opts.config)),
+        }),
+        Some(state) => Err(IngestError::FingerprintMismatch {
+            out: shown,
+            detail: state.encoding_differs(&run::encoding_label(&opts.config)),
+        }),
         None if complete => Err(IngestError::ForeignDataset {
             out: shown,
             state: STATE_DIR,
@@ -256,15 +266,16 @@ pub fn ingest_part(opts: &IngestOptions, part: Part) -> Result<PartOutcome, Inge
     let dir = part.state_dir(out);
     let mut state = match IngestState::load(&dir)? {
         Some(state) if state.fingerprint == plan.fingerprint => state,
-        Some(_) => {
+        Some(state) => {
             return Err(IngestError::FingerprintMismatch {
                 out: dir.display().to_string(),
+                detail: state.encoding_differs(&run::encoding_label(&opts.config)),
             });
         }
         None => {
             // Other parts may be writing their shards here already.
             run::refuse_out_holding_others(out, &[Split::Train.name(), Split::Val.name()])?;
-            IngestState::new(plan.fingerprint.clone())
+            IngestState::new(plan.fingerprint.clone(), run::encoding_label(&opts.config))
         }
     };
     state.save(&dir)?;
@@ -417,6 +428,7 @@ fn complete_parts(
             return Err(PartsError::Mismatch {
                 part,
                 dir: dir_shown,
+                detail: state.encoding_differs(&run::encoding_label(&opts.config)),
             });
         }
         let owned = part.owned_shards(plan, opts);
@@ -445,7 +457,7 @@ fn merge_parts(
     this_run: ThisRun,
 ) -> Result<IngestSummary, IngestError> {
     let out = &opts.out;
-    let mut state = IngestState::new(plan.fingerprint.clone());
+    let mut state = IngestState::new(plan.fingerprint.clone(), run::encoding_label(&opts.config));
     let mut sums = StatsAccumulator::new(opts.image_size);
     for index in 1..=count {
         let dir = Part { index, count }.state_dir(out);

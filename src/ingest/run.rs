@@ -25,7 +25,8 @@ use crate::buffer_pool::BufferPool;
 use crate::dataset::manifest::{FORMAT_VERSION, ManifestError};
 use crate::dataset::writer::{ShardWriter, WriteError};
 use crate::dataset::{
-    MEAN_FILE, Manifest, PcaStats, SkippedImage, Split, SplitInfo, Stats, npy, shard_file_name,
+    Encoding, MEAN_FILE, Manifest, PcaStats, SkippedImage, Split, SplitInfo, Stats, npy,
+    shard_file_name,
 };
 use crate::fnv::Fnv1a;
 
@@ -97,16 +98,16 @@ pub enum IngestError {
         source: std::io::Error,
     },
     #[error(
-        "{out} holds an unfinished ingest made with other settings or another source listing; \
+        "{out} holds an unfinished ingest made with other settings or another source listing{detail}; \
          re-run the command that started it to finish it, or remove {out} or choose another \
          --out to start over"
     )]
-    FingerprintMismatch { out: String },
+    FingerprintMismatch { out: String, detail: String },
     #[error(
-        "{out} holds a complete dataset made with other settings or another source listing; \
+        "{out} holds a complete dataset made with other settings or another source listing{detail}; \
          to ingest with these settings, remove {out} or choose another --out"
     )]
-    CompleteDatasetMismatch { out: String },
+    CompleteDatasetMismatch { out: String, detail: String },
     #[error(
         "{out} already holds a dataset not made by this ingest (no {state} folder); choose another --out"
     )]
@@ -130,6 +131,14 @@ pub enum IngestError {
     Store(#[from] crate::store::StoreError),
     #[error("cannot start {workers} decode threads: {message}")]
     Threads { workers: usize, message: String },
+}
+
+/// The encoding of `config` in words, as the ingest state records it.
+pub(super) fn encoding_label(config: &IngestConfig) -> String {
+    match config.encoding {
+        Encoding::Raw => "raw".to_string(),
+        Encoding::Jpeg => format!("jpeg at quality {}", config.quality),
+    }
 }
 
 /// Everything that determines the output bytes.
@@ -205,8 +214,10 @@ const IMAGES_PER_WORKER: usize = 16;
 struct DecodedGroup {
     keys: Vec<String>,
     labels: Vec<i32>,
-    /// `labels.len()` rows of S·S·3 bytes, a slice of the unit's pooled buffer.
+    /// `labels.len()` rows of S·S·3 bytes, a slice of the unit's pooled buffer (raw).
     pixels: Bytes,
+    /// Each row's JPEG (jpeg; empty when raw).
+    jpegs: Vec<Bytes>,
 }
 
 /// A few consecutive row groups of one shard, on their way to the writer thread.
@@ -229,6 +240,8 @@ struct WorkerState {
     file: Vec<u8>,
     /// The decoded source.
     scratch: Vec<u8>,
+    /// A crop's JPEG decoded again (jpeg), for the statistics.
+    decoded_jpeg: Vec<u8>,
     failures: Vec<(usize, String)>,
     stats: StatsAccumulator,
 }
@@ -256,24 +269,50 @@ impl Job<'_> {
         with_stats: bool,
     ) -> DecodedUnit {
         let max_pixels = self.opts.config.max_pixels;
-        let row_bytes = crate::dataset::schema::PixelLayout::new(self.opts.image_size).bytes();
+        let side = self.opts.image_size;
+        let (encoding, quality) = (self.opts.config.encoding, self.opts.config.quality);
+        let row_bytes = crate::dataset::schema::PixelLayout::new(side).bytes();
         let mut buffer = self.buffers.take(images.len() * row_bytes);
-        self.pool.install(|| {
+        // Each image's JPEG (jpeg only). The statistics are taken from the JPEG decoded
+        // again, the pixels the stream will see, so the mean it subtracts is exact.
+        let jpegs: Vec<Option<Bytes>> = self.pool.install(|| {
             buffer
                 .par_chunks_mut(row_bytes)
                 .zip(images.par_iter())
                 .enumerate()
-                .for_each(|(i, (slot, image))| {
+                .map(|(i, (slot, image))| {
                     let thread = rayon::current_thread_index().expect("runs on the decode pool");
                     let mut worker = self.workers[thread].lock().expect("worker state lock");
                     let worker = &mut *worker;
-                    match load_image(&self.tree.root, image, worker, max_pixels, slot) {
-                        Ok(()) if with_stats => worker.stats.add(slot),
-                        Ok(()) => {}
-                        Err(reason) => worker.failures.push((i, reason)),
-                    }
+                    let stored = load_image(&self.tree.root, image, worker, max_pixels, slot)
+                        .and_then(|()| match encoding {
+                            Encoding::Raw => {
+                                if with_stats {
+                                    worker.stats.add(slot);
+                                }
+                                Ok(None)
+                            }
+                            Encoding::Jpeg => {
+                                let mut jpeg = Vec::new();
+                                encoding
+                                    .encode(slot, side, quality, &mut jpeg)
+                                    .map_err(|e| format!("the crop {e}"))?;
+                                if with_stats {
+                                    let pixels = encoding
+                                        .pixels(&jpeg, side, &mut worker.decoded_jpeg)
+                                        .map_err(|e| format!("the encoded crop {e}"))?;
+                                    worker.stats.add(pixels);
+                                }
+                                Ok(Some(Bytes::from(jpeg)))
+                            }
+                        });
                     self.bar.inc(1);
+                    stored.unwrap_or_else(|reason| {
+                        worker.failures.push((i, reason));
+                        None
+                    })
                 })
+                .collect()
         });
         // Sums travel only with a shard's last unit (an empty accumulator otherwise).
         let shard_sums = closes_shard && with_stats;
@@ -323,6 +362,7 @@ impl Job<'_> {
                     .map(|i| images[i].label)
                     .collect(),
                 pixels: shared.slice(start * row_bytes..next * row_bytes),
+                jpegs: (start..end).filter_map(|i| jpegs[i].clone()).collect(),
             })
             .collect();
         let skipped = failures
@@ -377,6 +417,9 @@ impl Job<'_> {
         let done = progress_of(state, split).shards_done;
         let size = self.opts.image_size;
         let with_stats = split == Split::Train;
+        // Hugging Face's ClassLabel names: the wnids (unique, where ImageNet's
+        // class names are not: two "crane"s).
+        let class_names: Vec<String> = self.tree.classes.iter().map(|c| c.wnid.clone()).collect();
         let (sender, receiver) = std::sync::mpsc::sync_channel::<DecodedUnit>(WRITE_QUEUE);
         std::thread::scope(|scope| {
             let dir = &dir;
@@ -387,9 +430,11 @@ impl Job<'_> {
                         Some(shard) => shard,
                         None => open.insert(OpenShard {
                             index: unit.shard,
-                            writer: ShardWriter::create(
+                            writer: ShardWriter::create_for(
                                 &dir.join(shard_file_name(unit.shard)),
                                 size,
+                                self.opts.config.encoding,
+                                &class_names,
                             )?,
                             rows: 0,
                             skipped: Vec::new(),
@@ -398,9 +443,18 @@ impl Job<'_> {
                     debug_assert_eq!(shard.index, unit.shard, "units arrive shard by shard");
                     for group in unit.groups {
                         shard.rows += group.labels.len();
-                        shard
-                            .writer
-                            .write_row_group(&group.keys, &group.labels, group.pixels)?;
+                        match self.opts.config.encoding {
+                            Encoding::Raw => shard.writer.write_row_group(
+                                &group.keys,
+                                &group.labels,
+                                group.pixels,
+                            )?,
+                            Encoding::Jpeg => shard.writer.write_encoded_row_group(
+                                &group.keys,
+                                &group.labels,
+                                &group.jpegs,
+                            )?,
+                        }
                     }
                     shard.skipped.extend(unit.skipped);
                     if !unit.closes_shard {
@@ -550,14 +604,16 @@ pub fn ingest(opts: &IngestOptions) -> Result<IngestSummary, IngestError> {
     let complete = out.join(crate::dataset::MANIFEST_FILE).exists();
     let mut state = match IngestState::load(&state_dir)? {
         Some(state) if state.fingerprint == plan.fingerprint => state,
-        Some(_) if complete => {
+        Some(state) if complete => {
             return Err(IngestError::CompleteDatasetMismatch {
                 out: opts.out_name(),
+                detail: state.encoding_differs(&encoding_label(&opts.config)),
             });
         }
-        Some(_) => {
+        Some(state) => {
             return Err(IngestError::FingerprintMismatch {
                 out: opts.out_name(),
+                detail: state.encoding_differs(&encoding_label(&opts.config)),
             });
         }
         None if complete => {
@@ -569,7 +625,7 @@ pub fn ingest(opts: &IngestOptions) -> Result<IngestSummary, IngestError> {
         None => {
             super::parts::refuse_parts_in_progress(out)?;
             refuse_out_not_empty(out)?;
-            IngestState::new(plan.fingerprint.clone())
+            IngestState::new(plan.fingerprint.clone(), encoding_label(&opts.config))
         }
     };
     std::fs::create_dir_all(out).map_err(|source| IngestError::Io {
@@ -633,6 +689,7 @@ pub(super) fn write_shards(
         cropper: CentreCropper::new(opts.image_size, opts.config.filter),
         file: Vec::new(),
         scratch: Vec::new(),
+        decoded_jpeg: Vec::new(),
         failures: Vec::new(),
         stats: StatsAccumulator::new(opts.image_size),
     };
@@ -747,6 +804,8 @@ pub(super) fn finish(
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
         image_size: opts.image_size,
+        encoding: opts.config.encoding,
+        jpeg_quality: opts.config.jpeg_quality(),
         classes: tree.classes.clone(),
         splits: [
             (Split::Train, split_info(&state.train)),

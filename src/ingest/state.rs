@@ -39,6 +39,10 @@ pub struct IngestState {
     /// Hash of everything that determines the output; a resume with other
     /// settings or another source listing is refused.
     pub fingerprint: String,
+    /// The encoding the shards are written in ("raw", "jpeg at quality 90"), to say
+    /// what differs when a resume or a merge is refused (absent in older states).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<String>,
     pub train: SplitProgress,
     pub val: SplitProgress,
     train_sums: SmallSums,
@@ -65,9 +69,21 @@ fn sums_file(shards: usize) -> String {
 }
 
 impl IngestState {
-    pub fn new(fingerprint: String) -> Self {
+    /// What a refusal to resume or merge this state with settings of `encoding` should
+    /// add: the two encodings when they differ, else nothing.
+    pub fn encoding_differs(&self, encoding: &str) -> String {
+        match &self.encoding {
+            Some(stored) if stored != encoding => {
+                format!(" (its shards are {stored}; these settings ask for {encoding})")
+            }
+            _ => String::new(),
+        }
+    }
+
+    pub fn new(fingerprint: String, encoding: String) -> Self {
         Self {
             fingerprint,
+            encoding: Some(encoding),
             train: SplitProgress::default(),
             val: SplitProgress::default(),
             train_sums: SmallSums::default(),

@@ -165,6 +165,16 @@ pub enum StreamError {
     /// A row's pixels differ from the CRC-32 ingest recorded for them.
     #[error(transparent)]
     Corrupt(Box<crate::dataset::checksum::CorruptRow>),
+    /// A row whose stored image does not decode to an S×S RGB image (a JPEG that
+    /// matches its CRC but not the format: a bug in the writer of the shard).
+    #[error("{path}: row {row} (row group {row_group}, key {key}): the image {source}")]
+    Pixels {
+        path: String,
+        row: usize,
+        row_group: usize,
+        key: String,
+        source: crate::dataset::encoding::PixelsError,
+    },
     /// A label that names no class of the manifest (it would index past the
     /// network's outputs).
     #[error(transparent)]

@@ -39,9 +39,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
+use parquet::basic::Type as PhysicalType;
 use parquet::column::reader::{get_column_reader, get_typed_column_reader};
 use parquet::data_type::{
-    ByteArrayType, DataType, FixedLenByteArray, FixedLenByteArrayType, Int32Type,
+    ByteArray, ByteArrayType, DataType, FixedLenByteArrayType, Int32Type, Int64Type,
 };
 use parquet::errors::ParquetError;
 use parquet::file::metadata::RowGroupMetaData;
@@ -51,8 +52,9 @@ use parquet::file::statistics::Statistics;
 
 use super::plan::RowGroupRef;
 use super::{LabelError, StreamError};
-use crate::dataset::reader::check_schema;
-use crate::dataset::schema::{Column, PixelLayout};
+use crate::dataset::Encoding;
+use crate::dataset::reader::check_schema_of;
+use crate::dataset::schema::{Column, PixelLayout, narrow_labels};
 use crate::dataset::shard_bytes::{FooterError, read_footer};
 use crate::dataset::{Manifest, Split, checksum, shard_file_name};
 use crate::store::{Location, StoreError};
@@ -92,6 +94,8 @@ pub struct ShardIndex {
     /// code (an error message's key, remote datasets only).
     runtime: tokio::runtime::Handle,
     pub image_size: usize,
+    /// How the rows' images are stored (dataset.json's, checked against every shard).
+    pub encoding: Encoding,
     /// Labels must lie in `0..classes` (dataset.json's class list).
     pub classes: usize,
 }
@@ -103,7 +107,8 @@ pub struct RowGroupData {
     /// The group's first row within its shard.
     first_row: usize,
     labels: Vec<i32>,
-    pixels: Vec<FixedLenByteArray>,
+    /// Each row's stored image: raw pixels or JPEG bytes.
+    pixels: Vec<ByteArray>,
     keys: Option<Vec<String>>,
     /// The rows' recorded pixel CRCs (none for a shard without checksums).
     crcs: Option<Vec<u32>>,
@@ -141,17 +146,19 @@ impl RowGroupData {
                     Some(piece) => piece.slice_ref(data),
                     None => Bytes::copy_from_slice(data),
                 };
+                let origin = RowOrigin {
+                    shard: group.shard,
+                    row_group: group.row_group,
+                    row: first_row + i,
+                };
                 Row {
                     label,
                     key: keys.as_mut().and_then(Iterator::next),
                     pixels,
+                    origin,
                     check: crcs.as_ref().map(|crcs| PixelCheck {
                         crc: crcs[i],
-                        origin: RowOrigin {
-                            shard: group.shard,
-                            row_group: group.row_group,
-                            row: first_row + i,
-                        },
+                        origin,
                     }),
                 }
             })
@@ -163,8 +170,11 @@ impl RowGroupData {
 pub struct Row {
     pub label: i32,
     pub key: Option<String>,
-    /// S·S·3 bytes, HWC RGB.
+    /// The stored image: S·S·3 bytes of HWC RGB (raw), or a JPEG of them, which
+    /// augmentation decodes through [`Encoding::pixels`].
     pub pixels: Bytes,
+    /// Where the row lives, to name it in an error.
+    pub origin: RowOrigin,
     /// What `pixels` must hash to (none for a shard without checksums).
     pub check: Option<PixelCheck>,
 }
@@ -185,6 +195,28 @@ pub struct RowOrigin {
 }
 
 impl Row {
+    /// The S·S·3 HWC pixels of the row: its stored bytes (raw) or their decode into
+    /// `buffer` (jpeg). A row that does not decode is an error naming it.
+    pub fn decoded<'a>(
+        &'a self,
+        index: &ShardIndex,
+        buffer: &'a mut Vec<u8>,
+    ) -> Result<&'a [u8], StreamError> {
+        index
+            .encoding
+            .pixels(&self.pixels, index.image_size, buffer)
+            .map_err(|source| StreamError::Pixels {
+                path: index.shards[self.origin.shard].path.clone(),
+                row: self.origin.row,
+                row_group: self.origin.row_group,
+                key: self
+                    .key
+                    .clone()
+                    .unwrap_or_else(|| index.key_of(self.origin)),
+                source,
+            })
+    }
+
     /// The CRC the pixels must match, or `None` when there is nothing to check: the shard
     /// has no checksums, or this process has already checked the row.
     pub fn pending_check(&self, index: &ShardIndex) -> Option<PixelCheck> {
@@ -334,10 +366,11 @@ impl ShardIndex {
                     (None, size, metadata)
                 }
             };
-            check_schema(
+            check_schema_of(
                 std::path::Path::new(&path),
                 metadata.schema(),
                 manifest.image_size,
+                manifest.encoding,
             )
             .map_err(|e| {
                 shard_error(
@@ -389,6 +422,7 @@ impl ShardIndex {
             location,
             runtime: tokio::runtime::Handle::current(),
             image_size: manifest.image_size,
+            encoding: manifest.encoding,
             classes: manifest.num_classes(),
         };
         index.check_label_ranges().await?;
@@ -410,8 +444,18 @@ impl ShardIndex {
     async fn check_label_ranges(&self) -> Result<(), StreamError> {
         for (shard, s) in self.shards.iter().enumerate() {
             for (row_group, rg) in s.metadata.metadata().row_groups().iter().enumerate() {
-                if let Some(Statistics::Int32(stats)) = rg.column(LABEL).statistics()
-                    && let (Some(&min), Some(&max)) = (stats.min_opt(), stats.max_opt())
+                // Int64 since the label became int64, Int32 in older shards.
+                let range = match rg.column(LABEL).statistics() {
+                    Some(Statistics::Int64(stats)) => {
+                        stats.min_opt().zip(stats.max_opt()).map(|(&a, &b)| (a, b))
+                    }
+                    Some(Statistics::Int32(stats)) => stats
+                        .min_opt()
+                        .zip(stats.max_opt())
+                        .map(|(&a, &b)| (i64::from(a), i64::from(b))),
+                    _ => None,
+                };
+                if let Some((min, max)) = range
                     && self.label_fits(min)
                     && self.label_fits(max)
                 {
@@ -426,14 +470,14 @@ impl ShardIndex {
                     Location::Local(_) => self.map_columns(group, &[LABEL])?,
                     Location::Remote(_) => self.fetch_columns(group, &[LABEL]).await?,
                 };
-                let labels = self.column::<Int32Type>(&fetched, LABEL)?;
+                let labels = self.labels(&fetched)?;
                 self.check_labels(group, &labels)?;
             }
         }
         Ok(())
     }
 
-    fn label_fits(&self, label: i32) -> bool {
+    fn label_fits(&self, label: i64) -> bool {
         usize::try_from(label).is_ok_and(|l| l < self.classes)
     }
 
@@ -443,7 +487,7 @@ impl ShardIndex {
         let Some((index, &label)) = labels
             .iter()
             .enumerate()
-            .find(|&(_, &l)| !self.label_fits(l))
+            .find(|&(_, &l)| !self.label_fits(i64::from(l)))
         else {
             return Ok(());
         };
@@ -557,8 +601,16 @@ impl ShardIndex {
     fn decode(&self, fetched: Fetched, with_keys: bool) -> Result<RowGroupData, StreamError> {
         let group = fetched.group;
         let shard = &self.shards[group.shard];
-        let labels = self.column::<Int32Type>(&fetched, LABEL)?;
-        let pixels = self.column::<FixedLenByteArrayType>(&fetched, PIXELS)?;
+        let labels = self.labels(&fetched)?;
+        // Leaf 2 is `pixels` (fixed-size) or `image.bytes` (variable) by encoding.
+        let pixels: Vec<ByteArray> = match self.encoding {
+            Encoding::Raw => self
+                .column::<FixedLenByteArrayType>(&fetched, PIXELS)?
+                .into_iter()
+                .map(ByteArray::from)
+                .collect(),
+            Encoding::Jpeg => self.column::<ByteArrayType>(&fetched, PIXELS)?,
+        };
         let keys = if with_keys {
             let keys = self.column::<ByteArrayType>(&fetched, KEY)?;
             let keys: Result<Vec<String>, _> = keys
@@ -571,9 +623,10 @@ impl ShardIndex {
         };
         let rows = group.rows;
         let pixel_bytes = PixelLayout::new(self.image_size).bytes();
+        let raw = self.encoding == Encoding::Raw;
         if labels.len() != rows
             || pixels.len() != rows
-            || pixels.iter().any(|p| p.len() != pixel_bytes)
+            || (raw && pixels.iter().any(|p| p.len() != pixel_bytes))
         {
             return Err(self.group_error(group, &"is missing rows or columns"));
         }
@@ -702,6 +755,28 @@ impl ShardIndex {
     }
 
     /// Every value of one (fetched) column.
+    /// The labels of a fetched row group as the in-memory i32: stored int64, or int32
+    /// in shards written before the label became int64.
+    fn labels(&self, fetched: &Fetched) -> Result<Vec<i32>, StreamError> {
+        let group = fetched.group;
+        let chunk = self.shards[group.shard]
+            .metadata
+            .metadata()
+            .row_group(group.row_group)
+            .column(LABEL);
+        match chunk.column_type() {
+            PhysicalType::INT64 => {
+                let wide = self.column::<Int64Type>(fetched, LABEL)?;
+                narrow_labels(&wide).map_err(|e| self.group_error(group, &e))
+            }
+            PhysicalType::INT32 => self.column::<Int32Type>(fetched, LABEL),
+            other => Err(self.group_error(
+                group,
+                &format!("the label column is stored as {other}, expected INT64 (or INT32)"),
+            )),
+        }
+    }
+
     fn column<T: DataType>(
         &self,
         fetched: &Fetched,
@@ -723,7 +798,7 @@ struct Fetched {
     range: Arc<FileRange>,
 }
 
-/// Every value of one required, flat column chunk (`rows` of them).
+/// Every value of one flat column chunk without nulls (`rows` of them).
 fn read_column<T: DataType>(
     range: &Arc<FileRange>,
     row_group: &RowGroupMetaData,
@@ -735,12 +810,27 @@ fn read_column<T: DataType>(
     let mut reader =
         get_typed_column_reader::<T>(get_column_reader(chunk.column_descr_ptr(), Box::new(pages)));
     let mut values = Vec::with_capacity(rows);
-    while values.len() < rows {
-        let before = values.len();
-        reader.read_records(rows - before, None, None, &mut values)?;
-        if values.len() == before {
+    // `label` and a jpeg shard's `image.bytes` are nullable (as Hugging Face's
+    // `ClassLabel` and image are): their definition levels are read, and a null is
+    // refused below.
+    let max_level = chunk.column_descr().max_def_level();
+    let mut levels = (max_level > 0).then(|| Vec::with_capacity(rows));
+    let mut records = 0;
+    while records < rows {
+        let (read, _, _) =
+            reader.read_records(rows - records, levels.as_mut(), None, &mut values)?;
+        if read == 0 {
             break;
         }
+        records += read;
+    }
+    if let Some(levels) = levels
+        && let Some(row) = levels.iter().position(|&l| l != max_level)
+    {
+        return Err(ParquetError::General(format!(
+            "row {row} of the row group has a null {}",
+            chunk.column_path()
+        )));
     }
     Ok(values)
 }

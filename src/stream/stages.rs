@@ -19,7 +19,14 @@ use super::source::{Row, RowGroupData, ShardIndex};
 use super::timing::StageTimes;
 use super::{StreamError, ViewMode};
 use crate::augment::{Augmenter, centre_view, ten_crop_views};
-use crate::dataset::checksum::PixelsCrc;
+use crate::dataset::Encoding;
+use crate::dataset::checksum::{self, PixelsCrc};
+
+thread_local! {
+    /// Each augmentation worker's decoded image (jpeg rows), reused from row to row so
+    /// memory stays one S×S×3 image per worker.
+    static DECODED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// The rows of one batch, in order, before augmentation.
 pub struct BatchPlan {
@@ -163,47 +170,55 @@ impl AugmentContext {
                         inject_augment_panic(plan.index);
                     }
                     // The CRC rides on the augmentation's own read of the pixels
-                    // (one pass over the row instead of two).
+                    // (one pass over the row instead of two). A JPEG row is checked
+                    // whole before it is decoded, so no decoder sees altered bytes.
                     let check = row.pending_check(&self.index);
-                    let mut crc = check.map(|_| PixelsCrc::new());
+                    let raw = self.index.encoding == Encoding::Raw;
+                    if let (Some(check), false) = (check, raw) {
+                        row.confirm(&self.index, check, checksum::pixels_crc32(&row.pixels))?;
+                    }
+                    let mut crc = check.filter(|_| raw).map(|_| PixelsCrc::new());
                     let visit = crc.as_mut().map(|crc| |bytes: &[u8]| crc.update(bytes));
-                    match self.mode {
-                        ViewMode::Train => {
-                            // Each sample's randomness depends only on its position, so the
-                            // batch is the same whatever thread runs it.
-                            let position = first_position + i as u64;
-                            let seed = derive_seed(
-                                self.seed,
-                                &[self.epoch, self.rank as u64, PURPOSE_SAMPLE, position],
-                            );
-                            self.augmenter.train_image_visiting(
-                                &row.pixels,
-                                &mut ChaCha8Rng::seed_from_u64(seed),
+                    // A JPEG row is decoded whole into this worker's buffer (zune-jpeg
+                    // decodes no window), reused from row to row.
+                    DECODED.with_borrow_mut(|buffer| {
+                        let pixels = row.decoded(&self.index, buffer)?;
+                        match self.mode {
+                            ViewMode::Train => {
+                                // Each sample's randomness depends only on its position, so the
+                                // batch is the same whatever thread runs it.
+                                let position = first_position + i as u64;
+                                let seed = derive_seed(
+                                    self.seed,
+                                    &[self.epoch, self.rank as u64, PURPOSE_SAMPLE, position],
+                                );
+                                self.augmenter.train_image_visiting(
+                                    pixels,
+                                    &mut ChaCha8Rng::seed_from_u64(seed),
+                                    out,
+                                    visit,
+                                );
+                            }
+                            ViewMode::Centre => self.augmenter.eval_image_visiting(
+                                pixels,
+                                centre_view(self.augmenter.geometry()),
                                 out,
                                 visit,
-                            );
-                        }
-                        ViewMode::Centre => self.augmenter.eval_image_visiting(
-                            &row.pixels,
-                            centre_view(self.augmenter.geometry()),
-                            out,
-                            visit,
-                        ),
-                        ViewMode::TenCrop => {
-                            let (first, rest) = out.split_at_mut(slot);
-                            let mut views = ten_crop_views(self.augmenter.geometry()).into_iter();
-                            let first_view = views.next().expect("ten views");
-                            self.augmenter.eval_image_visiting(
-                                &row.pixels,
-                                first_view,
-                                first,
-                                visit,
-                            );
-                            for (view, out) in views.zip(rest.chunks_mut(slot)) {
-                                self.augmenter.eval_image(&row.pixels, view, out);
+                            ),
+                            ViewMode::TenCrop => {
+                                let (first, rest) = out.split_at_mut(slot);
+                                let mut views =
+                                    ten_crop_views(self.augmenter.geometry()).into_iter();
+                                let first_view = views.next().expect("ten views");
+                                self.augmenter
+                                    .eval_image_visiting(pixels, first_view, first, visit);
+                                for (view, out) in views.zip(rest.chunks_mut(slot)) {
+                                    self.augmenter.eval_image(pixels, view, out);
+                                }
                             }
                         }
-                    }
+                        Ok::<(), StreamError>(())
+                    })?;
                     if let (Some(check), Some(crc)) = (check, crc) {
                         row.confirm(&self.index, check, crc.finalize())?;
                     }
