@@ -125,8 +125,11 @@ fn a_format_1_run_evaluates_classifies_and_resumes_as_the_binary_that_wrote_it()
         assert_eq!(lines, fixture_lines(name), "{name}: the same probabilities");
     }
 
-    // Resuming continues bit for bit: epoch 2 is the epoch 2 of an uninterrupted run,
-    // and the checkpoint it writes is format 2 (card and trainer state apart).
+    // Resuming continues the old run: epoch 2 is the epoch 2 of its uninterrupted run,
+    // and the checkpoint it writes is format 2 (card and trainer state apart). The loss
+    // is compared to 1e-6 relative, not bit for bit: the CPU GEMMs have changed kernels
+    // (AVX-512) since the fixture was written, and with them the summation order; bit
+    // for bit within one build is `tests/train.rs`'s resume test.
     common::run(&[
         "train",
         "--resume",
@@ -140,7 +143,13 @@ fn a_format_1_run_evaluates_classifies_and_resumes_as_the_binary_that_wrote_it()
     let lines = metrics_without_timing(&run);
     assert_eq!(lines.len(), 2);
     for (key, want) in expected["resumed_epoch_2"].as_object().unwrap() {
-        assert_eq!(&lines[1][key], want, "epoch 2 {key}");
+        let got = &lines[1][key];
+        match (key.as_str(), got.as_f64(), want.as_f64()) {
+            ("train_loss", Some(g), Some(w)) => {
+                assert!((g - w).abs() <= 1e-6 * w.abs(), "epoch 2 {key}: {g} vs {w}")
+            }
+            _ => assert_eq!(got, want, "epoch 2 {key}"),
+        }
     }
     let newest = run.join("checkpoints/step-00000012.safetensors");
     assert_eq!(
