@@ -390,15 +390,19 @@ fn a_corrupt_jpeg_row_is_an_error_naming_shard_row_and_key() {
             .unwrap();
     }
     writer.finish().unwrap();
-    let message = run_fails(&[
-        "stream",
-        "--dataset",
-        path_str(&copy),
-        "--epochs",
-        "1",
-        "--batch-size",
-        "16",
-    ]);
+    // One epoch over the copied dataset, which must fail.
+    let stream_fails = || {
+        run_fails(&[
+            "stream",
+            "--dataset",
+            path_str(&copy),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+        ])
+    };
+    let message = stream_fails();
     let expected = format!(
         "{}: row 5 (row group 0, key {}): the image is not a decodable JPEG",
         shard.display(),
@@ -422,15 +426,7 @@ fn a_corrupt_jpeg_row_is_an_error_naming_shard_row_and_key() {
     let at = find(&bytes, &first[0].stored).expect("row 0's JPEG is in the file") + 200;
     bytes[at] ^= 0x55;
     std::fs::write(&shard, bytes).unwrap();
-    let message = run_fails(&[
-        "stream",
-        "--dataset",
-        path_str(&copy),
-        "--epochs",
-        "1",
-        "--batch-size",
-        "16",
-    ]);
+    let message = stream_fails();
     let expected = format!(
         "{}: row 0 (row group 0, key {}): pixel data is corrupt",
         shard.display(),
