@@ -263,11 +263,7 @@ fn valid_outputs(out: usize, side: usize, tap: usize, stride: usize, pad: usize)
 
 /// im2col of group `g` for images `b0..b0 + nb` into `cols` (`K x nb*P`, every element
 /// written): `cols[(c, ky, kx)][(b - b0) * P + oy * ow + ox] = x[b, g*cin_g + c, iy, ix]`,
-/// zero outside the image. Reads `x` through its strides.
-///
-/// One task per `(c, ky)` fills its `kw` rows input row by input row, so each input row
-/// is read from L1 for all `kw` taps (by rows of `cols`, conv1's stride-4 gathers re-read
-/// the whole chunk of images for each of its 363 rows). A stride-1 run is one copy.
+/// zero outside the image. Reads `x` through its strides; a stride-1 row is one copy.
 #[allow(clippy::too_many_arguments)]
 fn im2col_into<T: WithDType>(
     x: &[T],
@@ -281,52 +277,39 @@ fn im2col_into<T: WithDType>(
     let st = l.stride();
     let (s0, s1, s2, s3) = (st[0], st[1], st[2], st[3]);
     let x = &x[l.start_offset()..];
-    let (pix, ow, n, kw) = (gm.pix(), gm.ow, nb * gm.pix(), gm.kw);
+    let (pix, ow, n) = (gm.pix(), gm.ow, nb * gm.pix());
     let (pad, stride) = (gm.p.padding, gm.p.stride);
-    cols.par_chunks_mut(kw * n)
-        .enumerate()
-        .for_each(|(cky, dst)| {
-            let (c, ky) = (g * gm.cin_g() + cky / gm.kh, cky % gm.kh);
-            let (ylo, yhi) = valid_outputs(gm.oh, gm.h, ky, stride, pad);
-            for bi in 0..nb {
-                let base = (b0 + bi) * s0 + c * s1;
-                for oy in 0..gm.oh {
-                    let at = bi * pix + oy * ow;
-                    if !(ylo..yhi).contains(&oy) {
-                        for kx in 0..kw {
-                            dst[kx * n + at..][..ow].fill(T::zero());
-                        }
-                        continue;
-                    }
-                    let row = base + (oy * stride + ky - pad) * s2;
-                    for kx in 0..kw {
-                        let d = &mut dst[kx * n + at..][..ow];
-                        let (xlo, xhi) = valid_outputs(ow, gm.w, kx, stride, pad);
-                        d[..xlo].fill(T::zero());
-                        d[xhi..].fill(T::zero());
-                        if xhi == xlo {
-                            continue;
-                        }
-                        let first = xlo * stride + kx - pad;
-                        let d = &mut d[xlo..xhi];
-                        if s3 == 1 {
-                            let src = &x[row + first..row + first + (d.len() - 1) * stride + 1];
-                            if stride == 1 {
-                                d.copy_from_slice(src);
-                            } else {
-                                for (v, &s) in d.iter_mut().zip(src.iter().step_by(stride)) {
-                                    *v = s;
-                                }
-                            }
-                        } else {
-                            for (j, v) in d.iter_mut().enumerate() {
-                                *v = x[row + (first + j * stride) * s3];
-                            }
-                        }
+    cols.par_chunks_mut(n).enumerate().for_each(|(row, dst)| {
+        let (c, ky, kx) = (row / (gm.kh * gm.kw), (row / gm.kw) % gm.kh, row % gm.kw);
+        let c = g * gm.cin_g() + c;
+        let (ylo, yhi) = valid_outputs(gm.oh, gm.h, ky, stride, pad);
+        let (xlo, xhi) = valid_outputs(ow, gm.w, kx, stride, pad);
+        let step = stride * s3;
+        for bi in 0..nb {
+            let img = &mut dst[bi * pix..][..pix];
+            img[..ylo * ow].fill(T::zero());
+            img[yhi * ow..].fill(T::zero());
+            let base = (b0 + bi) * s0 + c * s1;
+            for oy in ylo..yhi {
+                let d = &mut img[oy * ow..][..ow];
+                d[..xlo].fill(T::zero());
+                d[xhi..].fill(T::zero());
+                if xhi == xlo {
+                    continue;
+                }
+                let iy = oy * stride + ky - pad;
+                let start = base + iy * s2 + (xlo * stride + kx - pad) * s3;
+                let d = &mut d[xlo..xhi];
+                if step == 1 {
+                    d.copy_from_slice(&x[start..start + d.len()]);
+                } else {
+                    for (j, v) in d.iter_mut().enumerate() {
+                        *v = x[start + j * step];
                     }
                 }
             }
-        });
+        }
+    });
 }
 
 /// im2row of group `g` for the images from `b0` on into `patches` (`nb*P x K` for `nb`
@@ -354,23 +337,31 @@ fn im2row_into<T: WithDType>(
         .for_each(|(line, dst)| {
             let (bi, oy) = (line / gm.oh, line % gm.oh);
             let base = (b0 + bi) * s0 + g * cin_g * s1;
+            // Taps ky in ky_lo..ky_hi fall inside the image on this output row.
+            let y0 = oy * stride;
+            let ky_lo = pad.saturating_sub(y0).min(kh);
+            let ky_hi = (gm.h + pad).saturating_sub(y0).min(kh).max(ky_lo);
             for (ox, patch) in dst.chunks_exact_mut(k).enumerate() {
-                // Input columns ix = ox*stride + kx - pad for kx in kx_lo..kx_hi are inside.
+                // Likewise taps kx in kx_lo..kx_hi on this output column.
                 let x0 = ox * stride;
                 let kx_lo = pad.saturating_sub(x0).min(kw);
                 let kx_hi = (gm.w + pad).saturating_sub(x0).min(kw).max(kx_lo);
-                for (cky, run) in patch.chunks_exact_mut(kw).enumerate() {
-                    let (c, ky) = (cky / kh, cky % kh);
-                    let iy = (oy * stride + ky).wrapping_sub(pad);
-                    if iy >= gm.h {
-                        run.fill(T::zero());
-                        continue;
-                    }
-                    run[..kx_lo].fill(T::zero());
-                    run[kx_hi..].fill(T::zero());
-                    let at = base + c * s1 + iy * s2;
-                    for (kx, v) in run.iter_mut().enumerate().take(kx_hi).skip(kx_lo) {
-                        *v = x[at + (x0 + kx - pad) * s3];
+                let whole = kx_lo == 0 && kx_hi == kw && s3 == 1;
+                for (c, taps) in patch.chunks_exact_mut(kh * kw).enumerate() {
+                    taps[..ky_lo * kw].fill(T::zero());
+                    taps[ky_hi * kw..].fill(T::zero());
+                    for ky in ky_lo..ky_hi {
+                        let run = &mut taps[ky * kw..][..kw];
+                        let at = base + c * s1 + (y0 + ky - pad) * s2;
+                        if whole {
+                            run.copy_from_slice(&x[at + x0 - pad..][..kw]);
+                            continue;
+                        }
+                        run[..kx_lo].fill(T::zero());
+                        run[kx_hi..].fill(T::zero());
+                        for kx in kx_lo..kx_hi {
+                            run[kx] = x[at + (x0 + kx - pad) * s3];
+                        }
                     }
                 }
             }
