@@ -12,7 +12,7 @@
 //! So blocks of at least [`HugePages::MIN_BYTES`] are mapped here, 2 MiB-aligned and
 //! advised `MADV_HUGEPAGE` (one fault maps 2 MiB), and on free they go to a small cache
 //! keyed by their size rounded up to 2 MiB. The next allocation of that size takes the
-//! block back as it is: no fault, no zeroing. `alloc_zeroed` always maps afresh (see there).
+//! block back as it is: no fault, no zeroing (`alloc_zeroed` clears it in user space).
 //! A step allocates the same shapes every time, so after the first step nearly every
 //! large block is a reused one. What the cache holds while unused is bounded by
 //! [`HugePages::CACHE_LIMIT`] and [`SLOTS`] blocks; past them the oldest blocks are
@@ -192,11 +192,16 @@ unsafe impl GlobalAlloc for HugePages {
         if !Self::is_large(&layout) {
             return unsafe { System.alloc_zeroed(layout) };
         }
-        // Always a fresh mapping: it reads as zeros with nothing written, and until its
-        // pages are written they all map the kernel's one zero page. candle starts
-        // every gradient as `zeros_like` and adds the first contribution to it, so
-        // most zeroed blocks are only ever read.
-        large::map(Self::block_size(&layout))
+        let size = Self::block_size(&layout);
+        match large::take(size) {
+            Some(p) => {
+                // SAFETY: the block holds at least `layout.size()` bytes.
+                unsafe { std::ptr::write_bytes(p, 0, layout.size()) };
+                p
+            }
+            // A fresh mapping reads as zeros.
+            None => large::map(size),
+        }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
@@ -265,8 +270,8 @@ mod tests {
         }
     }
 
-    /// A freed large block is handed out again by `alloc` for the same size, unchanged;
-    /// `alloc_zeroed` maps a fresh one; the cache never holds more than its limit.
+    /// A freed large block is handed out again for the same size, unchanged (`alloc`)
+    /// or cleared (`alloc_zeroed`), and the cache never holds more than its limit.
     #[cfg(target_os = "linux")]
     #[test]
     fn freed_large_blocks_are_reused_and_bounded() {
@@ -283,9 +288,8 @@ mod tests {
             assert_eq!(q, p, "the freed block was not reused");
             assert!(std::slice::from_raw_parts(q, size).iter().all(|&b| b == 7));
             HugePages.dealloc(q, layout);
-            // A zeroed block is a fresh mapping, not the dirty cached one.
             let z = HugePages.alloc_zeroed(layout);
-            assert_ne!(z, p);
+            assert_eq!(z, p);
             assert!(std::slice::from_raw_parts(z, size).iter().all(|&b| b == 0));
             HugePages.dealloc(z, layout);
             // Freeing more than the limit in blocks keeps at most the limit cached.
