@@ -19,7 +19,8 @@
 //! - backward: per chunk, one pass reorders `dOut` to `(c_out, n)` and applies the ReLU
 //!   mask; `db += row sums`, `dW_g += dOut_g @ cols_gᵀ` (one op, [`ConvGradWeight`]), and
 //!   only if the input needs a gradient (`Tensor::track_op`), `dcols_g = W_gᵀ @ dOut_g`
-//!   followed by col2im ([`ConvGradInput`]).
+//!   followed by col2im ([`ConvGradInput`]). For a strided conv (conv1) `cols_gᵀ` is
+//!   built directly, one patch per row (im2row), from contiguous input runs.
 //!
 //! The im2col matrix, the GEMM result and the reordered gradient are temporaries from
 //! [`super::workspace`], reused from call to call: allocating them per call (conv1 at
@@ -313,10 +314,11 @@ fn im2col_into<T: WithDType>(
 }
 
 /// im2row of group `g` for the images from `b0` on into `patches` (`nb*P x K` for `nb`
-/// images, every element written): the transpose of [`im2col_into`]'s matrix, one output pixel's patch
-/// per row. The kernel-gradient GEMM reads it as its `K`-major operand, which `gemm`
-/// packs by plain copies (from im2col's layout it packs element by element, measured at
-/// ~9 % of the small net's step). Each patch row is built from `kw`-long input runs.
+/// images, every element written): the transpose of [`im2col_into`]'s matrix, one output
+/// pixel's patch per row. The kernel-gradient GEMM reads it as its `K`-major operand,
+/// which `gemm` packs by plain copies (from im2col's layout it packs element by element,
+/// measured at ~9 % of the small net's step). Each patch row is built from `kw`-long
+/// input runs, where im2col's rows of a strided conv are strided gathers.
 fn im2row_into<T: WithDType>(
     x: &[T],
     l: &Layout,
