@@ -360,6 +360,14 @@ fn a_killed_ingest_to_s3_resumes_from_the_published_shards() {
     );
     // A reader never sees the half dataset: there is no dataset.json yet.
     assert_eq!(moto.get("resume", "ds/dataset.json"), None);
+    // A kill between publishing a state and deleting the sums the previous state
+    // named leaves those behind (the state now names train-sums-0000N, N >= 3): the
+    // resumed run must remove them, or the final comparison below fails.
+    moto.put(
+        "resume",
+        "ds/.ingest/train-sums-00001.npy",
+        b"stale".to_vec(),
+    );
     let recipe = recipe(tmp.path());
     let args = [
         "stream",

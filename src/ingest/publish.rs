@@ -121,6 +121,13 @@ impl Publisher {
         let state_dir = IngestState::dir(&self.staging);
         self.write_staged(&state_dir.join(STATE_FILE), &state)?;
         let parsed = IngestState::load(&state_dir)?.expect("written above");
+        // As in a folder (`IngestState::load_sums`): a run killed between publishing
+        // its state and deleting the previous sums left those behind.
+        for name in self.block_on(self.remote.list_names(STATE_DIR))? {
+            if parsed.is_stale_sums(&name) {
+                self.block_on(self.remote.delete(&format!("{STATE_DIR}/{name}")))?;
+            }
+        }
         if let Some((sums, _)) = parsed.sums_file_names() {
             let name = format!("{STATE_DIR}/{sums}");
             let bytes = self

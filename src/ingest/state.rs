@@ -126,14 +126,20 @@ impl IngestState {
             })
     }
 
+    /// Whether `name` (a file of the state folder) is a sums file this state does not
+    /// name: one a run killed between saving a state and deleting the sums the
+    /// previous state named left behind.
+    pub fn is_stale_sums(&self, name: &str) -> bool {
+        name.starts_with("train-sums-") && name != sums_file(self.train.shards_done)
+    }
+
     /// The training sums covering `self.train.shards_done` shards. Sums files a
     /// killed run left behind (any but the live one) are removed.
     pub fn load_sums(&self, dir: &Path, image_size: usize) -> Result<StatsAccumulator, StateError> {
-        let live = sums_file(self.train.shards_done);
         if let Ok(entries) = std::fs::read_dir(dir) {
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                if name.starts_with("train-sums-") && name != live {
+                if self.is_stale_sums(&name) {
                     let _ = std::fs::remove_file(entry.path());
                 }
             }

@@ -91,6 +91,20 @@ impl Remote {
         }
     }
 
+    /// The names of the objects under the folder `dir` of the prefix, relative to it.
+    pub async fn list_names(&self, dir: &str) -> Result<Vec<String>, StoreError> {
+        let folder = self.object(dir);
+        let mut listed = self.store.list(Some(&folder));
+        let mut names = Vec::new();
+        while let Some(meta) = listed.next().await {
+            let meta = meta.map_err(|e| self.error(dir, e))?;
+            if let Some(name) = meta.location.as_ref().strip_prefix(folder.as_ref()) {
+                names.push(name.trim_start_matches('/').to_string());
+            }
+        }
+        Ok(names)
+    }
+
     /// The whole of `name`, or `None` when there is no such object.
     pub async fn read_if_present(&self, name: &str) -> Result<Option<Bytes>, StoreError> {
         match self.store.get(&self.object(name)).await {

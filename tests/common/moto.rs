@@ -173,6 +173,13 @@ impl Moto {
         meta.e_tag.unwrap_or_default()
     }
 
+    pub fn put(&self, bucket: &str, key: &str, bytes: Vec<u8>) {
+        let store = self.bucket(bucket);
+        self.runtime
+            .block_on(store.put(&ObjectPath::from(key), bytes.into()))
+            .unwrap_or_else(|e| panic!("put {key}: {e}"));
+    }
+
     pub fn delete(&self, bucket: &str, key: &str) {
         let store = self.bucket(bucket);
         self.runtime
