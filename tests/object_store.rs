@@ -18,8 +18,12 @@ use moto::Moto;
 
 /// Images at the sample recipe's size, so `train` runs the tiny sample recipe.
 const S: usize = 72;
-/// The test's own guard against a hung child (not a speed claim).
-const HANG_GUARD: Duration = Duration::from_secs(60);
+/// The test's own guard against a hung child (not a speed claim): waits poll this
+/// often, at most `HANG_POLLS` times (60 s), counting polls rather than reading a clock.
+const POLL: Duration = Duration::from_millis(20);
+const HANG_POLLS: u32 = 3_000;
+/// The same guard as a span, for the one loop that polls as fast as it can.
+const HANG_GUARD: Duration = POLL.saturating_mul(HANG_POLLS);
 
 /// The rendered source tree and the rows-per-shard / row-group flags of [`dataset`].
 const SHARDING: [&str; 4] = ["--rows-per-shard", "32", "--rows-per-row-group", "8"];
@@ -62,26 +66,24 @@ fn pipeline_with_env(args: &[&str], env: &[(&str, String)]) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_within_guard(child, Instant::now(), &format!("pipeline {args:?}"))
+    wait_within_guard(child, HANG_POLLS, &format!("pipeline {args:?}"))
 }
 
-/// Waits for `child` (started at `started`), killing it and failing the test if it
-/// outlives the hang guard.
-fn wait_within_guard(mut child: Child, started: Instant, what: &str) -> Output {
-    loop {
+/// Waits for `child` through at most `polls` polls, killing it and failing the test
+/// if it is still running after them.
+fn wait_within_guard(mut child: Child, polls: u32, what: &str) -> Output {
+    for _ in 0..polls {
         if child.try_wait().unwrap().is_some() {
             return child.wait_with_output().unwrap();
         }
-        if started.elapsed() > HANG_GUARD {
-            let _ = child.kill();
-            let output = child.wait_with_output().unwrap();
-            panic!(
-                "{what} hung for {HANG_GUARD:?} and was killed; stderr:\n{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(POLL);
     }
+    let _ = child.kill();
+    let output = child.wait_with_output().unwrap();
+    panic!(
+        "{what} still ran after {polls} polls and was killed; stderr:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 fn succeeded(args: &[&str], output: &Output) {
@@ -260,7 +262,7 @@ fn spawn_ingest(out: &str, env: &[(&str, String)], extra: &[&str]) -> Child {
 
 fn ingest_to(out: &str, env: &[(&str, String)], extra: &[&str]) -> Output {
     let child = spawn_ingest(out, env, extra);
-    let output = wait_within_guard(child, Instant::now(), &format!("ingest --out {out}"));
+    let output = wait_within_guard(child, HANG_POLLS, &format!("ingest --out {out}"));
     succeeded(&["ingest", "--out", out], &output);
     output
 }
@@ -461,17 +463,18 @@ fn a_shard_deleted_while_streaming_fails_naming_its_url() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let started = Instant::now();
+    let mut polls = 0;
     while !dump.join("images-0.npy").exists() {
         assert!(
             child.try_wait().unwrap().is_none(),
             "the stream ended before its first batch"
         );
-        assert!(started.elapsed() < HANG_GUARD, "no first batch");
-        std::thread::sleep(Duration::from_millis(20));
+        assert!(polls < HANG_POLLS, "no first batch after {polls} polls");
+        polls += 1;
+        std::thread::sleep(POLL);
     }
     moto.delete("deleted", "ds/train/part-00001.parquet");
-    let output = wait_within_guard(child, started, "the stream after the deletion");
+    let output = wait_within_guard(child, HANG_POLLS - polls, "the stream after the deletion");
     let err = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{err}");
     assert!(
