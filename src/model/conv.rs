@@ -43,6 +43,7 @@ use rayon::prelude::*;
 
 use super::cpu_slice::contiguous_slice;
 use super::matmul::{Mat, matmul};
+use super::onednn::{self, ConvShape, OneDnn};
 use super::workspace::{ScratchElem, scratch};
 
 /// Stride, zero padding (same on all four sides) and groups of a convolution.
@@ -227,6 +228,43 @@ impl Geom {
     fn pix(&self) -> usize {
         self.oh * self.ow
     }
+
+    fn shape(&self) -> ConvShape {
+        ConvShape {
+            b: self.b,
+            c_in: self.c_in,
+            h: self.h,
+            w: self.w,
+            c_out: self.c_out,
+            kh: self.kh,
+            kw: self.kw,
+            oh: self.oh,
+            ow: self.ow,
+            stride: self.p.stride,
+            padding: self.p.padding,
+            groups: self.p.groups,
+        }
+    }
+}
+
+/// oneDNN where it is loaded, for f32 (see [`onednn`]); `None` leaves the op to the
+/// im2col + GEMM code of this file.
+fn onednn_f32() -> Option<&'static OneDnn> {
+    onednn::library().ok()
+}
+
+/// The output gradient with the ReLU's mask applied (zero where the output was 0), into
+/// `buf` (a reused buffer of the gradient's length); without a ReLU, the gradient itself.
+fn masked_grad<'a>(grad: &'a [f32], mask: Option<&[f32]>, buf: &'a mut [f32]) -> &'a [f32] {
+    let Some(mask) = mask else { return grad };
+    buf.par_chunks_mut(1 << 14)
+        .zip(grad.par_chunks(1 << 14).zip(mask.par_chunks(1 << 14)))
+        .for_each(|(d, (g, m))| {
+            for ((d, &g), &m) in d.iter_mut().zip(g).zip(m) {
+                *d = if m > 0.0 { g } else { 0.0 };
+            }
+        });
+    buf
 }
 
 /// The im2col matrix of one chunk of images holds at most this many elements (16 MB in
@@ -641,6 +679,20 @@ impl CustomOp3 for ConvGradWeight {
     ) -> Result<(CpuStorage, Shape)> {
         let (gm, op) = (&self.gm, self.name());
         let out = match xs {
+            CpuStorage::F32(_) if xl.is_contiguous() && onednn_f32().is_some() => {
+                let (g, m) = grad_and_mask(gs, gl, ms, ml, self.relu, gm, op)?;
+                let x = contiguous_slice(xs, xl, op)?;
+                let mut buf = scratch::<f32>(if m.is_some() { g.len() } else { 0 });
+                let dy = masked_grad(g, m, &mut buf);
+                let mut out = vec![0f32; gm.c_out * gm.k() + gm.c_out];
+                let (dw, db) = out.split_at_mut(gm.c_out * gm.k());
+                onednn_f32().expect("checked above").conv_backward_weights(
+                    gm.shape(),
+                    (x, dy),
+                    (dw, db),
+                )?;
+                CpuStorage::F32(out)
+            }
             CpuStorage::F32(x) => {
                 let (g, m) = grad_and_mask(gs, gl, ms, ml, self.relu, gm, op)?;
                 CpuStorage::F32(grad_weight_bias(x, xl, g, m, gm)?)
@@ -677,6 +729,18 @@ impl CustomOp3 for ConvGradInput {
     ) -> Result<(CpuStorage, Shape)> {
         let (gm, op) = (&self.gm, self.name());
         let out = match ws {
+            CpuStorage::F32(_) if onednn_f32().is_some() => {
+                let (g, m) = grad_and_mask(gs, gl, ms, ml, self.relu, gm, op)?;
+                let mut buf = scratch::<f32>(if m.is_some() { g.len() } else { 0 });
+                let dy = masked_grad(g, m, &mut buf);
+                let mut dx = vec![0f32; gm.b * gm.c_in * gm.h * gm.w];
+                onednn_f32().expect("checked above").conv_backward_data(
+                    gm.shape(),
+                    (contiguous_slice(ws, wl, op)?, dy),
+                    &mut dx,
+                )?;
+                CpuStorage::F32(dx)
+            }
             CpuStorage::F32(_) => {
                 let (g, m) = grad_and_mask(gs, gl, ms, ml, self.relu, gm, op)?;
                 CpuStorage::F32(grad_input(contiguous_slice(ws, wl, op)?, g, m, gm)?)
@@ -714,6 +778,20 @@ impl CustomOp3 for Conv2dOp {
             )
         }
         let out = match xs {
+            CpuStorage::F32(_) if xl.is_contiguous() && onednn_f32().is_some() => {
+                let mut out = vec![0f32; gm.b * gm.c_out * gm.oh * gm.ow];
+                onednn_f32().expect("checked above").conv_forward(
+                    gm.shape(),
+                    self.relu,
+                    (
+                        contiguous_slice(xs, xl, "conv2d: input")?,
+                        contiguous_slice(ks, kl, "conv2d: kernel")?,
+                        contiguous_slice(bs, bl, "conv2d: bias")?,
+                    ),
+                    &mut out,
+                )?;
+                CpuStorage::F32(out)
+            }
             CpuStorage::F32(x) => CpuStorage::F32(fwd(
                 x,
                 xl,
@@ -844,6 +922,79 @@ mod tests {
                     g2.get(v.as_tensor()).unwrap(),
                 );
                 assert!(d < 1e-12, "case {i} {name} grad differs by {d}");
+            }
+        }
+        Ok(())
+    }
+
+    /// oneDNN's f32 convolution (forward with and without the fused ReLU, input, kernel
+    /// and bias gradients) against candle's conv in f64, on the same cases plus a larger
+    /// grouped one whose channels fill oneDNN's 16-wide blocks. Where the library is not
+    /// installed this prints why and passes, unless `PIPELINE_TEST_REQUIRE_ONEDNN` is set
+    /// (CI sets it).
+    #[test]
+    fn onednn_matches_candle_conv2d_f32() -> Result<()> {
+        if let Err(why) = onednn::library() {
+            assert!(
+                std::env::var_os("PIPELINE_TEST_REQUIRE_ONEDNN").is_none(),
+                "oneDNN required but not loaded: {why}"
+            );
+            eprintln!("skipped: oneDNN not loaded ({why})");
+            return Ok(());
+        }
+        let big = (
+            ConvParams {
+                stride: 1,
+                padding: 2,
+                groups: 2,
+            },
+            [3, 32, 9, 9],
+            [64, 16, 5, 5],
+        );
+        for (i, (p, xs, ks)) in CASES.iter().chain([&big]).enumerate() {
+            for relu in [false, true] {
+                let x64 = rand_tensor(xs, 300 + i as u64);
+                let w64 = rand_tensor(ks, 400 + i as u64);
+                let b64 = rand_tensor(&[ks[0]], 500 + i as u64);
+                let x = Var::from_tensor(&x64.to_dtype(DType::F32)?)?;
+                let w = Var::from_tensor(&w64.to_dtype(DType::F32)?)?;
+                let b = Var::from_tensor(&b64.to_dtype(DType::F32)?)?;
+                let conv = Conv2d::new(w.as_tensor().clone(), b.as_tensor().clone(), *p);
+                let ours = conv.apply(x.as_tensor(), relu)?;
+                let (xr, wr, br) = (
+                    Var::from_tensor(&x64)?,
+                    Var::from_tensor(&w64)?,
+                    Var::from_tensor(&b64)?,
+                );
+                let reference = Conv2d::new(wr.as_tensor().clone(), br.as_tensor().clone(), *p);
+                let theirs = if relu {
+                    reference.forward_relu_reference(xr.as_tensor())?
+                } else {
+                    reference.forward_reference(xr.as_tensor())?
+                };
+                let scale = |t: &Tensor| -> Result<f64> {
+                    t.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()
+                };
+                let close = |a: &Tensor, b: &Tensor, what: &str| -> Result<()> {
+                    let d = max_abs_diff(&a.to_dtype(DType::F64)?, b);
+                    let rel = d / scale(b)?.max(1e-12);
+                    assert!(
+                        rel < 1e-5,
+                        "case {i} relu {relu}: {what} off by {rel:e} (relative)"
+                    );
+                    Ok(())
+                };
+                close(&ours, &theirs, "forward")?;
+                let r = rand_tensor(theirs.dims(), 600 + i as u64);
+                let g1 = (ours * r.to_dtype(DType::F32)?)?.sum_all()?.backward()?;
+                let g2 = (theirs * &r)?.sum_all()?.backward()?;
+                for (name, v, vr) in [("input", &x, &xr), ("kernel", &w, &wr), ("bias", &b, &br)] {
+                    close(
+                        g1.get(v.as_tensor()).unwrap(),
+                        g2.get(vr.as_tensor()).unwrap(),
+                        &format!("{name} gradient"),
+                    )?;
+                }
             }
         }
         Ok(())

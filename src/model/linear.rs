@@ -8,10 +8,10 @@
 //! folds the bias and the ReLU into the op. Off the CPU (or for f16/bf16) it is the
 //! plain candle-ops formula, differentiated by candle.
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Result, Shape, Tensor};
 
-use super::cpu_slice::contiguous_range;
+use super::cpu_slice::{contiguous_range, contiguous_slice};
+use super::matmul::{Mat, MatmulOp, matmul};
 
 /// `y = x @ weightᵀ + bias` with `weight (out, in)`, `bias (out)`, `x (batch, in)`.
 #[derive(Debug, Clone)]
@@ -73,6 +73,30 @@ fn bias_relu<T: candle_core::WithDType>(y: &mut [T], bias: &[T], relu: bool) {
     }
 }
 
+/// `relu?(x @ wᵀ + bias)` for contiguous `x (batch, in)` and `w (out, in)`.
+fn affine<T: candle_core::WithDType>(
+    xs: &CpuStorage,
+    xl: &Layout,
+    ws: &CpuStorage,
+    wl: &Layout,
+    bias: &[T],
+    relu: bool,
+) -> Result<Vec<T>> {
+    let (&[batch, fan_in], &[fan_out, _]) = (xl.dims(), wl.dims()) else {
+        candle_core::bail!("linear: expects 2-D x and weight")
+    };
+    let x = Mat::rows(contiguous_slice::<T>(xs, xl, "linear: x")?, batch, fan_in);
+    let w = Mat::rows(
+        contiguous_slice::<T>(ws, wl, "linear: weight")?,
+        fan_out,
+        fan_in,
+    );
+    let mut y = vec![T::zero(); batch * fan_out];
+    matmul(&mut y, fan_out, x, w.t(), false)?;
+    bias_relu(&mut y, bias, relu);
+    Ok(y)
+}
+
 impl CustomOp3 for LinearOp {
     fn name(&self) -> &'static str {
         "linear"
@@ -103,13 +127,25 @@ impl CustomOp3 for LinearOp {
             )
         }
         // y = x @ wᵀ: wᵀ is the weight read with swapped strides, no copy.
-        let mut y = xs.matmul(ws, (1, batch, fan_out, fan_in), xl, &wl.transpose(0, 1)?)?;
-        let bias = contiguous_range(bl, "linear: bias")?;
-        match (&mut y, bs) {
-            (CpuStorage::F32(y), CpuStorage::F32(b)) => bias_relu(y, &b[bias], self.relu),
-            (CpuStorage::F64(y), CpuStorage::F64(b)) => bias_relu(y, &b[bias], self.relu),
+        let y = match (xs, bs) {
+            (CpuStorage::F32(_), CpuStorage::F32(b)) => CpuStorage::F32(affine(
+                xs,
+                xl,
+                ws,
+                wl,
+                &b[contiguous_range(bl, "linear: bias")?],
+                self.relu,
+            )?),
+            (CpuStorage::F64(_), CpuStorage::F64(b)) => CpuStorage::F64(affine(
+                xs,
+                xl,
+                ws,
+                wl,
+                &b[contiguous_range(bl, "linear: bias")?],
+                self.relu,
+            )?),
             _ => candle_core::bail!("linear: supports f32/f64"),
-        }
+        };
         Ok((y, Shape::from((batch, fan_out))))
     }
 
@@ -127,10 +163,24 @@ impl CustomOp3 for LinearOp {
         } else {
             grad.clone()
         };
-        let dw = dy.t()?.matmul(x)?; // (out, in), contiguous: no transposed accumulate
+        let dy = dy.contiguous()?;
+        // dW = dYᵀ @ x, (out, in) as the weight is stored: no transposed accumulate.
+        let dw = dy.apply_op2_no_bwd(
+            &x.contiguous()?,
+            &MatmulOp {
+                lhs_t: true,
+                rhs_t: false,
+            },
+        )?;
         let db = dy.sum(0)?;
         let dx = if x.track_op() {
-            Some(dy.matmul(w)?)
+            Some(dy.apply_op2_no_bwd(
+                &w.contiguous()?,
+                &MatmulOp {
+                    lhs_t: false,
+                    rhs_t: false,
+                },
+            )?)
         } else {
             None
         };

@@ -22,6 +22,7 @@ pub mod linear;
 pub mod lrn;
 mod matmul;
 pub mod max_pool;
+pub mod onednn;
 pub mod parity;
 #[cfg(test)]
 mod test_util;

@@ -1,0 +1,829 @@
+//! oneDNN, the library PyTorch's CPU convolutions run on, as the f32 CPU fast path of our
+//! convolution and matrix products, loaded at run time.
+//!
+//! Why: at AlexNet's shapes its JIT-compiled direct convolutions (blocked `nChw16c`
+//! layouts, forward, backward-data and backward-weights kernels) and its `sgemm` run the
+//! layers 2–4× faster than im2col + the `gemm` crate (`benches/README.md`, "Training step
+//! (CPU)"). Why loaded, not linked: a plain `cargo build` must work on a machine that has
+//! only Rust, so the library is optional — Debian's `libdnnl2` (`apt-get install
+//! libdnnl2`) is opened with `dlopen` on first use, and where it is missing (or
+//! `PIPELINE_ONEDNN=off`) every op keeps its own CPU code ([`super::conv`],
+//! [`super::matmul`]), which the f64 tests cover.
+//!
+//! Only oneDNN 2.x is accepted: its C API passes memory and operation descriptors by
+//! value, in structs whose size this file knows (checked against the library's version
+//! at load). Descriptors are kept as opaque, over-sized buffers that only the library
+//! reads and writes.
+//!
+//! A convolution runs as one [`Plan`] per shape and direction, built once and cached:
+//! the primitive picks its own (blocked) layouts, and reorders between them and the
+//! plain NCHW / (G)OIHW tensors candle holds run on each call into reused
+//! [`super::workspace`] buffers. Each plan is behind a mutex, so concurrent callers (the
+//! test harness) never share a primitive's scratchpad. Threads: oneDNN runs on OpenMP;
+//! each call first sets OpenMP's thread count to candle's (`RAYON_NUM_THREADS`), so both
+//! pools use the same cores.
+
+use std::collections::HashMap;
+use std::ffi::{c_char, c_int, c_void};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use candle_core::Result;
+
+use super::workspace::scratch;
+
+type Status = c_int;
+type Engine = *mut c_void;
+type Stream = *mut c_void;
+type Memory = *mut c_void;
+type PrimDesc = *mut c_void;
+type Prim = *mut c_void;
+type Attr = *mut c_void;
+type PostOps = *mut c_void;
+type Dims = [i64; 12];
+
+/// `dnnl_memory_desc_t` (696 bytes in 2.6) with room to spare.
+#[repr(C, align(16))]
+struct MemDesc([u8; 1024]);
+/// `dnnl_convolution_desc_t` (5,976 bytes in 2.6) with room to spare.
+#[repr(C, align(16))]
+struct OpDesc([u8; 8192]);
+
+impl MemDesc {
+    fn boxed() -> Box<Self> {
+        Box::new(Self([0; 1024]))
+    }
+}
+
+#[repr(C)]
+struct ExecArg {
+    arg: c_int,
+    memory: Memory,
+}
+
+#[repr(C)]
+struct Version {
+    major: c_int,
+    minor: c_int,
+    patch: c_int,
+    hash: *const c_char,
+}
+
+// The values of dnnl_types.h (oneDNN 2.x) this file uses.
+const SUCCESS: Status = 0;
+const F32: c_int = 3;
+const CPU: c_int = 1;
+const STREAM_DEFAULT: u32 = 1;
+const TAG_ANY: c_int = 1;
+const TAG_X: c_int = 2;
+const TAG_NCHW: c_int = 5; // also oihw
+const TAG_GOIHW: c_int = 7;
+const FORWARD_TRAINING: c_int = 64;
+const CONVOLUTION_DIRECT: c_int = 1;
+const ELTWISE_RELU: c_int = 0x1f;
+const QUERY_SRC: c_int = 129;
+const QUERY_DIFF_SRC: c_int = 130;
+const QUERY_WEIGHTS: c_int = 131;
+const QUERY_DIFF_WEIGHTS: c_int = 132;
+const QUERY_DST: c_int = 133;
+const QUERY_DIFF_DST: c_int = 134;
+const ARG_SRC: c_int = 1;
+const ARG_DST: c_int = 17;
+const ARG_WEIGHTS: c_int = 33;
+const ARG_BIAS: c_int = 41;
+const ARG_DIFF_SRC: c_int = 129;
+const ARG_DIFF_DST: c_int = 145;
+const ARG_DIFF_WEIGHTS: c_int = 161;
+const ARG_DIFF_BIAS: c_int = 169;
+
+/// The library's entry points this file calls (resolved once).
+#[allow(clippy::type_complexity)]
+struct Api {
+    _lib: libloading::Library,
+    engine_create: unsafe extern "C" fn(*mut Engine, c_int, usize) -> Status,
+    stream_create: unsafe extern "C" fn(*mut Stream, Engine, u32) -> Status,
+    stream_wait: unsafe extern "C" fn(Stream) -> Status,
+    md_init_by_tag: unsafe extern "C" fn(*mut MemDesc, c_int, *const i64, c_int, c_int) -> Status,
+    md_get_size: unsafe extern "C" fn(*const MemDesc) -> usize,
+    md_equal: unsafe extern "C" fn(*const MemDesc, *const MemDesc) -> c_int,
+    memory_create: unsafe extern "C" fn(*mut Memory, *const MemDesc, Engine, *mut c_void) -> Status,
+    memory_destroy: unsafe extern "C" fn(Memory) -> Status,
+    conv_fwd_init: unsafe extern "C" fn(
+        *mut OpDesc,
+        c_int,
+        c_int,
+        *const MemDesc,
+        *const MemDesc,
+        *const MemDesc,
+        *const MemDesc,
+        *const i64,
+        *const i64,
+        *const i64,
+    ) -> Status,
+    conv_bwd_data_init: unsafe extern "C" fn(
+        *mut OpDesc,
+        c_int,
+        *const MemDesc,
+        *const MemDesc,
+        *const MemDesc,
+        *const i64,
+        *const i64,
+        *const i64,
+    ) -> Status,
+    conv_bwd_weights_init: unsafe extern "C" fn(
+        *mut OpDesc,
+        c_int,
+        *const MemDesc,
+        *const MemDesc,
+        *const MemDesc,
+        *const MemDesc,
+        *const i64,
+        *const i64,
+        *const i64,
+    ) -> Status,
+    pd_create: unsafe extern "C" fn(*mut PrimDesc, *const OpDesc, Attr, Engine, PrimDesc) -> Status,
+    pd_destroy: unsafe extern "C" fn(PrimDesc) -> Status,
+    pd_query_md: unsafe extern "C" fn(PrimDesc, c_int, c_int) -> *const MemDesc,
+    reorder_pd_create: unsafe extern "C" fn(
+        *mut PrimDesc,
+        *const MemDesc,
+        Engine,
+        *const MemDesc,
+        Engine,
+        Attr,
+    ) -> Status,
+    prim_create: unsafe extern "C" fn(*mut Prim, PrimDesc) -> Status,
+    prim_execute: unsafe extern "C" fn(Prim, Stream, c_int, *const ExecArg) -> Status,
+    attr_create: unsafe extern "C" fn(*mut Attr) -> Status,
+    attr_destroy: unsafe extern "C" fn(Attr) -> Status,
+    attr_set_post_ops: unsafe extern "C" fn(Attr, PostOps) -> Status,
+    post_ops_create: unsafe extern "C" fn(*mut PostOps) -> Status,
+    post_ops_destroy: unsafe extern "C" fn(PostOps) -> Status,
+    post_ops_append_eltwise: unsafe extern "C" fn(PostOps, f32, c_int, f32, f32) -> Status,
+    sgemm: unsafe extern "C" fn(
+        c_char,
+        c_char,
+        i64,
+        i64,
+        i64,
+        f32,
+        *const f32,
+        i64,
+        *const f32,
+        i64,
+        f32,
+        *mut f32,
+        i64,
+    ) -> Status,
+    omp_set_num_threads: Option<unsafe extern "C" fn(c_int)>,
+}
+
+/// The loaded library: its entry points, one CPU engine, and the cached conv plans.
+pub(super) struct OneDnn {
+    api: Api,
+    engine: Engine,
+    version: String,
+    plans: Mutex<HashMap<PlanKey, Arc<Mutex<Plan>>>>,
+}
+
+// SAFETY: the engine is immutable after creation and oneDNN allows using it from any
+// thread; primitives and streams live in plans, each used under its own mutex.
+unsafe impl Send for OneDnn {}
+unsafe impl Sync for OneDnn {}
+
+/// Why the library is (not) in use, for the benches and `pipeline check`.
+pub fn describe() -> String {
+    match library() {
+        Ok(d) => format!("oneDNN {} (libdnnl.so.2, loaded at run time)", d.version),
+        Err(why) => format!("oneDNN not in use ({why}): the built-in CPU kernels run"),
+    }
+}
+
+/// The library, loaded on first use, or why not.
+pub(super) fn library() -> std::result::Result<&'static OneDnn, &'static str> {
+    static LIB: OnceLock<std::result::Result<OneDnn, String>> = OnceLock::new();
+    LIB.get_or_init(|| {
+        if std::env::var("PIPELINE_ONEDNN").is_ok_and(|v| matches!(v.as_str(), "0" | "off")) {
+            return Err("PIPELINE_ONEDNN=off".into());
+        }
+        // SAFETY: loading runs the library's initialisers, which oneDNN keeps free of
+        // side effects on the process beyond its own state.
+        unsafe { OneDnn::load() }
+    })
+    .as_ref()
+    .map_err(|e| e.as_str())
+}
+
+/// Resolves one symbol as a function pointer of type `F`.
+///
+/// SAFETY: `F` must be the symbol's C signature.
+unsafe fn sym<F: Copy>(lib: &libloading::Library, name: &str) -> std::result::Result<F, String> {
+    let c = format!("{name}\0");
+    unsafe { lib.get::<F>(c.as_bytes()) }
+        .map(|s| *s)
+        .map_err(|e| format!("libdnnl.so.2 lacks {name}: {e}"))
+}
+
+impl OneDnn {
+    unsafe fn load() -> std::result::Result<Self, String> {
+        let lib = unsafe { libloading::Library::new("libdnnl.so.2") }
+            .map_err(|e| format!("libdnnl.so.2 not found ({e}); install libdnnl2"))?;
+        let version: unsafe extern "C" fn() -> *const Version =
+            unsafe { sym(&lib, "dnnl_version")? };
+        // SAFETY: dnnl_version returns a pointer to a static struct.
+        let v = unsafe { &*version() };
+        if v.major != 2 {
+            return Err(format!(
+                "oneDNN {}.{} found, this build speaks 2.x",
+                v.major, v.minor
+            ));
+        }
+        let api = unsafe {
+            Api {
+                engine_create: sym(&lib, "dnnl_engine_create")?,
+                stream_create: sym(&lib, "dnnl_stream_create")?,
+                stream_wait: sym(&lib, "dnnl_stream_wait")?,
+                md_init_by_tag: sym(&lib, "dnnl_memory_desc_init_by_tag")?,
+                md_get_size: sym(&lib, "dnnl_memory_desc_get_size")?,
+                md_equal: sym(&lib, "dnnl_memory_desc_equal")?,
+                memory_create: sym(&lib, "dnnl_memory_create")?,
+                memory_destroy: sym(&lib, "dnnl_memory_destroy")?,
+                conv_fwd_init: sym(&lib, "dnnl_convolution_forward_desc_init")?,
+                conv_bwd_data_init: sym(&lib, "dnnl_convolution_backward_data_desc_init")?,
+                conv_bwd_weights_init: sym(&lib, "dnnl_convolution_backward_weights_desc_init")?,
+                pd_create: sym(&lib, "dnnl_primitive_desc_create")?,
+                pd_destroy: sym(&lib, "dnnl_primitive_desc_destroy")?,
+                pd_query_md: sym(&lib, "dnnl_primitive_desc_query_md")?,
+                reorder_pd_create: sym(&lib, "dnnl_reorder_primitive_desc_create")?,
+                prim_create: sym(&lib, "dnnl_primitive_create")?,
+                prim_execute: sym(&lib, "dnnl_primitive_execute")?,
+                attr_create: sym(&lib, "dnnl_primitive_attr_create")?,
+                attr_destroy: sym(&lib, "dnnl_primitive_attr_destroy")?,
+                attr_set_post_ops: sym(&lib, "dnnl_primitive_attr_set_post_ops")?,
+                post_ops_create: sym(&lib, "dnnl_post_ops_create")?,
+                post_ops_destroy: sym(&lib, "dnnl_post_ops_destroy")?,
+                post_ops_append_eltwise: sym(&lib, "dnnl_post_ops_append_eltwise")?,
+                sgemm: sym(&lib, "dnnl_sgemm")?,
+                // libgomp, loaded as the library's dependency.
+                omp_set_num_threads: sym(&lib, "omp_set_num_threads").ok(),
+                _lib: lib,
+            }
+        };
+        let mut engine = std::ptr::null_mut();
+        check(
+            unsafe { (api.engine_create)(&mut engine, CPU, 0) },
+            "engine_create",
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(Self {
+            api,
+            engine,
+            version: format!("{}.{}.{}", v.major, v.minor, v.patch),
+            plans: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// OpenMP's thread count for this thread's next oneDNN call: candle's.
+    fn set_threads(&self) {
+        if let Some(set) = self.api.omp_set_num_threads {
+            let n = candle_core::utils::get_num_threads().max(1);
+            // SAFETY: plain libgomp call.
+            unsafe { set(n as c_int) }
+        }
+    }
+
+    /// `C = A B` (or `C += A B` when `accumulate`) for row-major operands, each either
+    /// stored as is (`trans` false, leading dimension `ld`) or as its transpose.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn sgemm(
+        &self,
+        (m, n, k): (usize, usize, usize),
+        a: (&[f32], bool, usize),
+        b: (&[f32], bool, usize),
+        c: &mut [f32],
+        ldc: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        self.set_threads();
+        let t = |tr: bool| if tr { b'T' as c_char } else { b'N' as c_char };
+        // SAFETY: the caller (`matmul`) checked every operand's extent against its slice.
+        let s = unsafe {
+            (self.api.sgemm)(
+                t(a.1),
+                t(b.1),
+                m as i64,
+                n as i64,
+                k as i64,
+                1.0,
+                a.0.as_ptr(),
+                a.2 as i64,
+                b.0.as_ptr(),
+                b.2 as i64,
+                if accumulate { 1.0 } else { 0.0 },
+                c.as_mut_ptr(),
+                ldc as i64,
+            )
+        };
+        check(s, "sgemm")
+    }
+
+    /// The cached plan for `key`, built on first use.
+    fn plan(&'static self, key: PlanKey) -> Result<Arc<Mutex<Plan>>> {
+        let mut plans = self.plans.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = plans.get(&key) {
+            return Ok(p.clone());
+        }
+        let plan = Arc::new(Mutex::new(Plan::build(self, key)?));
+        plans.insert(key, plan.clone());
+        Ok(plan)
+    }
+
+    /// `out = conv(x, w) + bias` (then ReLU when `relu`), all plain row-major tensors.
+    pub(super) fn conv_forward(
+        &'static self,
+        shape: ConvShape,
+        relu: bool,
+        (x, w, bias): (&[f32], &[f32], &[f32]),
+        out: &mut [f32],
+    ) -> Result<()> {
+        let plan = self.plan(PlanKey {
+            shape,
+            pass: Pass::Forward { relu },
+        })?;
+        let mut plan = plan.lock().unwrap_or_else(|p| p.into_inner());
+        plan.run(
+            self,
+            &[
+                (ARG_SRC, x.as_ptr().cast_mut()),
+                (ARG_WEIGHTS, w.as_ptr().cast_mut()),
+                (ARG_BIAS, bias.as_ptr().cast_mut()),
+                (ARG_DST, out.as_mut_ptr()),
+            ],
+        )
+    }
+
+    /// `dx` of the convolution from the kernel and the output gradient.
+    pub(super) fn conv_backward_data(
+        &'static self,
+        shape: ConvShape,
+        (w, dy): (&[f32], &[f32]),
+        dx: &mut [f32],
+    ) -> Result<()> {
+        let plan = self.plan(PlanKey {
+            shape,
+            pass: Pass::BackwardData,
+        })?;
+        let mut plan = plan.lock().unwrap_or_else(|p| p.into_inner());
+        plan.run(
+            self,
+            &[
+                (ARG_WEIGHTS, w.as_ptr().cast_mut()),
+                (ARG_DIFF_DST, dy.as_ptr().cast_mut()),
+                (ARG_DIFF_SRC, dx.as_mut_ptr()),
+            ],
+        )
+    }
+
+    /// `dW` and `db` of the convolution from the input and the output gradient.
+    pub(super) fn conv_backward_weights(
+        &'static self,
+        shape: ConvShape,
+        (x, dy): (&[f32], &[f32]),
+        (dw, db): (&mut [f32], &mut [f32]),
+    ) -> Result<()> {
+        let plan = self.plan(PlanKey {
+            shape,
+            pass: Pass::BackwardWeights,
+        })?;
+        let mut plan = plan.lock().unwrap_or_else(|p| p.into_inner());
+        plan.run(
+            self,
+            &[
+                (ARG_SRC, x.as_ptr().cast_mut()),
+                (ARG_DIFF_DST, dy.as_ptr().cast_mut()),
+                (ARG_DIFF_WEIGHTS, dw.as_mut_ptr()),
+                (ARG_DIFF_BIAS, db.as_mut_ptr()),
+            ],
+        )
+    }
+}
+
+fn check(status: Status, what: &str) -> Result<()> {
+    if status == SUCCESS {
+        Ok(())
+    } else {
+        candle_core::bail!("oneDNN {what} failed with status {status}")
+    }
+}
+
+/// A convolution's sizes: input `(b, c_in, h, w)`, kernel `(c_out, c_in / groups, kh,
+/// kw)`, output `(b, c_out, oh, ow)`, one stride and one padding for both axes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) struct ConvShape {
+    pub b: usize,
+    pub c_in: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c_out: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub oh: usize,
+    pub ow: usize,
+    pub stride: usize,
+    pub padding: usize,
+    pub groups: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Pass {
+    Forward { relu: bool },
+    BackwardData,
+    BackwardWeights,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct PlanKey {
+    shape: ConvShape,
+    pass: Pass,
+}
+
+/// One argument of a primitive: the plain layout the caller hands over, the layout the
+/// primitive chose, and the reorder between them when they differ.
+struct Arg {
+    arg: c_int,
+    /// Read by the primitive (reordered before it runs) or written (after).
+    input: bool,
+    user: Box<MemDesc>,
+    /// Owned by the plan's primitive descriptor.
+    inner: *const MemDesc,
+    inner_floats: usize,
+    reorder: Option<Prim>,
+}
+
+/// A primitive for one shape and pass, with its arguments and stream.
+struct Plan {
+    /// Kept alive: the arguments' inner layouts point into it.
+    _pd: PrimDesc,
+    prim: Prim,
+    stream: Stream,
+    args: Vec<Arg>,
+}
+
+// SAFETY: a plan's handles are only used under its mutex.
+unsafe impl Send for Plan {}
+
+/// The plain descriptors of a convolution's tensors: `(src, weights, bias, dst)`.
+fn plain_descs(d: &OneDnn, s: &ConvShape) -> Result<[Box<MemDesc>; 4]> {
+    let i = |v: usize| v as i64;
+    let mut src = MemDesc::boxed();
+    let mut wei = MemDesc::boxed();
+    let mut bias = MemDesc::boxed();
+    let mut dst = MemDesc::boxed();
+    let dims = |v: &[i64]| {
+        let mut d: Dims = [0; 12];
+        d[..v.len()].copy_from_slice(v);
+        d
+    };
+    let a = &d.api;
+    // SAFETY: each call writes one descriptor buffer, larger than the library's struct.
+    unsafe {
+        let sd = dims(&[i(s.b), i(s.c_in), i(s.h), i(s.w)]);
+        check(
+            (a.md_init_by_tag)(&mut *src, 4, sd.as_ptr(), F32, TAG_NCHW),
+            "src desc",
+        )?;
+        let dd = dims(&[i(s.b), i(s.c_out), i(s.oh), i(s.ow)]);
+        check(
+            (a.md_init_by_tag)(&mut *dst, 4, dd.as_ptr(), F32, TAG_NCHW),
+            "dst desc",
+        )?;
+        let bd = dims(&[i(s.c_out)]);
+        check(
+            (a.md_init_by_tag)(&mut *bias, 1, bd.as_ptr(), F32, TAG_X),
+            "bias desc",
+        )?;
+        let (g, kh, kw) = (s.groups, i(s.kh), i(s.kw));
+        if g > 1 {
+            let wd = dims(&[i(g), i(s.c_out / g), i(s.c_in / g), kh, kw]);
+            check(
+                (a.md_init_by_tag)(&mut *wei, 5, wd.as_ptr(), F32, TAG_GOIHW),
+                "weights desc",
+            )?;
+        } else {
+            let wd = dims(&[i(s.c_out), i(s.c_in), kh, kw]);
+            check(
+                (a.md_init_by_tag)(&mut *wei, 4, wd.as_ptr(), F32, TAG_NCHW),
+                "weights desc",
+            )?;
+        }
+    }
+    Ok([src, wei, bias, dst])
+}
+
+/// A descriptor of `dims` whose layout is left to the primitive (`format_tag_any`).
+fn any_layout(d: &OneDnn, dims: &[usize]) -> Result<Box<MemDesc>> {
+    let mut md = MemDesc::boxed();
+    let mut dd: Dims = [0; 12];
+    for (o, &v) in dd.iter_mut().zip(dims) {
+        *o = v as i64;
+    }
+    // SAFETY: writes one descriptor buffer.
+    check(
+        unsafe { (d.api.md_init_by_tag)(&mut *md, dims.len() as c_int, dd.as_ptr(), F32, TAG_ANY) },
+        "layout-free desc",
+    )?;
+    Ok(md)
+}
+
+/// Creates the operation descriptor of `pass` (and the primitive descriptor).
+fn conv_pd(d: &OneDnn, s: &ConvShape, pass: Pass, bias: &MemDesc) -> Result<PrimDesc> {
+    let wdims: Vec<usize> = if s.groups > 1 {
+        vec![s.groups, s.c_out / s.groups, s.c_in / s.groups, s.kh, s.kw]
+    } else {
+        vec![s.c_out, s.c_in, s.kh, s.kw]
+    };
+    let src = any_layout(d, &[s.b, s.c_in, s.h, s.w])?;
+    let wei = any_layout(d, &wdims)?;
+    let dst = any_layout(d, &[s.b, s.c_out, s.oh, s.ow])?;
+    let strides: Dims = {
+        let mut v = [0; 12];
+        v[..2].fill(s.stride as i64);
+        v
+    };
+    let pad: Dims = {
+        let mut v = [0; 12];
+        v[..2].fill(s.padding as i64);
+        v
+    };
+    let a = &d.api;
+    let fwd_desc = || -> Result<Box<OpDesc>> {
+        let mut od = Box::new(OpDesc([0; 8192]));
+        // SAFETY: descriptor buffers outlive the call; the op buffer is large enough.
+        check(
+            unsafe {
+                (a.conv_fwd_init)(
+                    &mut *od,
+                    FORWARD_TRAINING,
+                    CONVOLUTION_DIRECT,
+                    &*src,
+                    &*wei,
+                    bias,
+                    &*dst,
+                    strides.as_ptr(),
+                    pad.as_ptr(),
+                    pad.as_ptr(),
+                )
+            },
+            "convolution forward desc",
+        )?;
+        Ok(od)
+    };
+    let create = |od: &OpDesc, attr: Attr, hint: PrimDesc| -> Result<PrimDesc> {
+        let mut pd = std::ptr::null_mut();
+        // SAFETY: the descriptor is initialised; attr and hint may be null.
+        check(
+            unsafe { (a.pd_create)(&mut pd, od, attr, d.engine, hint) },
+            "convolution primitive desc",
+        )?;
+        Ok(pd)
+    };
+    match pass {
+        Pass::Forward { relu } => {
+            let od = fwd_desc()?;
+            if !relu {
+                return create(&od, std::ptr::null_mut(), std::ptr::null_mut());
+            }
+            // ReLU fused into the convolution as an eltwise post-op.
+            let (mut attr, mut po) = (std::ptr::null_mut(), std::ptr::null_mut());
+            // SAFETY: plain attribute calls; both objects are destroyed below.
+            unsafe {
+                check((a.attr_create)(&mut attr), "attr")?;
+                check((a.post_ops_create)(&mut po), "post ops")?;
+                let made = check(
+                    (a.post_ops_append_eltwise)(po, 1.0, ELTWISE_RELU, 0.0, 0.0),
+                    "relu",
+                )
+                .and_then(|_| check((a.attr_set_post_ops)(attr, po), "post ops"))
+                .and_then(|_| create(&od, attr, std::ptr::null_mut()));
+                (a.post_ops_destroy)(po);
+                (a.attr_destroy)(attr);
+                made
+            }
+        }
+        Pass::BackwardData | Pass::BackwardWeights => {
+            // The backward passes are described relative to a forward one (a hint).
+            let hint = create(&*fwd_desc()?, std::ptr::null_mut(), std::ptr::null_mut())?;
+            let mut od = Box::new(OpDesc([0; 8192]));
+            // SAFETY: as above.
+            let made = check(
+                unsafe {
+                    if pass == Pass::BackwardData {
+                        (a.conv_bwd_data_init)(
+                            &mut *od,
+                            CONVOLUTION_DIRECT,
+                            &*src,
+                            &*wei,
+                            &*dst,
+                            strides.as_ptr(),
+                            pad.as_ptr(),
+                            pad.as_ptr(),
+                        )
+                    } else {
+                        (a.conv_bwd_weights_init)(
+                            &mut *od,
+                            CONVOLUTION_DIRECT,
+                            &*src,
+                            &*wei,
+                            bias,
+                            &*dst,
+                            strides.as_ptr(),
+                            pad.as_ptr(),
+                            pad.as_ptr(),
+                        )
+                    }
+                },
+                "convolution backward desc",
+            )
+            .and_then(|_| create(&od, std::ptr::null_mut(), hint));
+            // SAFETY: the hint is only read while creating.
+            unsafe { (a.pd_destroy)(hint) };
+            made
+        }
+    }
+}
+
+impl Plan {
+    fn build(d: &OneDnn, key: PlanKey) -> Result<Self> {
+        let s = &key.shape;
+        let [src, wei, bias, dst] = plain_descs(d, s)?;
+        let pd = conv_pd(d, s, key.pass, &bias)?;
+        let spec: Vec<(c_int, bool, Box<MemDesc>, c_int)> = match key.pass {
+            Pass::Forward { .. } => vec![
+                (ARG_SRC, true, src, QUERY_SRC),
+                (ARG_WEIGHTS, true, wei, QUERY_WEIGHTS),
+                (ARG_BIAS, true, bias, 0),
+                (ARG_DST, false, dst, QUERY_DST),
+            ],
+            Pass::BackwardData => vec![
+                (ARG_WEIGHTS, true, wei, QUERY_WEIGHTS),
+                (ARG_DIFF_DST, true, dst, QUERY_DIFF_DST),
+                (ARG_DIFF_SRC, false, src, QUERY_DIFF_SRC),
+            ],
+            Pass::BackwardWeights => vec![
+                (ARG_SRC, true, src, QUERY_SRC),
+                (ARG_DIFF_DST, true, dst, QUERY_DIFF_DST),
+                (ARG_DIFF_WEIGHTS, false, wei, QUERY_DIFF_WEIGHTS),
+                (ARG_DIFF_BIAS, false, bias, 0),
+            ],
+        };
+        let mut plan = Plan {
+            _pd: pd,
+            prim: std::ptr::null_mut(),
+            stream: std::ptr::null_mut(),
+            args: Vec::new(),
+        };
+        let a = &d.api;
+        // SAFETY: every handle created here is owned by `plan`, which lives as long as
+        // the process (plans are cached for good, one per shape and pass).
+        unsafe {
+            check((a.prim_create)(&mut plan.prim, pd), "convolution primitive")?;
+            check(
+                (a.stream_create)(&mut plan.stream, d.engine, STREAM_DEFAULT),
+                "stream",
+            )?;
+            for (arg, input, user, query) in spec {
+                // The bias keeps its plain layout (queried layouts equal it anyway).
+                let inner: *const MemDesc = if query == 0 {
+                    &*user
+                } else {
+                    (a.pd_query_md)(pd, query, 0)
+                };
+                if inner.is_null() {
+                    candle_core::bail!("oneDNN: convolution has no layout for argument {arg}")
+                }
+                let reorder = if (a.md_equal)(&*user, inner) != 0 {
+                    None
+                } else {
+                    let (from, to) = if input {
+                        (&*user as *const _, inner)
+                    } else {
+                        (inner, &*user as *const _)
+                    };
+                    let mut rpd = std::ptr::null_mut();
+                    check(
+                        (a.reorder_pd_create)(
+                            &mut rpd,
+                            from,
+                            d.engine,
+                            to,
+                            d.engine,
+                            std::ptr::null_mut(),
+                        ),
+                        "reorder desc",
+                    )?;
+                    let mut r = std::ptr::null_mut();
+                    let made = check((a.prim_create)(&mut r, rpd), "reorder");
+                    (a.pd_destroy)(rpd);
+                    made?;
+                    Some(r)
+                };
+                let inner_floats = (a.md_get_size)(inner).div_ceil(4);
+                plan.args.push(Arg {
+                    arg,
+                    input,
+                    user,
+                    inner,
+                    inner_floats,
+                    reorder,
+                });
+            }
+        }
+        Ok(plan)
+    }
+
+    /// Runs the primitive on the caller's plain buffers (`(argument, pointer)`, sized
+    /// by the shape), reordering into and out of the primitive's layouts.
+    fn run(&mut self, d: &OneDnn, buffers: &[(c_int, *mut f32)]) -> Result<()> {
+        d.set_threads();
+        let a = &d.api;
+        let mut memories: Vec<Memory> = Vec::new();
+        let mut inner_bufs = Vec::new();
+        let result = (|| -> Result<()> {
+            let mut exec = Vec::with_capacity(self.args.len());
+            let mut after = Vec::new();
+            for arg in &self.args {
+                let Some(&(_, ptr)) = buffers.iter().find(|(k, _)| *k == arg.arg) else {
+                    candle_core::bail!("oneDNN: no buffer for argument {}", arg.arg)
+                };
+                let mut user = std::ptr::null_mut();
+                // SAFETY: `ptr` addresses a buffer of the plain layout's size (the
+                // callers size it from the same shape).
+                check(
+                    unsafe { (a.memory_create)(&mut user, &*arg.user, d.engine, ptr.cast()) },
+                    "memory",
+                )?;
+                memories.push(user);
+                let Some(reorder) = arg.reorder else {
+                    exec.push(ExecArg {
+                        arg: arg.arg,
+                        memory: user,
+                    });
+                    continue;
+                };
+                let mut buf = scratch::<f32>(arg.inner_floats);
+                let mut inner = std::ptr::null_mut();
+                // SAFETY: `buf` holds the inner layout's size and outlives the call.
+                check(
+                    unsafe {
+                        (a.memory_create)(&mut inner, arg.inner, d.engine, buf.as_mut_ptr().cast())
+                    },
+                    "memory",
+                )?;
+                memories.push(inner);
+                inner_bufs.push(buf);
+                if arg.input {
+                    self.reorder(d, reorder, user, inner)?;
+                } else {
+                    after.push((reorder, inner, user));
+                }
+                exec.push(ExecArg {
+                    arg: arg.arg,
+                    memory: inner,
+                });
+            }
+            // SAFETY: every argument's memory is alive until the stream is drained.
+            check(
+                unsafe {
+                    (a.prim_execute)(self.prim, self.stream, exec.len() as c_int, exec.as_ptr())
+                },
+                "convolution",
+            )?;
+            for (reorder, inner, user) in after {
+                self.reorder(d, reorder, inner, user)?;
+            }
+            check(unsafe { (a.stream_wait)(self.stream) }, "stream wait")
+        })();
+        for m in memories {
+            // SAFETY: created above; the stream was drained (or the call failed).
+            unsafe { (a.memory_destroy)(m) };
+        }
+        result
+    }
+
+    fn reorder(&self, d: &OneDnn, reorder: Prim, from: Memory, to: Memory) -> Result<()> {
+        let args = [
+            ExecArg {
+                arg: ARG_SRC,
+                memory: from,
+            },
+            ExecArg {
+                arg: ARG_DST,
+                memory: to,
+            },
+        ];
+        // SAFETY: both memories are alive; ARG_FROM/ARG_TO equal ARG_SRC/ARG_DST.
+        check(
+            unsafe { (d.api.prim_execute)(reorder, self.stream, 2, args.as_ptr()) },
+            "reorder",
+        )
+    }
+}
