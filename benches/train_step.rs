@@ -14,7 +14,11 @@ use pipeline::train::step_timing::{StepCase, time_steps};
 static ALLOC: pipeline::huge_pages::HugePages = pipeline::huge_pages::HugePages;
 
 fn main() -> anyhow::Result<()> {
-    println!("matmul: {}", matmul_kernels());
+    println!(
+        "matmul: {}; {}",
+        pipeline::model::onednn::describe(),
+        matmul_kernels()
+    );
     let cases = std::env::var("TRAIN_STEP_CASES")
         .unwrap_or_else(|_| "0.25:64:128:10:5,1:224:32:1000:3".into());
     for case in cases.split(',') {
@@ -40,8 +44,9 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Which of gemm's kernels candle's CPU matmul runs here: gemm picks them at run time,
-/// AVX-512 ones only where the CPU has avx512f (Cargo.toml enables them).
+/// Which of gemm's kernels the built-in CPU path runs here (the f64 products, and every
+/// product where oneDNN is not loaded): gemm picks them at run time, AVX-512 ones only
+/// where the CPU has avx512f (Cargo.toml enables them).
 fn matmul_kernels() -> &'static str {
     #[cfg(target_arch = "x86_64")]
     {

@@ -4,14 +4,17 @@
     python3 benches/train_step_peer.py [--threads 2] [--rounds 3] [--manifest-path Cargo.toml]
                                        [--cases 0.25:64:128:10:5,1:224:32:1000:3]
                                        [--modes eager,channels_last,compile] [--no-layers]
-                                       [--baseline-bin PATH]
+                                       [--builtin] [--baseline-bin PATH]
 
 Each case is width:input:batch:classes:steps. One step = forward (train mode: dropout on)
 + mean cross-entropy + backward + the paper's SGD update (v <- 0.9 v - 0.0005 lr w - lr g;
 w <- w + v), f32 on the CPU, timed after one warm-up step.
 
 - Ours is the bench target `train_step` (benches/train_step.rs), built once through
-  `cargo bench --no-run` and then run directly, with RAYON_NUM_THREADS = --threads.
+  `cargo bench --no-run` and then run directly, with RAYON_NUM_THREADS = --threads. Its
+  convolutions and fc products run on oneDNN where libdnnl2 is installed (the output's
+  `ours: matmul:` line says); `--builtin` also times it with PIPELINE_ONEDNN=off (our own
+  im2col + gemm kernels) in the same rounds.
 - PyTorch: the `python3` running this script if it imports torch >= 2, else a venv under
   target/bench-python with torch from PyPI (made once). Modes: eager, channels_last
   (NHWC memory format) and torch.compile (compiled once per case, before the rounds);
@@ -236,8 +239,8 @@ def cargo_build(manifest):
     return exes
 
 
-def ours_round(exe, cases, threads):
-    env = dict(os.environ, TRAIN_STEP_CASES=cases, RAYON_NUM_THREADS=str(threads))
+def ours_round(exe, cases, threads, extra_env=None):
+    env = dict(os.environ, TRAIN_STEP_CASES=cases, RAYON_NUM_THREADS=str(threads), **(extra_env or {}))
     out = subprocess.run([exe], env=env, capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"{exe} failed:\n{out.stdout}\n{out.stderr}")
@@ -326,6 +329,8 @@ def main():
     ap.add_argument("--cases", default="0.25:64:128:10:5,1:224:32:1000:3")
     ap.add_argument("--modes", default="eager,channels_last,compile")
     ap.add_argument("--no-layers", action="store_true")
+    ap.add_argument("--builtin", action="store_true",
+                    help="also time ours with PIPELINE_ONEDNN=off (the built-in CPU kernels) in the same rounds")
     ap.add_argument("--baseline-bin", help="another build of the train_step bench, timed alongside")
     ap.add_argument("--manifest-path", default=os.path.join(ROOT, "Cargo.toml"))
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -347,7 +352,9 @@ def main():
     else:
         print(f"Debian torch via {DEBIAN_PYTHON}: skipped (python3-torch is not installed)")
     peers = {m: [TorchCase(c, m) for c in cases] for m in modes}
-    names = ["ours"] + (["ours-baseline"] if args.baseline_bin else []) + [f"torch {m}" for m in modes]
+    builtin = "ours, built-in kernels"
+    names = ["ours"] + ([builtin] if args.builtin else []) + (["ours-baseline"] if args.baseline_bin else [])
+    names += [f"torch {m}" for m in modes]
     names += [f"torch {debian} (Debian) eager"] if debian else []
     res = {n: [[] for _ in cases] for n in names}
     for r in range(args.rounds):
@@ -360,6 +367,12 @@ def main():
             print(f"  ours: {l}")
         for i, x in enumerate(v):
             res["ours"][i].append(x)
+        if args.builtin:
+            v, lines, _ = ours_round(exes["train_step"], args.cases, args.threads, {"PIPELINE_ONEDNN": "off"})
+            for i, x in enumerate(v):
+                res[builtin][i].append(x)
+            for l in lines:
+                print(f"  built-in: {l}")
         if args.baseline_bin:
             v, lines, _ = ours_round(args.baseline_bin, args.cases, args.threads)
             for i, x in enumerate(v):
@@ -388,6 +401,9 @@ def main():
         ratios = [a / b for a, b in zip(res["ours"][i], best[i])]
         print(f"{case_name(c)}: ours / best torch = {statistics.median(ratios):.2f} "
               f"(per round {', '.join(f'{x:.2f}' for x in ratios)})")
+        if args.builtin:
+            ratios = [a / b for a, b in zip(res[builtin][i], best[i])]
+            print(f"{case_name(c)}: built-in kernels / best torch = {statistics.median(ratios):.2f}")
         if args.baseline_bin:
             ratios = [a / b for a, b in zip(res["ours-baseline"][i], best[i])]
             print(f"{case_name(c)}: baseline / best torch = {statistics.median(ratios):.2f}")
