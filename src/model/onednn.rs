@@ -28,6 +28,7 @@ use std::ffi::{c_char, c_int, c_void};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use candle_core::Result;
+use rayon::prelude::*;
 
 use super::workspace::scratch;
 
@@ -86,6 +87,8 @@ const QUERY_WEIGHTS: c_int = 131;
 const QUERY_DIFF_WEIGHTS: c_int = 132;
 const QUERY_DST: c_int = 133;
 const QUERY_DIFF_DST: c_int = 134;
+const QUERY_SCRATCHPAD: c_int = 136;
+const SCRATCHPAD_USER: c_int = 1;
 const ARG_SRC: c_int = 1;
 const ARG_DST: c_int = 17;
 const ARG_WEIGHTS: c_int = 33;
@@ -94,6 +97,7 @@ const ARG_DIFF_SRC: c_int = 129;
 const ARG_DIFF_DST: c_int = 145;
 const ARG_DIFF_WEIGHTS: c_int = 161;
 const ARG_DIFF_BIAS: c_int = 169;
+const ARG_SCRATCHPAD: c_int = 80;
 
 /// The library's entry points this file calls (resolved once).
 #[allow(clippy::type_complexity)]
@@ -102,6 +106,7 @@ struct Api {
     engine_create: unsafe extern "C" fn(*mut Engine, c_int, usize) -> Status,
     stream_create: unsafe extern "C" fn(*mut Stream, Engine, u32) -> Status,
     stream_wait: unsafe extern "C" fn(Stream) -> Status,
+    stream_destroy: unsafe extern "C" fn(Stream) -> Status,
     md_init_by_tag: unsafe extern "C" fn(*mut MemDesc, c_int, *const i64, c_int, c_int) -> Status,
     md_get_size: unsafe extern "C" fn(*const MemDesc) -> usize,
     md_equal: unsafe extern "C" fn(*const MemDesc, *const MemDesc) -> c_int,
@@ -156,6 +161,7 @@ struct Api {
     attr_create: unsafe extern "C" fn(*mut Attr) -> Status,
     attr_destroy: unsafe extern "C" fn(Attr) -> Status,
     attr_set_post_ops: unsafe extern "C" fn(Attr, PostOps) -> Status,
+    attr_set_scratchpad_mode: unsafe extern "C" fn(Attr, c_int) -> Status,
     post_ops_create: unsafe extern "C" fn(*mut PostOps) -> Status,
     post_ops_destroy: unsafe extern "C" fn(PostOps) -> Status,
     post_ops_append_eltwise: unsafe extern "C" fn(PostOps, f32, c_int, f32, f32) -> Status,
@@ -182,11 +188,11 @@ pub(super) struct OneDnn {
     api: Api,
     engine: Engine,
     version: String,
-    plans: Mutex<HashMap<PlanKey, Arc<Mutex<Plan>>>>,
+    plans: Mutex<HashMap<PlanKey, Arc<Plan>>>,
 }
 
 // SAFETY: the engine is immutable after creation and oneDNN allows using it from any
-// thread; primitives and streams live in plans, each used under its own mutex.
+// thread; the plans are behind a mutex, and each is safe to run concurrently (see Plan).
 unsafe impl Send for OneDnn {}
 unsafe impl Sync for OneDnn {}
 
@@ -242,6 +248,7 @@ impl OneDnn {
                 engine_create: sym(&lib, "dnnl_engine_create")?,
                 stream_create: sym(&lib, "dnnl_stream_create")?,
                 stream_wait: sym(&lib, "dnnl_stream_wait")?,
+                stream_destroy: sym(&lib, "dnnl_stream_destroy")?,
                 md_init_by_tag: sym(&lib, "dnnl_memory_desc_init_by_tag")?,
                 md_get_size: sym(&lib, "dnnl_memory_desc_get_size")?,
                 md_equal: sym(&lib, "dnnl_memory_desc_equal")?,
@@ -259,6 +266,7 @@ impl OneDnn {
                 attr_create: sym(&lib, "dnnl_primitive_attr_create")?,
                 attr_destroy: sym(&lib, "dnnl_primitive_attr_destroy")?,
                 attr_set_post_ops: sym(&lib, "dnnl_primitive_attr_set_post_ops")?,
+                attr_set_scratchpad_mode: sym(&lib, "dnnl_primitive_attr_set_scratchpad_mode")?,
                 post_ops_create: sym(&lib, "dnnl_post_ops_create")?,
                 post_ops_destroy: sym(&lib, "dnnl_post_ops_destroy")?,
                 post_ops_append_eltwise: sym(&lib, "dnnl_post_ops_append_eltwise")?,
@@ -282,18 +290,20 @@ impl OneDnn {
         })
     }
 
-    /// OpenMP's thread count for this thread's next oneDNN call: candle's.
-    fn set_threads(&self) {
+    /// This thread's next oneDNN calls run on it alone: the work is split over rayon's
+    /// threads by the callers here, so OpenMP never starts a team of its own.
+    fn single_threaded(&self) {
         if let Some(set) = self.api.omp_set_num_threads {
-            let n = candle_core::utils::get_num_threads().max(1);
-            // SAFETY: plain libgomp call.
-            unsafe { set(n as c_int) }
+            // SAFETY: plain libgomp call; it sets the calling thread's own thread count.
+            unsafe { set(1) }
         }
     }
 
     /// `C = A B` (or `C += A B` when `accumulate`) for row-major operands, each either
-    /// stored as is (`trans` false, leading dimension `ld`) or as its transpose.
-    #[allow(clippy::too_many_arguments)]
+    /// stored as is (`trans` false, leading dimension `ld`) or as its transpose. The
+    /// longer side of `C` is cut into one block per rayon thread, each block one
+    /// single-threaded sgemm; every element is summed in the same order whatever the
+    /// blocks, so a product is the same bit for bit at any thread count.
     pub(super) fn sgemm(
         &self,
         (m, n, k): (usize, usize, usize),
@@ -303,108 +313,220 @@ impl OneDnn {
         ldc: usize,
         accumulate: bool,
     ) -> Result<()> {
-        self.set_threads();
-        let t = |tr: bool| if tr { b'T' as c_char } else { b'N' as c_char };
-        // SAFETY: the caller (`matmul`) checked every operand's extent against its slice.
-        let s = unsafe {
-            (self.api.sgemm)(
-                t(a.1),
-                t(b.1),
-                m as i64,
-                n as i64,
-                k as i64,
-                1.0,
-                a.0.as_ptr(),
-                a.2 as i64,
-                b.0.as_ptr(),
-                b.2 as i64,
-                if accumulate { 1.0 } else { 0.0 },
-                c.as_mut_ptr(),
-                ldc as i64,
-            )
+        let by_rows = m >= n;
+        let blocks = split(if by_rows { m } else { n });
+        // Raw addresses (as integers, so the closure is Send): blocks write disjoint
+        // parts of C.
+        let (pa, pb, pc) = (
+            a.0.as_ptr() as usize,
+            b.0.as_ptr() as usize,
+            c.as_mut_ptr() as usize,
+        );
+        let run = |&(start, len): &(usize, usize)| -> Result<()> {
+            // Block of rows: A's rows start..start+len (row `start` of A is at `start *
+            // lda`, or at column `start` when A is stored transposed), C's rows likewise.
+            // Block of columns: B's and C's columns.
+            let (mm, nn) = if by_rows { (len, n) } else { (m, len) };
+            let a_off = if by_rows {
+                if a.1 { start } else { start * a.2 }
+            } else {
+                0
+            };
+            let b_off = if by_rows {
+                0
+            } else if b.1 {
+                start * b.2
+            } else {
+                start
+            };
+            let c_off = if by_rows { start * ldc } else { start };
+            let t = |tr: bool| if tr { b'T' as c_char } else { b'N' as c_char };
+            self.single_threaded();
+            // SAFETY: the caller (`matmul`) checked every operand's extent against its
+            // slice; the block offsets stay inside those extents, and the blocks of C are
+            // disjoint.
+            let s = unsafe {
+                (self.api.sgemm)(
+                    t(a.1),
+                    t(b.1),
+                    mm as i64,
+                    nn as i64,
+                    k as i64,
+                    1.0,
+                    (pa as *const f32).add(a_off),
+                    a.2 as i64,
+                    (pb as *const f32).add(b_off),
+                    b.2 as i64,
+                    if accumulate { 1.0 } else { 0.0 },
+                    (pc as *mut f32).add(c_off),
+                    ldc as i64,
+                )
+            };
+            check(s, "sgemm")
         };
-        check(s, "sgemm")
+        blocks.par_iter().map(run).collect()
     }
 
     /// The cached plan for `key`, built on first use.
-    fn plan(&'static self, key: PlanKey) -> Result<Arc<Mutex<Plan>>> {
+    fn plan(&self, key: PlanKey) -> Result<Arc<Plan>> {
         let mut plans = self.plans.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(p) = plans.get(&key) {
             return Ok(p.clone());
         }
-        let plan = Arc::new(Mutex::new(Plan::build(self, key)?));
+        let plan = Arc::new(Plan::build(self, key)?);
         plans.insert(key, plan.clone());
         Ok(plan)
     }
 
     /// `out = conv(x, w) + bias` (then ReLU when `relu`), all plain row-major tensors.
     pub(super) fn conv_forward(
-        &'static self,
+        &self,
         shape: ConvShape,
         relu: bool,
         (x, w, bias): (&[f32], &[f32], &[f32]),
         out: &mut [f32],
     ) -> Result<()> {
-        let plan = self.plan(PlanKey {
-            shape,
-            pass: Pass::Forward { relu },
-        })?;
-        let mut plan = plan.lock().unwrap_or_else(|p| p.into_inner());
-        plan.run(
-            self,
-            &[
-                (ARG_SRC, x.as_ptr().cast_mut()),
-                (ARG_WEIGHTS, w.as_ptr().cast_mut()),
-                (ARG_BIAS, bias.as_ptr().cast_mut()),
-                (ARG_DST, out.as_mut_ptr()),
-            ],
-        )
+        let (x_img, out_img) = (
+            shape.c_in * shape.h * shape.w,
+            shape.c_out * shape.oh * shape.ow,
+        );
+        let parts = split(shape.b);
+        let outs = split_mut(out, &parts, out_img);
+        parts
+            .par_iter()
+            .zip(outs)
+            .map(|(&(b0, nb), out)| {
+                let plan = self.plan(PlanKey {
+                    shape: shape.with_batch(nb),
+                    pass: Pass::Forward { relu },
+                })?;
+                plan.run(
+                    self,
+                    &[
+                        (
+                            ARG_SRC,
+                            x[b0 * x_img..(b0 + nb) * x_img].as_ptr().cast_mut(),
+                        ),
+                        (ARG_WEIGHTS, w.as_ptr().cast_mut()),
+                        (ARG_BIAS, bias.as_ptr().cast_mut()),
+                        (ARG_DST, out.as_mut_ptr()),
+                    ],
+                )
+            })
+            .collect()
     }
 
     /// `dx` of the convolution from the kernel and the output gradient.
     pub(super) fn conv_backward_data(
-        &'static self,
+        &self,
         shape: ConvShape,
         (w, dy): (&[f32], &[f32]),
         dx: &mut [f32],
     ) -> Result<()> {
-        let plan = self.plan(PlanKey {
-            shape,
-            pass: Pass::BackwardData,
-        })?;
-        let mut plan = plan.lock().unwrap_or_else(|p| p.into_inner());
-        plan.run(
-            self,
-            &[
-                (ARG_WEIGHTS, w.as_ptr().cast_mut()),
-                (ARG_DIFF_DST, dy.as_ptr().cast_mut()),
-                (ARG_DIFF_SRC, dx.as_mut_ptr()),
-            ],
-        )
+        let (x_img, out_img) = (
+            shape.c_in * shape.h * shape.w,
+            shape.c_out * shape.oh * shape.ow,
+        );
+        let parts = split(shape.b);
+        let dxs = split_mut(dx, &parts, x_img);
+        parts
+            .par_iter()
+            .zip(dxs)
+            .map(|(&(b0, nb), dx)| {
+                let plan = self.plan(PlanKey {
+                    shape: shape.with_batch(nb),
+                    pass: Pass::BackwardData,
+                })?;
+                plan.run(
+                    self,
+                    &[
+                        (ARG_WEIGHTS, w.as_ptr().cast_mut()),
+                        (
+                            ARG_DIFF_DST,
+                            dy[b0 * out_img..(b0 + nb) * out_img].as_ptr().cast_mut(),
+                        ),
+                        (ARG_DIFF_SRC, dx.as_mut_ptr()),
+                    ],
+                )
+            })
+            .collect()
     }
 
-    /// `dW` and `db` of the convolution from the input and the output gradient.
+    /// `dW` and `db` of the convolution from the input and the output gradient: each
+    /// part of the batch gives its own, summed in part order (the same bits for the same
+    /// thread count).
     pub(super) fn conv_backward_weights(
-        &'static self,
+        &self,
         shape: ConvShape,
         (x, dy): (&[f32], &[f32]),
         (dw, db): (&mut [f32], &mut [f32]),
     ) -> Result<()> {
-        let plan = self.plan(PlanKey {
-            shape,
-            pass: Pass::BackwardWeights,
-        })?;
-        let mut plan = plan.lock().unwrap_or_else(|p| p.into_inner());
-        plan.run(
-            self,
-            &[
-                (ARG_SRC, x.as_ptr().cast_mut()),
-                (ARG_DIFF_DST, dy.as_ptr().cast_mut()),
-                (ARG_DIFF_WEIGHTS, dw.as_mut_ptr()),
-                (ARG_DIFF_BIAS, db.as_mut_ptr()),
-            ],
-        )
+        let (x_img, out_img) = (
+            shape.c_in * shape.h * shape.w,
+            shape.c_out * shape.oh * shape.ow,
+        );
+        let parts = split(shape.b);
+        // Part 0 writes into (dw, db); the others into buffers of their own.
+        let (nw, nb_) = (dw.len(), db.len());
+        let mut extra: Vec<Vec<f32>> = (1..parts.len()).map(|_| vec![0f32; nw + nb_]).collect();
+        let mut targets: Vec<(&mut [f32], &mut [f32])> = vec![(&mut *dw, &mut *db)];
+        targets.extend(extra.iter_mut().map(|v| v.split_at_mut(nw)));
+        parts
+            .par_iter()
+            .zip(targets)
+            .map(|(&(b0, nb), (dw, db))| {
+                let plan = self.plan(PlanKey {
+                    shape: shape.with_batch(nb),
+                    pass: Pass::BackwardWeights,
+                })?;
+                plan.run(
+                    self,
+                    &[
+                        (
+                            ARG_SRC,
+                            x[b0 * x_img..(b0 + nb) * x_img].as_ptr().cast_mut(),
+                        ),
+                        (
+                            ARG_DIFF_DST,
+                            dy[b0 * out_img..(b0 + nb) * out_img].as_ptr().cast_mut(),
+                        ),
+                        (ARG_DIFF_WEIGHTS, dw.as_mut_ptr()),
+                        (ARG_DIFF_BIAS, db.as_mut_ptr()),
+                    ],
+                )
+            })
+            .collect::<Result<()>>()?;
+        for part in &extra {
+            let (pw, pb) = part.split_at(nw);
+            dw.par_chunks_mut(1 << 14)
+                .zip(pw.par_chunks(1 << 14))
+                .for_each(|(d, p)| {
+                    d.iter_mut().zip(p).for_each(|(d, p)| *d += p);
+                });
+            db.iter_mut().zip(pb).for_each(|(d, p)| *d += p);
+        }
+        Ok(())
     }
+}
+
+/// `n` cut into one contiguous part per rayon thread (fewer when `n` is smaller):
+/// `(start, len)`, in order.
+fn split(n: usize) -> Vec<(usize, usize)> {
+    let k = candle_core::utils::get_num_threads().clamp(1, n.max(1));
+    (0..k)
+        .map(|i| (i * n / k, (i + 1) * n / k - i * n / k))
+        .collect()
+}
+
+/// `v` cut at the parts' boundaries, `per` elements per unit.
+fn split_mut<'a>(mut v: &'a mut [f32], parts: &[(usize, usize)], per: usize) -> Vec<&'a mut [f32]> {
+    let mut out = Vec::with_capacity(parts.len());
+    for &(_, len) in parts {
+        let (head, tail) = std::mem::take(&mut v).split_at_mut(len * per);
+        out.push(head);
+        v = tail;
+    }
+    out
 }
 
 fn check(status: Status, what: &str) -> Result<()> {
@@ -433,6 +555,13 @@ pub(super) struct ConvShape {
     pub groups: usize,
 }
 
+impl ConvShape {
+    /// The same convolution over `b` images.
+    fn with_batch(self, b: usize) -> Self {
+        Self { b, ..self }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Pass {
     Forward { relu: bool },
@@ -456,20 +585,51 @@ struct Arg {
     /// Owned by the plan's primitive descriptor.
     inner: *const MemDesc,
     inner_floats: usize,
-    reorder: Option<Prim>,
+    reorder: Option<Reorder>,
 }
 
-/// A primitive for one shape and pass, with its arguments and stream.
+/// A reorder primitive with its descriptor (kept alive: the scratchpad layout points
+/// into it) and scratchpad size.
+struct Reorder {
+    prim: Prim,
+    _pd: PrimDesc,
+    scratchpad: Scratchpad,
+}
+
+/// A primitive's scratchpad: its layout (owned by the primitive descriptor) and size.
+#[derive(Clone, Copy)]
+struct Scratchpad {
+    md: *const MemDesc,
+    floats: usize,
+}
+
+/// A primitive for one shape and pass, with its arguments.
 struct Plan {
     /// Kept alive: the arguments' inner layouts point into it.
     _pd: PrimDesc,
     prim: Prim,
-    stream: Stream,
+    scratchpad: Scratchpad,
     args: Vec<Arg>,
 }
 
-// SAFETY: a plan's handles are only used under its mutex.
+// SAFETY: a plan is immutable once built; oneDNN primitives may execute on several
+// threads at once when, as here, each call brings its own stream, memories and
+// scratchpad (user scratchpad mode).
 unsafe impl Send for Plan {}
+unsafe impl Sync for Plan {}
+
+/// The scratchpad a primitive descriptor asks for (none: zero floats).
+///
+/// SAFETY: `pd` must be a live primitive descriptor.
+unsafe fn scratchpad_of(d: &OneDnn, pd: PrimDesc) -> Scratchpad {
+    let md = unsafe { (d.api.pd_query_md)(pd, QUERY_SCRATCHPAD, 0) };
+    let floats = if md.is_null() {
+        0
+    } else {
+        unsafe { (d.api.md_get_size)(md) }.div_ceil(4)
+    };
+    Scratchpad { md, floats }
+}
 
 /// The plain descriptors of a convolution's tensors: `(src, weights, bias, dst)`.
 fn plain_descs(d: &OneDnn, s: &ConvShape) -> Result<[Box<MemDesc>; 4]> {
@@ -586,34 +746,39 @@ fn conv_pd(d: &OneDnn, s: &ConvShape, pass: Pass, bias: &MemDesc) -> Result<Prim
         )?;
         Ok(pd)
     };
-    match pass {
-        Pass::Forward { relu } => {
-            let od = fwd_desc()?;
-            if !relu {
-                return create(&od, std::ptr::null_mut(), std::ptr::null_mut());
-            }
-            // ReLU fused into the convolution as an eltwise post-op.
-            let (mut attr, mut po) = (std::ptr::null_mut(), std::ptr::null_mut());
-            // SAFETY: plain attribute calls; both objects are destroyed below.
-            unsafe {
-                check((a.attr_create)(&mut attr), "attr")?;
-                check((a.post_ops_create)(&mut po), "post ops")?;
-                let made = check(
-                    (a.post_ops_append_eltwise)(po, 1.0, ELTWISE_RELU, 0.0, 0.0),
-                    "relu",
+    // Every primitive takes its scratchpad from the caller (`SCRATCHPAD_USER`), so one
+    // primitive can run on several threads at once; the forward pass fuses the ReLU as an
+    // eltwise post-op.
+    let relu = matches!(pass, Pass::Forward { relu: true });
+    let (mut attr, mut po) = (std::ptr::null_mut(), std::ptr::null_mut());
+    // SAFETY: plain attribute calls; both objects are destroyed below.
+    let attr_made = unsafe {
+        check((a.attr_create)(&mut attr), "attr")
+            .and_then(|_| {
+                check(
+                    (a.attr_set_scratchpad_mode)(attr, SCRATCHPAD_USER),
+                    "scratchpad mode",
                 )
-                .and_then(|_| check((a.attr_set_post_ops)(attr, po), "post ops"))
-                .and_then(|_| create(&od, attr, std::ptr::null_mut()));
-                (a.post_ops_destroy)(po);
-                (a.attr_destroy)(attr);
-                made
-            }
-        }
+            })
+            .and_then(|_| check((a.post_ops_create)(&mut po), "post ops"))
+            .and_then(|_| {
+                if relu {
+                    check(
+                        (a.post_ops_append_eltwise)(po, 1.0, ELTWISE_RELU, 0.0, 0.0),
+                        "relu",
+                    )?;
+                    check((a.attr_set_post_ops)(attr, po), "post ops")?;
+                }
+                Ok(())
+            })
+    };
+    let made = attr_made.and_then(|_| match pass {
+        Pass::Forward { .. } => create(&*fwd_desc()?, attr, std::ptr::null_mut()),
         Pass::BackwardData | Pass::BackwardWeights => {
             // The backward passes are described relative to a forward one (a hint).
             let hint = create(&*fwd_desc()?, std::ptr::null_mut(), std::ptr::null_mut())?;
             let mut od = Box::new(OpDesc([0; 8192]));
-            // SAFETY: as above.
+            // SAFETY: descriptor buffers outlive the call; the op buffer is large enough.
             let made = check(
                 unsafe {
                     if pass == Pass::BackwardData {
@@ -643,12 +808,18 @@ fn conv_pd(d: &OneDnn, s: &ConvShape, pass: Pass, bias: &MemDesc) -> Result<Prim
                 },
                 "convolution backward desc",
             )
-            .and_then(|_| create(&od, std::ptr::null_mut(), hint));
+            .and_then(|_| create(&od, attr, hint));
             // SAFETY: the hint is only read while creating.
             unsafe { (a.pd_destroy)(hint) };
             made
         }
+    });
+    // SAFETY: created above (null handles are accepted by the destroy calls).
+    unsafe {
+        (a.post_ops_destroy)(po);
+        (a.attr_destroy)(attr);
     }
+    made
 }
 
 impl Plan {
@@ -678,7 +849,8 @@ impl Plan {
         let mut plan = Plan {
             _pd: pd,
             prim: std::ptr::null_mut(),
-            stream: std::ptr::null_mut(),
+            // SAFETY: `pd` was just created.
+            scratchpad: unsafe { scratchpad_of(d, pd) },
             args: Vec::new(),
         };
         let a = &d.api;
@@ -686,10 +858,6 @@ impl Plan {
         // the process (plans are cached for good, one per shape and pass).
         unsafe {
             check((a.prim_create)(&mut plan.prim, pd), "convolution primitive")?;
-            check(
-                (a.stream_create)(&mut plan.stream, d.engine, STREAM_DEFAULT),
-                "stream",
-            )?;
             for (arg, input, user, query) in spec {
                 // The bias keeps its plain layout (queried layouts equal it anyway).
                 let inner: *const MemDesc = if query == 0 {
@@ -708,23 +876,29 @@ impl Plan {
                     } else {
                         (inner, &*user as *const _)
                     };
-                    let mut rpd = std::ptr::null_mut();
-                    check(
-                        (a.reorder_pd_create)(
-                            &mut rpd,
-                            from,
-                            d.engine,
-                            to,
-                            d.engine,
-                            std::ptr::null_mut(),
-                        ),
-                        "reorder desc",
-                    )?;
-                    let mut r = std::ptr::null_mut();
-                    let made = check((a.prim_create)(&mut r, rpd), "reorder");
-                    (a.pd_destroy)(rpd);
+                    let (mut rpd, mut attr) = (std::ptr::null_mut(), std::ptr::null_mut());
+                    let made = check((a.attr_create)(&mut attr), "attr")
+                        .and_then(|_| {
+                            check(
+                                (a.attr_set_scratchpad_mode)(attr, SCRATCHPAD_USER),
+                                "scratchpad mode",
+                            )
+                        })
+                        .and_then(|_| {
+                            check(
+                                (a.reorder_pd_create)(&mut rpd, from, d.engine, to, d.engine, attr),
+                                "reorder desc",
+                            )
+                        });
+                    (a.attr_destroy)(attr);
                     made?;
-                    Some(r)
+                    let mut r = std::ptr::null_mut();
+                    check((a.prim_create)(&mut r, rpd), "reorder")?;
+                    Some(Reorder {
+                        prim: r,
+                        _pd: rpd,
+                        scratchpad: scratchpad_of(d, rpd),
+                    })
                 };
                 let inner_floats = (a.md_get_size)(inner).div_ceil(4);
                 plan.args.push(Arg {
@@ -741,89 +915,147 @@ impl Plan {
     }
 
     /// Runs the primitive on the caller's plain buffers (`(argument, pointer)`, sized
-    /// by the shape), reordering into and out of the primitive's layouts.
-    fn run(&mut self, d: &OneDnn, buffers: &[(c_int, *mut f32)]) -> Result<()> {
-        d.set_threads();
+    /// by the shape) on this thread alone, reordering into and out of the primitive's
+    /// layouts; the stream, the memories and the scratchpads are this call's own.
+    fn run(&self, d: &OneDnn, buffers: &[(c_int, *mut f32)]) -> Result<()> {
+        d.single_threaded();
         let a = &d.api;
-        let mut memories: Vec<Memory> = Vec::new();
-        let mut inner_bufs = Vec::new();
+        let mut stream = std::ptr::null_mut();
+        // SAFETY: one stream on the engine, destroyed below.
+        check(
+            unsafe { (a.stream_create)(&mut stream, d.engine, STREAM_DEFAULT) },
+            "stream",
+        )?;
+        let mut call = Call {
+            d,
+            memories: Vec::new(),
+            bufs: Vec::new(),
+        };
         let result = (|| -> Result<()> {
-            let mut exec = Vec::with_capacity(self.args.len());
+            let mut exec = Vec::with_capacity(self.args.len() + 1);
             let mut after = Vec::new();
             for arg in &self.args {
                 let Some(&(_, ptr)) = buffers.iter().find(|(k, _)| *k == arg.arg) else {
                     candle_core::bail!("oneDNN: no buffer for argument {}", arg.arg)
                 };
-                let mut user = std::ptr::null_mut();
-                // SAFETY: `ptr` addresses a buffer of the plain layout's size (the
-                // callers size it from the same shape).
-                check(
-                    unsafe { (a.memory_create)(&mut user, &*arg.user, d.engine, ptr.cast()) },
-                    "memory",
-                )?;
-                memories.push(user);
-                let Some(reorder) = arg.reorder else {
+                let user = call.memory(&*arg.user, ptr)?;
+                let Some(reorder) = &arg.reorder else {
                     exec.push(ExecArg {
                         arg: arg.arg,
                         memory: user,
                     });
                     continue;
                 };
-                let mut buf = scratch::<f32>(arg.inner_floats);
-                let mut inner = std::ptr::null_mut();
-                // SAFETY: `buf` holds the inner layout's size and outlives the call.
-                check(
-                    unsafe {
-                        (a.memory_create)(&mut inner, arg.inner, d.engine, buf.as_mut_ptr().cast())
-                    },
-                    "memory",
-                )?;
-                memories.push(inner);
-                inner_bufs.push(buf);
+                let inner = call.buffer(arg.inner, arg.inner_floats)?;
+                let pad = call.scratchpad(reorder.scratchpad)?;
                 if arg.input {
-                    self.reorder(d, reorder, user, inner)?;
+                    execute(
+                        d,
+                        reorder.prim,
+                        stream,
+                        &[(ARG_SRC, user), (ARG_DST, inner)],
+                        pad,
+                    )?;
                 } else {
-                    after.push((reorder, inner, user));
+                    after.push((reorder.prim, inner, user, pad));
                 }
                 exec.push(ExecArg {
                     arg: arg.arg,
                     memory: inner,
                 });
             }
+            if let Some(pad) = call.scratchpad(self.scratchpad)? {
+                exec.push(ExecArg {
+                    arg: ARG_SCRATCHPAD,
+                    memory: pad,
+                });
+            }
             // SAFETY: every argument's memory is alive until the stream is drained.
             check(
-                unsafe {
-                    (a.prim_execute)(self.prim, self.stream, exec.len() as c_int, exec.as_ptr())
-                },
+                unsafe { (a.prim_execute)(self.prim, stream, exec.len() as c_int, exec.as_ptr()) },
                 "convolution",
             )?;
-            for (reorder, inner, user) in after {
-                self.reorder(d, reorder, inner, user)?;
+            for (prim, inner, user, pad) in after {
+                execute(d, prim, stream, &[(ARG_SRC, inner), (ARG_DST, user)], pad)?;
             }
-            check(unsafe { (a.stream_wait)(self.stream) }, "stream wait")
+            check(unsafe { (a.stream_wait)(stream) }, "stream wait")
         })();
-        for m in memories {
-            // SAFETY: created above; the stream was drained (or the call failed).
-            unsafe { (a.memory_destroy)(m) };
-        }
+        drop(call);
+        // SAFETY: created above; the stream was drained (or the call failed).
+        unsafe { (a.stream_destroy)(stream) };
         result
     }
+}
 
-    fn reorder(&self, d: &OneDnn, reorder: Prim, from: Memory, to: Memory) -> Result<()> {
-        let args = [
-            ExecArg {
-                arg: ARG_SRC,
-                memory: from,
-            },
-            ExecArg {
-                arg: ARG_DST,
-                memory: to,
-            },
-        ];
-        // SAFETY: both memories are alive; ARG_FROM/ARG_TO equal ARG_SRC/ARG_DST.
+/// The memory objects and buffers of one call, released when it ends.
+struct Call<'a> {
+    d: &'a OneDnn,
+    memories: Vec<Memory>,
+    bufs: Vec<super::workspace::Scratch<f32>>,
+}
+
+impl Call<'_> {
+    /// A memory object of layout `md` over `ptr`.
+    fn memory(&mut self, md: *const MemDesc, ptr: *mut f32) -> Result<Memory> {
+        let mut m = std::ptr::null_mut();
+        // SAFETY: `ptr` addresses at least `md`'s size: the callers size their buffers
+        // from the same shape, and ours come from `buffer`.
         check(
-            unsafe { (d.api.prim_execute)(reorder, self.stream, 2, args.as_ptr()) },
-            "reorder",
-        )
+            unsafe { (self.d.api.memory_create)(&mut m, md, self.d.engine, ptr.cast()) },
+            "memory",
+        )?;
+        self.memories.push(m);
+        Ok(m)
     }
+
+    /// A memory object of layout `md` over a reused buffer of `floats` elements.
+    fn buffer(&mut self, md: *const MemDesc, floats: usize) -> Result<Memory> {
+        let mut buf = scratch::<f32>(floats);
+        let m = self.memory(md, buf.as_mut_ptr())?;
+        self.bufs.push(buf);
+        Ok(m)
+    }
+
+    /// A primitive's scratchpad, if it needs one.
+    fn scratchpad(&mut self, sp: Scratchpad) -> Result<Option<Memory>> {
+        if sp.floats == 0 {
+            return Ok(None);
+        }
+        self.buffer(sp.md, sp.floats).map(Some)
+    }
+}
+
+impl Drop for Call<'_> {
+    fn drop(&mut self) {
+        for &m in &self.memories {
+            // SAFETY: created by `memory`; the stream they were used on was drained.
+            unsafe { (self.d.api.memory_destroy)(m) };
+        }
+    }
+}
+
+/// Executes a reorder (`ARG_SRC` = from, `ARG_DST` = to, as ARG_FROM/ARG_TO are
+/// defined) with its scratchpad, if it has one.
+fn execute(
+    d: &OneDnn,
+    prim: Prim,
+    stream: Stream,
+    args: &[(c_int, Memory)],
+    pad: Option<Memory>,
+) -> Result<()> {
+    let mut exec: Vec<ExecArg> = args
+        .iter()
+        .map(|&(arg, memory)| ExecArg { arg, memory })
+        .collect();
+    if let Some(memory) = pad {
+        exec.push(ExecArg {
+            arg: ARG_SCRATCHPAD,
+            memory,
+        });
+    }
+    // SAFETY: the memories are alive until the caller drains the stream.
+    check(
+        unsafe { (d.api.prim_execute)(prim, stream, exec.len() as c_int, exec.as_ptr()) },
+        "reorder",
+    )
 }

@@ -125,8 +125,15 @@ impl TrainSummary {
                 fmt_lr(self.lr)
             ),
             format!(
-                "network      AlexNet, {} parameters, on {}",
-                self.parameters, self.device
+                "network      AlexNet, {} parameters, on {}{}",
+                self.parameters,
+                self.device,
+                // Which CPU kernels ran: a run without libdnnl2 is several times slower.
+                if self.device == "cpu" {
+                    format!(" ({})", crate::model::onednn::describe())
+                } else {
+                    String::new()
+                }
             ),
             format!(
                 "this session {:.1} s, {}, {:.0} images/s, data stall {:.1} %",
