@@ -474,11 +474,11 @@ fn bare_train_reads_dataset_and_pipeline_paper_toml_and_numbers_its_runs() {
 /// `pipeline/sample.toml` on the full sample (600 train / 100 val images per class)
 /// reaches ≥ 80 % validation top-1 accuracy at its last epoch, as the mean of its seeds
 /// 0, 1 and 2 (`pipeline experiment --seeds 3`), and no seed falls below 78 %. One seed is
-/// not the recipe: its spread is ±0.8 points, and which seed lands under 80 % moves with
-/// the CPU kernels' summation order (measured: 20.7, 19.3, 19.5 % error under oneDNN;
-/// 19.3, 20.2, 18.7 % with the built-in kernels). Takes ~7–8 minutes on 2 cores: render
-/// and ingest under a minute, each seed's 30 epochs ~2.2 min; `--nocapture` prints the
-/// summary and the times.
+/// not the recipe: seeds spread by up to ±0.8 points, and which seed lands lowest moves
+/// with the CPU kernels' summation order (measured at 36 epochs under oneDNN: 18.7, 19.3,
+/// 19.1 % error, 81.0 % mean). Takes ~8–9 minutes on 2 cores: render and ingest under a
+/// minute, each seed's 36 epochs ~2.5 min; `--nocapture` prints the summary and the
+/// times.
 #[test]
 fn sample_recipe_reaches_80_percent_on_the_full_sample() {
     let tmp = tempfile::tempdir().unwrap();

@@ -3,8 +3,8 @@
 //!
 //! Why: at AlexNet's shapes its JIT-compiled direct convolutions (blocked `nChw16c`
 //! layouts, forward, backward-data and backward-weights kernels) and its `sgemm` run the
-//! layers 2–4× faster than im2col + the `gemm` crate (`benches/README.md`, "Training step
-//! (CPU)"). Why loaded, not linked: a plain `cargo build` must work on a machine that has
+//! layers 1.3–2× faster than im2col + the `gemm` crate (`benches/README.md`, "Training
+//! step (CPU)"). Why loaded, not linked: a plain `cargo build` must work on a machine that has
 //! only Rust, so the library is optional — Debian's `libdnnl2` (`apt-get install
 //! libdnnl2`) is opened with `dlopen` on first use, and where it is missing (or
 //! `PIPELINE_ONEDNN=off`) every op keeps its own CPU code ([`super::conv`],
@@ -18,10 +18,16 @@
 //! A convolution runs as one [`Plan`] per shape and direction, built once and cached:
 //! the primitive picks its own (blocked) layouts, and reorders between them and the
 //! plain NCHW / (G)OIHW tensors candle holds run on each call into reused
-//! [`super::workspace`] buffers. Each plan is behind a mutex, so concurrent callers (the
-//! test harness) never share a primitive's scratchpad. Threads: oneDNN runs on OpenMP;
-//! each call first sets OpenMP's thread count to candle's (`RAYON_NUM_THREADS`), so both
-//! pools use the same cores.
+//! [`super::workspace`] buffers.
+//!
+//! Threads: one pool, rayon's (`RAYON_NUM_THREADS`). Debian's oneDNN runs on OpenMP,
+//! whose idle threads spin after every call; beside rayon's (the other ops) they took a
+//! fifth of the sample-size step's CPU. So each call is split here — a convolution over
+//! the batch, a product over its result's longer side — into one part per rayon thread,
+//! and each part runs single-threaded (`omp_set_num_threads(1)` on that thread: OpenMP
+//! never starts a team). Primitives use caller-owned scratchpads, so the parts run one
+//! primitive concurrently; the kernel gradient sums the parts' in part order, so a step
+//! is the same bit for bit at a given thread count.
 
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void};
