@@ -140,9 +140,30 @@ fn main() -> Result<()> {
         let (f, bw) = match name {
             "conv1" => conv(name, [b, 3, z.input, z.input], [c[0], 3, 11, 11], 4, 2, 1)?,
             "conv2" => conv(name, pooled1, [c[1], c[0] / 2, 5, 5], 1, 2, 2)?,
-            "conv3" => conv(name, [b, c[1], side[2], side[2]], [c[2], c[1], 3, 3], 1, 1, 1)?,
-            "conv4" => conv(name, [b, c[2], side[2], side[2]], [c[3], c[2] / 2, 3, 3], 1, 1, 2)?,
-            "conv5" => conv(name, [b, c[3], side[2], side[2]], [c[4], c[3] / 2, 3, 3], 1, 1, 2)?,
+            "conv3" => conv(
+                name,
+                [b, c[1], side[2], side[2]],
+                [c[2], c[1], 3, 3],
+                1,
+                1,
+                1,
+            )?,
+            "conv4" => conv(
+                name,
+                [b, c[2], side[2], side[2]],
+                [c[3], c[2] / 2, 3, 3],
+                1,
+                1,
+                2,
+            )?,
+            "conv5" => conv(
+                name,
+                [b, c[3], side[2], side[2]],
+                [c[4], c[3] / 2, 3, 3],
+                1,
+                1,
+                2,
+            )?,
             "lrn1" => {
                 let x = input(&plane1, false)?;
                 let g = random(&plane1, 4, 1.0)?;

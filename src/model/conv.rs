@@ -685,11 +685,10 @@ impl CustomOp3 for ConvGradWeight {
                 let mut buf = scratch::<f32>(if m.is_some() { g.len() } else { 0 });
                 let dy = masked_grad(g, m, &mut buf);
                 let mut out = vec![0f32; gm.c_out * gm.k() + gm.c_out];
-                let (dw, db) = out.split_at_mut(gm.c_out * gm.k());
                 onednn_f32().expect("checked above").conv_backward_weights(
                     gm.shape(),
                     (x, dy),
-                    (dw, db),
+                    &mut out,
                 )?;
                 CpuStorage::F32(out)
             }

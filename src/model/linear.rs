@@ -127,23 +127,15 @@ impl CustomOp3 for LinearOp {
             )
         }
         // y = x @ wᵀ: wᵀ is the weight read with swapped strides, no copy.
+        let bias = contiguous_range(bl, "linear: bias")?;
+        let relu = self.relu;
         let y = match (xs, bs) {
-            (CpuStorage::F32(_), CpuStorage::F32(b)) => CpuStorage::F32(affine(
-                xs,
-                xl,
-                ws,
-                wl,
-                &b[contiguous_range(bl, "linear: bias")?],
-                self.relu,
-            )?),
-            (CpuStorage::F64(_), CpuStorage::F64(b)) => CpuStorage::F64(affine(
-                xs,
-                xl,
-                ws,
-                wl,
-                &b[contiguous_range(bl, "linear: bias")?],
-                self.relu,
-            )?),
+            (CpuStorage::F32(_), CpuStorage::F32(b)) => {
+                CpuStorage::F32(affine(xs, xl, ws, wl, &b[bias], relu)?)
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(b)) => {
+                CpuStorage::F64(affine(xs, xl, ws, wl, &b[bias], relu)?)
+            }
             _ => candle_core::bail!("linear: supports f32/f64"),
         };
         Ok((y, Shape::from((batch, fan_out))))

@@ -384,6 +384,30 @@ impl OneDnn {
         Ok(plan)
     }
 
+    /// Runs `pass` on each part of the batch (one per rayon thread, see [`split`]) on
+    /// that thread: part `(b0, nb)` gets its plan and the buffers `args` names for it,
+    /// given its own slice of `outs`.
+    fn run_parts(
+        &self,
+        shape: ConvShape,
+        pass: Pass,
+        parts: &[(usize, usize)],
+        outs: Vec<&mut [f32]>,
+        args: impl Fn((usize, usize), &mut [f32]) -> Vec<(c_int, *mut f32)> + Sync,
+    ) -> Result<()> {
+        parts
+            .par_iter()
+            .zip(outs)
+            .map(|(&(b0, nb), out)| {
+                let key = PlanKey {
+                    shape: shape.with_batch(nb),
+                    pass,
+                };
+                self.plan(key)?.run(self, &args((b0, nb), out))
+            })
+            .collect()
+    }
+
     /// `out = conv(x, w) + bias` (then ReLU when `relu`), all plain row-major tensors.
     pub(super) fn conv_forward(
         &self,
@@ -392,34 +416,22 @@ impl OneDnn {
         (x, w, bias): (&[f32], &[f32], &[f32]),
         out: &mut [f32],
     ) -> Result<()> {
-        let (x_img, out_img) = (
-            shape.c_in * shape.h * shape.w,
-            shape.c_out * shape.oh * shape.ow,
-        );
         let parts = split(shape.b);
-        let outs = split_mut(out, &parts, out_img);
-        parts
-            .par_iter()
-            .zip(outs)
-            .map(|(&(b0, nb), out)| {
-                let plan = self.plan(PlanKey {
-                    shape: shape.with_batch(nb),
-                    pass: Pass::Forward { relu },
-                })?;
-                plan.run(
-                    self,
-                    &[
-                        (
-                            ARG_SRC,
-                            x[b0 * x_img..(b0 + nb) * x_img].as_ptr().cast_mut(),
-                        ),
-                        (ARG_WEIGHTS, w.as_ptr().cast_mut()),
-                        (ARG_BIAS, bias.as_ptr().cast_mut()),
-                        (ARG_DST, out.as_mut_ptr()),
-                    ],
-                )
-            })
-            .collect()
+        let outs = split_mut(out, &parts, shape.out_image());
+        self.run_parts(
+            shape,
+            Pass::Forward { relu },
+            &parts,
+            outs,
+            |(b0, nb), out| {
+                vec![
+                    (ARG_SRC, images(x, b0, nb, shape.in_image())),
+                    (ARG_WEIGHTS, w.as_ptr().cast_mut()),
+                    (ARG_BIAS, bias.as_ptr().cast_mut()),
+                    (ARG_DST, out.as_mut_ptr()),
+                ]
+            },
+        )
     }
 
     /// `dx` of the convolution from the kernel and the output gradient.
@@ -429,90 +441,59 @@ impl OneDnn {
         (w, dy): (&[f32], &[f32]),
         dx: &mut [f32],
     ) -> Result<()> {
-        let (x_img, out_img) = (
-            shape.c_in * shape.h * shape.w,
-            shape.c_out * shape.oh * shape.ow,
-        );
         let parts = split(shape.b);
-        let dxs = split_mut(dx, &parts, x_img);
-        parts
-            .par_iter()
-            .zip(dxs)
-            .map(|(&(b0, nb), dx)| {
-                let plan = self.plan(PlanKey {
-                    shape: shape.with_batch(nb),
-                    pass: Pass::BackwardData,
-                })?;
-                plan.run(
-                    self,
-                    &[
-                        (ARG_WEIGHTS, w.as_ptr().cast_mut()),
-                        (
-                            ARG_DIFF_DST,
-                            dy[b0 * out_img..(b0 + nb) * out_img].as_ptr().cast_mut(),
-                        ),
-                        (ARG_DIFF_SRC, dx.as_mut_ptr()),
-                    ],
-                )
-            })
-            .collect()
+        let dxs = split_mut(dx, &parts, shape.in_image());
+        self.run_parts(shape, Pass::BackwardData, &parts, dxs, |(b0, nb), dx| {
+            vec![
+                (ARG_WEIGHTS, w.as_ptr().cast_mut()),
+                (ARG_DIFF_DST, images(dy, b0, nb, shape.out_image())),
+                (ARG_DIFF_SRC, dx.as_mut_ptr()),
+            ]
+        })
     }
 
-    /// `dW` and `db` of the convolution from the input and the output gradient: each
-    /// part of the batch gives its own, summed in part order (the same bits for the same
-    /// thread count).
+    /// `[dW | db]` of the convolution (`dwb`: the kernel gradient, then the bias's) from
+    /// the input and the output gradient. Each part of the batch gives its own, summed in
+    /// part order (the same bits for the same thread count).
     pub(super) fn conv_backward_weights(
         &self,
         shape: ConvShape,
         (x, dy): (&[f32], &[f32]),
-        (dw, db): (&mut [f32], &mut [f32]),
+        dwb: &mut [f32],
     ) -> Result<()> {
-        let (x_img, out_img) = (
-            shape.c_in * shape.h * shape.w,
-            shape.c_out * shape.oh * shape.ow,
-        );
         let parts = split(shape.b);
-        // Part 0 writes into (dw, db); the others into buffers of their own.
-        let (nw, nb_) = (dw.len(), db.len());
-        let mut extra: Vec<Vec<f32>> = (1..parts.len()).map(|_| vec![0f32; nw + nb_]).collect();
-        let mut targets: Vec<(&mut [f32], &mut [f32])> = vec![(&mut *dw, &mut *db)];
-        targets.extend(extra.iter_mut().map(|v| v.split_at_mut(nw)));
-        parts
-            .par_iter()
-            .zip(targets)
-            .map(|(&(b0, nb), (dw, db))| {
-                let plan = self.plan(PlanKey {
-                    shape: shape.with_batch(nb),
-                    pass: Pass::BackwardWeights,
-                })?;
-                plan.run(
-                    self,
-                    &[
-                        (
-                            ARG_SRC,
-                            x[b0 * x_img..(b0 + nb) * x_img].as_ptr().cast_mut(),
-                        ),
-                        (
-                            ARG_DIFF_DST,
-                            dy[b0 * out_img..(b0 + nb) * out_img].as_ptr().cast_mut(),
-                        ),
-                        (ARG_DIFF_WEIGHTS, dw.as_mut_ptr()),
-                        (ARG_DIFF_BIAS, db.as_mut_ptr()),
-                    ],
-                )
-            })
-            .collect::<Result<()>>()?;
+        let n_w = dwb.len() - shape.c_out;
+        // Part 0 writes into `dwb`; the others into buffers of their own.
+        let mut extra: Vec<Vec<f32>> = (1..parts.len()).map(|_| vec![0f32; dwb.len()]).collect();
+        let mut outs: Vec<&mut [f32]> = vec![&mut *dwb];
+        outs.extend(extra.iter_mut().map(|v| v.as_mut_slice()));
+        self.run_parts(
+            shape,
+            Pass::BackwardWeights,
+            &parts,
+            outs,
+            |(b0, nb), out| {
+                vec![
+                    (ARG_SRC, images(x, b0, nb, shape.in_image())),
+                    (ARG_DIFF_DST, images(dy, b0, nb, shape.out_image())),
+                    (ARG_DIFF_WEIGHTS, out.as_mut_ptr()),
+                    (ARG_DIFF_BIAS, out[n_w..].as_mut_ptr()),
+                ]
+            },
+        )?;
         for part in &extra {
-            let (pw, pb) = part.split_at(nw);
-            dw.par_chunks_mut(1 << 14)
-                .zip(pw.par_chunks(1 << 14))
-                .for_each(|(d, p)| {
-                    d.iter_mut().zip(p).for_each(|(d, p)| *d += p);
-                });
-            db.iter_mut().zip(pb).for_each(|(d, p)| *d += p);
+            dwb.par_chunks_mut(1 << 14)
+                .zip(part.par_chunks(1 << 14))
+                .for_each(|(d, p)| d.iter_mut().zip(p).for_each(|(d, p)| *d += p));
         }
         Ok(())
     }
+}
+
+/// Images `b0..b0 + nb` of a batch stored `per` elements an image, as an argument
+/// pointer (read-only arguments are passed as `*mut`, as the C API takes them).
+fn images(v: &[f32], b0: usize, nb: usize, per: usize) -> *mut f32 {
+    v[b0 * per..(b0 + nb) * per].as_ptr().cast_mut()
 }
 
 /// `n` cut into one contiguous part per rayon thread (fewer when `n` is smaller):
@@ -565,6 +546,16 @@ impl ConvShape {
     /// The same convolution over `b` images.
     fn with_batch(self, b: usize) -> Self {
         Self { b, ..self }
+    }
+
+    /// Elements of one input image.
+    fn in_image(&self) -> usize {
+        self.c_in * self.h * self.w
+    }
+
+    /// Elements of one output image.
+    fn out_image(&self) -> usize {
+        self.c_out * self.oh * self.ow
     }
 }
 
