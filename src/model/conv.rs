@@ -28,6 +28,11 @@
 //! im2col copies each stride-1 row as one slice and skips the padding by range, not by
 //! a test per element.
 //!
+//! In f32, where oneDNN is loaded ([`super::onednn`], Debian's `libdnnl2`), the same three
+//! ops hand the work to its direct convolutions instead: the forward with the ReLU fused,
+//! and backward-data / backward-weights on the output gradient masked once per op (one
+//! pass, into a reused buffer). The code below is then the f64 path and the fallback.
+//!
 //! On CUDA in `cudnn` builds the same layer is [`super::cudnn::CudnnConv2d`]: cuDNN's
 //! forward, backward-data and backward-filter with the groups passed to cuDNN, bias and
 //! ReLU fused in one kernel, no input gradient for conv1.

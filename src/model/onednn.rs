@@ -202,7 +202,7 @@ pub(super) struct OneDnn {
 unsafe impl Send for OneDnn {}
 unsafe impl Sync for OneDnn {}
 
-/// Why the library is (not) in use, for the benches and `pipeline check`.
+/// Whether the library is in use (or why not), for the benches and `train`'s summary.
 pub fn describe() -> String {
     match library() {
         Ok(d) => format!("oneDNN {} (libdnnl.so.2, loaded at run time)", d.version),
@@ -520,7 +520,10 @@ fn check(status: Status, what: &str) -> Result<()> {
     if status == SUCCESS {
         Ok(())
     } else {
-        candle_core::bail!("oneDNN {what} failed with status {status}")
+        candle_core::bail!(
+            "oneDNN {what} failed with status {status} (PIPELINE_ONEDNN=off runs the built-in \
+             CPU kernels instead)"
+        )
     }
 }
 
