@@ -476,7 +476,8 @@ fn bare_train_reads_dataset_and_pipeline_paper_toml_and_numbers_its_runs() {
 /// 0, 1 and 2 (`pipeline experiment --seeds 3`), and no seed falls below 78 %. One seed is
 /// not the recipe: seeds spread by up to ±0.8 points, and which seed lands lowest moves
 /// with the CPU kernels' summation order (measured at 36 epochs under oneDNN: 18.7, 19.3,
-/// 19.1 % error, 81.0 % mean). Takes ~8–9 minutes on 2 cores: render and ingest under a
+/// 19.1 % error, 81.0 % mean; with the built-in kernels 20.0, 18.8, 19.1 %, 80.7 %).
+/// Takes ~8–9 minutes on 2 cores with oneDNN (~12 without): render and ingest under a
 /// minute, each seed's 36 epochs ~2.5 min; `--nocapture` prints the summary and the
 /// times.
 #[test]
