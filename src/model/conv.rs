@@ -258,10 +258,11 @@ fn onednn_f32() -> Option<&'static OneDnn> {
     onednn::library().ok()
 }
 
-/// The output gradient with the ReLU's mask applied (zero where the output was 0), into
-/// `buf` (a reused buffer of the gradient's length); without a ReLU, the gradient itself.
-fn masked_grad<'a>(grad: &'a [f32], mask: Option<&[f32]>, buf: &'a mut [f32]) -> &'a [f32] {
-    let Some(mask) = mask else { return grad };
+/// Runs `f` on the output gradient with the ReLU's mask applied (zero where the output
+/// was 0), written into a reused buffer; without a ReLU, on the gradient itself.
+fn with_masked_grad<R>(grad: &[f32], mask: Option<&[f32]>, f: impl FnOnce(&[f32]) -> R) -> R {
+    let Some(mask) = mask else { return f(grad) };
+    let mut buf = scratch::<f32>(grad.len());
     buf.par_chunks_mut(1 << 14)
         .zip(grad.par_chunks(1 << 14).zip(mask.par_chunks(1 << 14)))
         .for_each(|(d, (g, m))| {
@@ -269,7 +270,7 @@ fn masked_grad<'a>(grad: &'a [f32], mask: Option<&[f32]>, buf: &'a mut [f32]) ->
                 *d = if m > 0.0 { g } else { 0.0 };
             }
         });
-    buf
+    f(&buf)
 }
 
 /// The im2col matrix of one chunk of images holds at most this many elements (16 MB in
@@ -683,25 +684,21 @@ impl CustomOp3 for ConvGradWeight {
         ml: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (gm, op) = (&self.gm, self.name());
-        let out = match xs {
-            CpuStorage::F32(_) if xl.is_contiguous() && onednn_f32().is_some() => {
+        let out = match (xs, onednn_f32()) {
+            (CpuStorage::F32(_), Some(dnnl)) if xl.is_contiguous() => {
                 let (g, m) = grad_and_mask(gs, gl, ms, ml, self.relu, gm, op)?;
                 let x = contiguous_slice(xs, xl, op)?;
-                let mut buf = scratch::<f32>(if m.is_some() { g.len() } else { 0 });
-                let dy = masked_grad(g, m, &mut buf);
                 let mut out = vec![0f32; gm.c_out * gm.k() + gm.c_out];
-                onednn_f32().expect("checked above").conv_backward_weights(
-                    gm.shape(),
-                    (x, dy),
-                    &mut out,
-                )?;
+                with_masked_grad(g, m, |dy| {
+                    dnnl.conv_backward_weights(gm.shape(), (x, dy), &mut out)
+                })?;
                 CpuStorage::F32(out)
             }
-            CpuStorage::F32(x) => {
+            (CpuStorage::F32(x), _) => {
                 let (g, m) = grad_and_mask(gs, gl, ms, ml, self.relu, gm, op)?;
                 CpuStorage::F32(grad_weight_bias(x, xl, g, m, gm)?)
             }
-            CpuStorage::F64(x) => {
+            (CpuStorage::F64(x), _) => {
                 let (g, m) = grad_and_mask(gs, gl, ms, ml, self.relu, gm, op)?;
                 CpuStorage::F64(grad_weight_bias(x, xl, g, m, gm)?)
             }
@@ -732,24 +729,21 @@ impl CustomOp3 for ConvGradInput {
         ml: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (gm, op) = (&self.gm, self.name());
-        let out = match ws {
-            CpuStorage::F32(_) if onednn_f32().is_some() => {
+        let out = match (ws, onednn_f32()) {
+            (CpuStorage::F32(_), Some(dnnl)) => {
                 let (g, m) = grad_and_mask(gs, gl, ms, ml, self.relu, gm, op)?;
-                let mut buf = scratch::<f32>(if m.is_some() { g.len() } else { 0 });
-                let dy = masked_grad(g, m, &mut buf);
+                let w = contiguous_slice(ws, wl, op)?;
                 let mut dx = vec![0f32; gm.b * gm.c_in * gm.h * gm.w];
-                onednn_f32().expect("checked above").conv_backward_data(
-                    gm.shape(),
-                    (contiguous_slice(ws, wl, op)?, dy),
-                    &mut dx,
-                )?;
+                with_masked_grad(g, m, |dy| {
+                    dnnl.conv_backward_data(gm.shape(), (w, dy), &mut dx)
+                })?;
                 CpuStorage::F32(dx)
             }
-            CpuStorage::F32(_) => {
+            (CpuStorage::F32(_), _) => {
                 let (g, m) = grad_and_mask(gs, gl, ms, ml, self.relu, gm, op)?;
                 CpuStorage::F32(grad_input(contiguous_slice(ws, wl, op)?, g, m, gm)?)
             }
-            CpuStorage::F64(_) => {
+            (CpuStorage::F64(_), _) => {
                 let (g, m) = grad_and_mask(gs, gl, ms, ml, self.relu, gm, op)?;
                 CpuStorage::F64(grad_input(contiguous_slice(ws, wl, op)?, g, m, gm)?)
             }
@@ -781,10 +775,10 @@ impl CustomOp3 for Conv2dOp {
                 gm.c_out
             )
         }
-        let out = match xs {
-            CpuStorage::F32(_) if xl.is_contiguous() && onednn_f32().is_some() => {
+        let out = match (xs, onednn_f32()) {
+            (CpuStorage::F32(_), Some(dnnl)) if xl.is_contiguous() => {
                 let mut out = vec![0f32; gm.b * gm.c_out * gm.oh * gm.ow];
-                onednn_f32().expect("checked above").conv_forward(
+                dnnl.conv_forward(
                     gm.shape(),
                     self.relu,
                     (
@@ -796,7 +790,7 @@ impl CustomOp3 for Conv2dOp {
                 )?;
                 CpuStorage::F32(out)
             }
-            CpuStorage::F32(x) => CpuStorage::F32(fwd(
+            (CpuStorage::F32(x), _) => CpuStorage::F32(fwd(
                 x,
                 xl,
                 contiguous_slice(ks, kl, "conv2d: kernel")?,
@@ -804,7 +798,7 @@ impl CustomOp3 for Conv2dOp {
                 self.relu,
                 &gm,
             )?),
-            CpuStorage::F64(x) => CpuStorage::F64(fwd(
+            (CpuStorage::F64(x), _) => CpuStorage::F64(fwd(
                 x,
                 xl,
                 contiguous_slice(ks, kl, "conv2d: kernel")?,

@@ -10,8 +10,8 @@
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Result, Shape, Tensor};
 
-use super::cpu_slice::{contiguous_range, contiguous_slice};
-use super::matmul::{Mat, MatmulOp, matmul};
+use super::cpu_slice::contiguous_range;
+use super::matmul::{MatmulOp, matmul, matrix};
 
 /// `y = x @ weightᵀ + bias` with `weight (out, in)`, `bias (out)`, `x (batch, in)`.
 #[derive(Debug, Clone)]
@@ -82,17 +82,11 @@ fn affine<T: candle_core::WithDType>(
     bias: &[T],
     relu: bool,
 ) -> Result<Vec<T>> {
-    let (&[batch, fan_in], &[fan_out, _]) = (xl.dims(), wl.dims()) else {
-        candle_core::bail!("linear: expects 2-D x and weight")
-    };
-    let x = Mat::rows(contiguous_slice::<T>(xs, xl, "linear: x")?, batch, fan_in);
-    let w = Mat::rows(
-        contiguous_slice::<T>(ws, wl, "linear: weight")?,
-        fan_out,
-        fan_in,
-    );
+    let x = matrix::<T>(xs, xl, false, "linear: x")?;
+    let wt = matrix::<T>(ws, wl, true, "linear: weight")?;
+    let (batch, fan_out) = (x.rows, wt.cols);
     let mut y = vec![T::zero(); batch * fan_out];
-    matmul(&mut y, fan_out, x, w.t(), false)?;
+    matmul(&mut y, fan_out, x, wt, false)?;
     bias_relu(&mut y, bias, relu);
     Ok(y)
 }

@@ -167,20 +167,21 @@ pub(super) struct MatmulOp {
     pub rhs_t: bool,
 }
 
-impl MatmulOp {
-    fn operand<'a, T: candle_core::WithDType>(
-        s: &'a CpuStorage,
-        l: &Layout,
-        t: bool,
-        what: &str,
-    ) -> Result<Mat<'a, T>> {
-        let &[r, c] = l.dims() else {
-            candle_core::bail!("matmul: {what} must be 2-D, got {:?}", l.dims())
-        };
-        let m = Mat::rows(contiguous_slice::<T>(s, l, what)?, r, c);
-        Ok(if t { m.t() } else { m })
-    }
+/// A contiguous 2-D tensor as a matrix (its transpose when `t`); `what` names it in errors.
+pub(super) fn matrix<'a, T: candle_core::WithDType>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    t: bool,
+    what: &str,
+) -> Result<Mat<'a, T>> {
+    let &[r, c] = l.dims() else {
+        candle_core::bail!("{what} must be 2-D, got {:?}", l.dims())
+    };
+    let m = Mat::rows(contiguous_slice::<T>(s, l, what)?, r, c);
+    Ok(if t { m.t() } else { m })
+}
 
+impl MatmulOp {
     fn run<T: candle_core::WithDType>(
         &self,
         a: &CpuStorage,
@@ -188,8 +189,8 @@ impl MatmulOp {
         b: &CpuStorage,
         bl: &Layout,
     ) -> Result<(Vec<T>, Shape)> {
-        let lhs = Self::operand::<T>(a, al, self.lhs_t, "matmul: lhs")?;
-        let rhs = Self::operand::<T>(b, bl, self.rhs_t, "matmul: rhs")?;
+        let lhs = matrix::<T>(a, al, self.lhs_t, "matmul: lhs")?;
+        let rhs = matrix::<T>(b, bl, self.rhs_t, "matmul: rhs")?;
         let mut out = vec![T::zero(); lhs.rows * rhs.cols];
         matmul(&mut out, rhs.cols, lhs, rhs, false)?;
         Ok((out, Shape::from((lhs.rows, rhs.cols))))

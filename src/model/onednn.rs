@@ -551,6 +551,25 @@ impl ConvShape {
         Self { b, ..self }
     }
 
+    fn src_dims(&self) -> [usize; 4] {
+        [self.b, self.c_in, self.h, self.w]
+    }
+
+    fn dst_dims(&self) -> [usize; 4] {
+        [self.b, self.c_out, self.oh, self.ow]
+    }
+
+    /// The kernel's dims and plain layout: `(c_out, c_in, kh, kw)` as OIHW, or with
+    /// groups `(g, c_out / g, c_in / g, kh, kw)` as GOIHW (the same memory).
+    fn weight_dims(&self) -> (Vec<usize>, c_int) {
+        let (g, kh, kw) = (self.groups, self.kh, self.kw);
+        if g > 1 {
+            (vec![g, self.c_out / g, self.c_in / g, kh, kw], TAG_GOIHW)
+        } else {
+            (vec![self.c_out, self.c_in, kh, kw], TAG_NCHW)
+        }
+    }
+
     /// Elements of one input image.
     fn in_image(&self) -> usize {
         self.c_in * self.h * self.w
@@ -631,89 +650,45 @@ unsafe fn scratchpad_of(d: &OneDnn, pd: PrimDesc) -> Scratchpad {
     Scratchpad { md, floats }
 }
 
-/// The plain descriptors of a convolution's tensors: `(src, weights, bias, dst)`.
-fn plain_descs(d: &OneDnn, s: &ConvShape) -> Result<[Box<MemDesc>; 4]> {
-    let i = |v: usize| v as i64;
-    let mut src = MemDesc::boxed();
-    let mut wei = MemDesc::boxed();
-    let mut bias = MemDesc::boxed();
-    let mut dst = MemDesc::boxed();
-    let dims = |v: &[i64]| {
-        let mut d: Dims = [0; 12];
-        d[..v.len()].copy_from_slice(v);
-        d
-    };
-    let a = &d.api;
-    // SAFETY: each call writes one descriptor buffer, larger than the library's struct.
-    unsafe {
-        let sd = dims(&[i(s.b), i(s.c_in), i(s.h), i(s.w)]);
-        check(
-            (a.md_init_by_tag)(&mut *src, 4, sd.as_ptr(), F32, TAG_NCHW),
-            "src desc",
-        )?;
-        let dd = dims(&[i(s.b), i(s.c_out), i(s.oh), i(s.ow)]);
-        check(
-            (a.md_init_by_tag)(&mut *dst, 4, dd.as_ptr(), F32, TAG_NCHW),
-            "dst desc",
-        )?;
-        let bd = dims(&[i(s.c_out)]);
-        check(
-            (a.md_init_by_tag)(&mut *bias, 1, bd.as_ptr(), F32, TAG_X),
-            "bias desc",
-        )?;
-        let (g, kh, kw) = (s.groups, i(s.kh), i(s.kw));
-        if g > 1 {
-            let wd = dims(&[i(g), i(s.c_out / g), i(s.c_in / g), kh, kw]);
-            check(
-                (a.md_init_by_tag)(&mut *wei, 5, wd.as_ptr(), F32, TAG_GOIHW),
-                "weights desc",
-            )?;
-        } else {
-            let wd = dims(&[i(s.c_out), i(s.c_in), kh, kw]);
-            check(
-                (a.md_init_by_tag)(&mut *wei, 4, wd.as_ptr(), F32, TAG_NCHW),
-                "weights desc",
-            )?;
-        }
-    }
-    Ok([src, wei, bias, dst])
-}
-
-/// A descriptor of `dims` whose layout is left to the primitive (`format_tag_any`).
-fn any_layout(d: &OneDnn, dims: &[usize]) -> Result<Box<MemDesc>> {
+/// A descriptor of an f32 tensor of `dims` in layout `tag` (`TAG_ANY`: the primitive's
+/// choice).
+fn desc(d: &OneDnn, dims: &[usize], tag: c_int) -> Result<Box<MemDesc>> {
     let mut md = MemDesc::boxed();
     let mut dd: Dims = [0; 12];
     for (o, &v) in dd.iter_mut().zip(dims) {
         *o = v as i64;
     }
-    // SAFETY: writes one descriptor buffer.
+    // SAFETY: writes one descriptor buffer, larger than the library's struct.
     check(
-        unsafe { (d.api.md_init_by_tag)(&mut *md, dims.len() as c_int, dd.as_ptr(), F32, TAG_ANY) },
-        "layout-free desc",
+        unsafe { (d.api.md_init_by_tag)(&mut *md, dims.len() as c_int, dd.as_ptr(), F32, tag) },
+        "memory desc",
     )?;
     Ok(md)
 }
 
+/// The plain descriptors of a convolution's tensors: `(src, weights, bias, dst)`.
+fn plain_descs(d: &OneDnn, s: &ConvShape) -> Result<[Box<MemDesc>; 4]> {
+    let (wdims, wtag) = s.weight_dims();
+    Ok([
+        desc(d, &s.src_dims(), TAG_NCHW)?,
+        desc(d, &wdims, wtag)?,
+        desc(d, &[s.c_out], TAG_X)?,
+        desc(d, &s.dst_dims(), TAG_NCHW)?,
+    ])
+}
+
 /// Creates the operation descriptor of `pass` (and the primitive descriptor).
 fn conv_pd(d: &OneDnn, s: &ConvShape, pass: Pass, bias: &MemDesc) -> Result<PrimDesc> {
-    let wdims: Vec<usize> = if s.groups > 1 {
-        vec![s.groups, s.c_out / s.groups, s.c_in / s.groups, s.kh, s.kw]
-    } else {
-        vec![s.c_out, s.c_in, s.kh, s.kw]
+    let src = desc(d, &s.src_dims(), TAG_ANY)?;
+    let wei = desc(d, &s.weight_dims().0, TAG_ANY)?;
+    let dst = desc(d, &s.dst_dims(), TAG_ANY)?;
+    // Both spatial axes alike.
+    let pair = |v: usize| -> Dims {
+        let mut d = [0; 12];
+        d[..2].fill(v as i64);
+        d
     };
-    let src = any_layout(d, &[s.b, s.c_in, s.h, s.w])?;
-    let wei = any_layout(d, &wdims)?;
-    let dst = any_layout(d, &[s.b, s.c_out, s.oh, s.ow])?;
-    let strides: Dims = {
-        let mut v = [0; 12];
-        v[..2].fill(s.stride as i64);
-        v
-    };
-    let pad: Dims = {
-        let mut v = [0; 12];
-        v[..2].fill(s.padding as i64);
-        v
-    };
+    let (strides, pad) = (pair(s.stride), pair(s.padding));
     let a = &d.api;
     let fwd_desc = || -> Result<Box<OpDesc>> {
         let mut od = Box::new(OpDesc([0; 8192]));
